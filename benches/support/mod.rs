@@ -1,0 +1,392 @@
+//! Helpers shared by forkipc's benchmarks: CPU pinning, forking a pinned child that can never
+//! outlive or hang the bench, a shared anonymous mapping, repetition counts and the result table.
+//!
+//! Every measurement follows one pattern:
+//!
+//! ```text
+//! let n = iters(FULL_COUNT);                 // operations per repetition (÷10 in quick mode)
+//! let child = fork_pinned(CHILD_CPU, || { /* serve rounds() * n operations */ });
+//! let figure = median_of_rounds(|| { /* time n operations */ ns_per_op(elapsed, n) });
+//! reap(child);
+//! rows.push(Row::new("name", figure, Unit::Nanos).vs(baselines::SPIN_RTT));
+//! ```
+//!
+//! The bench binary is single-threaded, so forking it is safe, and the child may allocate, lock
+//! and print like any process.
+
+use std::fmt::Write as _;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, alarm};
+
+/// The CPU the bench process (the parent) runs on.
+pub const PARENT_CPU: usize = 0;
+/// The CPU forked children run on, unless a measurement asks for another one.
+pub const CHILD_CPU: usize = 1;
+
+/// Repetitions whose median is reported.
+const REPS: usize = 7;
+/// Repetitions run first and discarded: page faults, cache and branch-predictor warm-up.
+const WARMUP_REPS: usize = 1;
+/// How long [`reap`] waits for a child before killing it.
+const REAP_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest a whole measurement (from [`fork_pinned`] to [`reap`]) may take before the bench
+/// aborts: catches a parent spinning on, or blocked reading from, a child that died.
+const MEASUREMENT_DEADLINE_SECS: u32 = 60;
+
+/// Whether `FORKIPC_BENCH_QUICK=1` asks for a smoke run (about 10 times fewer iterations).
+pub fn quick() -> bool {
+    std::env::var_os("FORKIPC_BENCH_QUICK").is_some_and(|v| v == "1")
+}
+
+/// Operations per repetition: `full` normally, a tenth of it (at least 1) in quick mode.
+/// Choose `full` so that one repetition takes 50–200 ms on the reference machine.
+pub fn iters(full: u64) -> u64 {
+    if quick() { (full / 10).max(1) } else { full }
+}
+
+/// How many times [`median_of_rounds`] calls its closure (warm-up included): a forked child that
+/// serves a measurement must serve `rounds() as u64 * iters(..)` operations.
+pub fn rounds() -> usize {
+    WARMUP_REPS + REPS
+}
+
+/// Calls `rep` [`rounds()`] times and returns the median of the figures it returned, warm-up
+/// rounds excluded.
+pub fn median_of_rounds(mut rep: impl FnMut() -> f64) -> f64 {
+    let mut samples: Vec<f64> = (0..rounds()).map(|_| rep()).collect();
+    median(&mut samples[WARMUP_REPS..])
+}
+
+/// The median of `samples` (the mean of the middle two for an even count). Panics if empty or
+/// if a sample is NaN.
+pub fn median(samples: &mut [f64]) -> f64 {
+    assert!(!samples.is_empty(), "median of no samples");
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("NaN sample"));
+    let mid = samples.len() / 2;
+    if samples.len() % 2 == 1 {
+        samples[mid]
+    } else {
+        (samples[mid - 1] + samples[mid]) / 2.0
+    }
+}
+
+/// Nanoseconds per operation.
+pub fn ns_per_op(elapsed: Duration, ops: u64) -> f64 {
+    elapsed.as_nanos() as f64 / ops as f64
+}
+
+/// Operations (messages, bytes) per second.
+pub fn per_sec(elapsed: Duration, ops: u64) -> f64 {
+    ops as f64 / elapsed.as_secs_f64()
+}
+
+/// Times one call of `f`.
+pub fn time(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+/// Pins the calling process (its only thread) to `cpu`. Panics if the CPU does not exist.
+pub fn pin_to_cpu(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).unwrap_or_else(|e| panic!("CPU {cpu}: {e}"));
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("sched_setaffinity to CPU {cpu}: {e} (the bench needs 2 CPUs)"));
+}
+
+/// Forks a child pinned to `child_cpu` that runs `f` and `_exit`s (status 0, or 101 if `f`
+/// panicked); the parent pins itself to [`PARENT_CPU`] and gets the child's pid back.
+///
+/// The child is killed if the parent dies, and the parent arms a watchdog that aborts the bench
+/// if [`reap`] is not reached within a minute, so a child that crashed cannot hang the bench.
+/// Call only while the process is single-threaded (the bench's `main` is).
+pub fn fork_pinned(child_cpu: usize, f: impl FnOnce()) -> Pid {
+    pin_to_cpu(PARENT_CPU);
+    arm_watchdog();
+    let parent = std::process::id();
+    // SAFETY: the bench process is single-threaded, so the child starts with a consistent copy
+    // of every lock and allocator state and may run arbitrary code; it never returns from this
+    // function (it `_exit`s below).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        panic!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).expect("PR_SET_PDEATHSIG");
+            // The parent may have died before the line above took effect.
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+            pin_to_cpu(child_cpu);
+            f();
+        }))
+        .is_ok();
+        // SAFETY: `_exit` ends the child without running the parent's atexit handlers or
+        // flushing its copy of the parent's stdio buffers; nothing is borrowed past this point.
+        unsafe { libc::_exit(if ok { 0 } else { 101 }) };
+    }
+    Pid::from_raw(pid)
+}
+
+/// Waits for a child from [`fork_pinned`] to exit, disarming the watchdog first. A child still
+/// running after 30 s is killed with SIGKILL. Panics unless the child exited with status 0.
+pub fn reap(pid: Pid) {
+    alarm::cancel();
+    let deadline = Instant::now() + REAP_DEADLINE;
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                // The child may exit between the two calls; then kill fails harmlessly.
+                let _ = signal::kill(pid, Signal::SIGKILL);
+                let status = waitpid(pid, None).expect("waitpid");
+                panic!("child {pid} still running after {REAP_DEADLINE:?}: killed ({status:?})");
+            }
+            Ok(status) => break status,
+            Err(e) => panic!("waitpid({pid}): {e}"),
+        }
+    };
+    assert!(
+        matches!(status, WaitStatus::Exited(_, 0)),
+        "child {pid} failed: {status:?}"
+    );
+}
+
+/// Aborts the bench with a message if the current measurement outlives its deadline.
+fn arm_watchdog() {
+    extern "C" fn on_alarm(_: libc::c_int) {
+        const MSG: &[u8] = b"\nforkipc bench: a measurement exceeded its deadline \
+            (did the forked child die?); aborting\n";
+        // SAFETY: `write` and `_exit` are async-signal-safe; MSG is a static byte string.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(2);
+        }
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_alarm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions, and no other code in the
+    // bench installs a SIGALRM handler it could replace.
+    unsafe { signal::sigaction(Signal::SIGALRM, &action) }.expect("sigaction(SIGALRM)");
+    alarm::set(MEASUREMENT_DEADLINE_SECS);
+}
+
+/// A `MAP_SHARED | MAP_ANONYMOUS` mapping, zero-filled, shared with children forked while it
+/// lives; unmapped on drop.
+pub struct SharedMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl SharedMap {
+    /// Maps `len` bytes (rounded up to whole pages by the kernel), readable and writable.
+    pub fn new(len: usize) -> SharedMap {
+        assert!(len > 0, "empty mapping");
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks cannot alias any
+        // existing Rust object.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            panic!("mmap of {len} bytes: {}", std::io::Error::last_os_error());
+        }
+        SharedMap {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        }
+    }
+
+    /// Pointer to `len` bytes at `offset`, checked to lie inside the mapping. Plain reads and
+    /// writes through it must be ordered against the other process by atomics.
+    pub fn bytes(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "{len} bytes at {offset} outside a {}-byte mapping",
+            self.len
+        );
+        // SAFETY: offset + len <= self.len (checked above), so the result stays in the mapping.
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
+    /// The `AtomicU64` at `offset` (8-aligned, inside the mapping).
+    pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        let p = self.bytes(offset, size_of::<AtomicU64>());
+        assert!(
+            p.cast::<AtomicU64>().is_aligned(),
+            "misaligned AtomicU64 at {offset}"
+        );
+        // SAFETY: in bounds and aligned (checked above); all bit patterns, zero included, are
+        // valid u64s; the mapping outlives the returned borrow of `self`, and every access to
+        // these bytes, in this process or a forked one, goes through atomics.
+        unsafe { AtomicU64::from_ptr(p.cast()) }
+    }
+
+    /// The `AtomicU32` at `offset` (4-aligned, inside the mapping); usable as a futex word.
+    pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        let p = self.bytes(offset, size_of::<AtomicU32>());
+        assert!(
+            p.cast::<AtomicU32>().is_aligned(),
+            "misaligned AtomicU32 at {offset}"
+        );
+        // SAFETY: as in `atomic_u64`: in bounds, aligned, any bit pattern valid, outlived by the
+        // mapping, accessed only atomically.
+        unsafe { AtomicU32::from_ptr(p.cast()) }
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`; every borrow handed out by
+        // `atomic_*` ended with the borrow of `self`. A failure here would only leak.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// What a [`Row`]'s value measures. Values are stored in base SI units and scaled on printing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Nanoseconds per operation (a round trip, say): lower is better.
+    Nanos,
+    /// Messages per second, printed as Mmsg/s: higher is better.
+    MsgsPerSec,
+    /// Bytes per second, printed as GB/s (10^9 bytes): higher is better.
+    BytesPerSec,
+}
+
+impl Unit {
+    fn format(self, value: f64) -> String {
+        match self {
+            Unit::Nanos if value < 1e3 => format!("{value:.0} ns"),
+            Unit::Nanos if value < 1e6 => format!("{:.2} µs", value / 1e3),
+            Unit::Nanos => format!("{:.2} ms", value / 1e6),
+            Unit::MsgsPerSec => format!("{:.2} Mmsg/s", value / 1e6),
+            Unit::BytesPerSec => format!("{:.2} GB/s", value / 1e9),
+        }
+    }
+}
+
+/// One line of the result table: a measured figure and the baselines (other rows of the same
+/// run, by name) it is shown as a ratio of. A ratio is always `value / baseline value`: below 1
+/// is better for [`Unit::Nanos`], above 1 is better for throughputs.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub value: f64,
+    pub unit: Unit,
+    /// Names of the rows this row's value is divided by in the ratio column.
+    pub ratio_to: Vec<&'static str>,
+}
+
+impl Row {
+    pub fn new(name: impl Into<String>, value: f64, unit: Unit) -> Row {
+        Row {
+            name: name.into(),
+            value,
+            unit,
+            ratio_to: Vec::new(),
+        }
+    }
+
+    /// Adds a ratio against the row named `baseline` (which must be in the same table and have
+    /// the same unit).
+    pub fn vs(mut self, baseline: &'static str) -> Row {
+        self.ratio_to.push(baseline);
+        self
+    }
+}
+
+/// Prints `rows` as one aligned table, with each row's ratios to its baselines. Panics if a row
+/// names a baseline that is not in `rows` or has another unit.
+pub fn print_table(rows: &[Row]) {
+    print!("{}", format_table(rows));
+}
+
+fn format_table(rows: &[Row]) -> String {
+    let ratios: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            row.ratio_to
+                .iter()
+                .map(|&name| {
+                    let base = rows
+                        .iter()
+                        .find(|r| r.name == name)
+                        .unwrap_or_else(|| panic!("row {:?}: no baseline {name:?}", row.name));
+                    assert_eq!(
+                        base.unit, row.unit,
+                        "{:?} vs {name:?}: units differ",
+                        row.name
+                    );
+                    format!("{} × {name}", format_ratio(row.value / base.value))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let values: Vec<String> = rows.iter().map(|r| r.unit.format(r.value)).collect();
+    let name_w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let value_w = values
+        .iter()
+        .map(|v| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+
+    let mut out = String::new();
+    let _ = writeln!(out, "{:name_w$}  {:>value_w$}  ratio", "name", "value");
+    let _ = writeln!(out, "{}", "-".repeat(name_w + value_w + 4 + 30));
+    for ((row, value), ratio) in rows.iter().zip(&values).zip(&ratios) {
+        let line = format!("{:name_w$}  {value:>value_w$}  {ratio}", row.name);
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// Three significant figures, give or take.
+fn format_ratio(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else if r >= 10.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+/// A line describing the run's conditions, for the table's heading.
+pub fn describe_run() -> String {
+    format!(
+        "parent on CPU {PARENT_CPU}, child on CPU {CHILD_CPU}; median of {REPS} repetitions \
+         after {WARMUP_REPS} warm-up{}",
+        if quick() {
+            "; QUICK mode (FORKIPC_BENCH_QUICK=1): 10x fewer iterations"
+        } else {
+            ""
+        }
+    )
+}

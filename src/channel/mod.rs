@@ -1,0 +1,280 @@
+//! Channels between processes: typed (`channel`, `duplex`) and byte (`byte_channel`), each a
+//! ring in its own anonymous mapping.
+//!
+//! # Ownership across `fork`
+//!
+//! Every endpoint records the pid of the process that owns it. Creating a channel makes the
+//! calling process the owner of both ends. [`fork`](crate::fork) hands the ends you pass it to
+//! the child: the child becomes their owner, and the parent's copies are *disowned* (their
+//! drop closes nothing). Every other copy that a process inherits through `fork` is inert
+//! there: each operation first compares the owner with the (cached) current pid and returns
+//! `Disconnected` (reason [`DisconnectReason::NotOwner`]) without touching the ring, and its
+//! drop closes nothing. Since an end can only be handed over by moving it into `fork`, at most
+//! one process at a time can use each end of a ring through the safe API, and endpoints are
+//! `Send` but not `Sync`, so within that process one thread at a time uses it.
+//!
+//! # Disconnect
+//!
+//! Dropping an end in its owning process closes it: the peer drains what was sent, then gets
+//! `Disconnected` (reason `PeerDropped`). If the owning process dies instead, a peer blocked in
+//! a receive or a send is woken by the kernel (see `presence`) and gets `Disconnected`
+//! (reason `PeerDied`) after draining. A ring found corrupt disconnects for good (`Corrupted`).
+
+mod bytes;
+mod error;
+mod typed;
+
+#[cfg(feature = "serde")]
+mod serde_channel;
+
+use std::cell::Cell;
+
+pub use bytes::{ByteMessage, ByteReceiver, ByteSender, WriteGrant, byte_channel};
+pub use error::{
+    ByteSendError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
+#[cfg(feature = "serde")]
+pub use serde_channel::{SerdeReceiver, SerdeSender, serde_channel};
+pub use typed::{Duplex, IntoIter, Iter, Receiver, Sender, TryIter, channel, duplex};
+
+use crate::presence::PresenceRef;
+use crate::ring::{Consumer, DisconnectReason, Producer, Reservation, ReadGuard, RingError};
+use crate::sync::robust::current_pid;
+use crate::sync::{Deadline, WaitPolicy};
+use crate::Error;
+
+/// How long an operation may wait.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode<'a> {
+    /// Never block.
+    Try,
+    /// Block until the deadline, or forever.
+    Block(Option<&'a Deadline>),
+}
+
+/// Creates a ring of `cap` data bytes owned by this process on both sides.
+pub(crate) fn new_ring(cap: usize) -> Result<(TxCore, RxCore), Error> {
+    let (p, c) = crate::ring::ring(cap)?;
+    let me = crate::presence::current()?;
+    p.mem().set_owner(true, me);
+    p.mem().set_owner(false, me);
+    let pid = current_pid();
+    Ok((
+        TxCore {
+            p,
+            owner: Cell::new(pid),
+            reason: Cell::new(None),
+        },
+        RxCore {
+            c,
+            owner: Cell::new(pid),
+            reason: Cell::new(None),
+        },
+    ))
+}
+
+/// The sending half's process-local state: the ring producer and who owns it.
+pub(crate) struct TxCore {
+    p: Producer,
+    owner: Cell<u32>,
+    reason: Cell<Option<DisconnectReason>>,
+}
+
+/// The receiving half's process-local state.
+pub(crate) struct RxCore {
+    pub(crate) c: Consumer,
+    owner: Cell<u32>,
+    reason: Cell<Option<DisconnectReason>>,
+}
+
+/// Ring-level outcome of a channel operation, before each API shapes its error.
+pub(crate) enum Fail {
+    Empty,
+    Timeout,
+    Disconnected,
+    TooLarge { len: usize, max: usize },
+}
+
+impl TxCore {
+    fn owned(&self) -> bool {
+        self.owner.get() == current_pid()
+    }
+
+    fn fail(&self, e: RingError) -> Fail {
+        match e {
+            RingError::WouldBlock => Fail::Empty,
+            RingError::Timeout => Fail::Timeout,
+            RingError::TooLarge { len, max } => Fail::TooLarge { len, max },
+            RingError::Disconnected(r) => {
+                self.reason.set(Some(r));
+                Fail::Disconnected
+            }
+        }
+    }
+
+    /// Reserves room for `len` bytes, per `mode`.
+    #[inline]
+    pub(crate) fn reserve(&self, len: usize, mode: Mode<'_>) -> Result<Reservation<'_>, Fail> {
+        if !self.owned() {
+            self.reason.set(Some(DisconnectReason::NotOwner));
+            return Err(Fail::Disconnected);
+        }
+        let r = match mode {
+            Mode::Try => self.p.try_reserve(len),
+            Mode::Block(d) => self.p.reserve(len, d),
+        };
+        r.map_err(|e| self.fail(e))
+    }
+
+    pub(crate) fn max_message_len(&self) -> usize {
+        self.p.max_message_len()
+    }
+
+    pub(crate) fn set_wait_policy(&self, p: WaitPolicy) {
+        self.p.set_policy(p)
+    }
+
+    pub(crate) fn wait_policy(&self) -> WaitPolicy {
+        self.p.policy()
+    }
+
+    pub(crate) fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        if !self.owned() {
+            return Some(DisconnectReason::NotOwner);
+        }
+        if let Some(r) = self.reason.get().or(self.p.broken()) {
+            return Some(r);
+        }
+        match self.p.try_reserve(0) {
+            Err(RingError::Disconnected(r)) => Some(r),
+            _ if !self.p.peer_alive() => Some(DisconnectReason::PeerDied),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_disconnected(&self) -> bool {
+        self.disconnect_reason().is_some()
+    }
+}
+
+impl RxCore {
+    fn owned(&self) -> bool {
+        self.owner.get() == current_pid()
+    }
+
+    fn fail(&self, e: RingError) -> Fail {
+        match e {
+            RingError::WouldBlock => Fail::Empty,
+            RingError::Timeout => Fail::Timeout,
+            RingError::TooLarge { len, max } => Fail::TooLarge { len, max },
+            RingError::Disconnected(r) => {
+                self.reason.set(Some(r));
+                Fail::Disconnected
+            }
+        }
+    }
+
+    /// The next message, per `mode`.
+    #[inline]
+    pub(crate) fn read(&self, mode: Mode<'_>) -> Result<ReadGuard<'_>, Fail> {
+        if !self.owned() {
+            self.reason.set(Some(DisconnectReason::NotOwner));
+            return Err(Fail::Disconnected);
+        }
+        let r = match mode {
+            Mode::Try => match self.c.try_read() {
+                // Empty: tell apart "nothing yet" from "nothing ever again".
+                Err(RingError::WouldBlock) if self.c.peer_closed() => match self.c.try_read() {
+                    Err(RingError::WouldBlock) => {
+                        Err(RingError::Disconnected(DisconnectReason::PeerDropped))
+                    }
+                    other => other,
+                },
+                other => other,
+            },
+            Mode::Block(d) => self.c.read(d),
+        };
+        r.map_err(|e| self.fail(e))
+    }
+
+    pub(crate) fn max_message_len(&self) -> usize {
+        self.c.max_message_len()
+    }
+
+    pub(crate) fn set_wait_policy(&self, p: WaitPolicy) {
+        self.c.set_policy(p)
+    }
+
+    pub(crate) fn wait_policy(&self) -> WaitPolicy {
+        self.c.policy()
+    }
+
+    pub(crate) fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        if !self.owned() {
+            return Some(DisconnectReason::NotOwner);
+        }
+        if let Some(r) = self.reason.get().or(self.c.broken()) {
+            return Some(r);
+        }
+        if self.c.peer_closed() {
+            Some(DisconnectReason::PeerDropped)
+        } else if !self.c.peer_alive() {
+            Some(DisconnectReason::PeerDied)
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for TxCore {
+    fn drop(&mut self) {
+        if self.owned() {
+            self.p.close();
+        }
+    }
+}
+
+impl Drop for RxCore {
+    fn drop(&mut self) {
+        if self.owned() {
+            self.c.close();
+        }
+    }
+}
+
+/// What `fork` needs from an endpoint's core to hand it over.
+#[doc(hidden)]
+pub trait EndpointCore {
+    /// Whether this process owns the endpoint now.
+    fn is_owned(&self) -> bool;
+    /// Records `owner` as the side's owner presence in shared memory (and wakes the peer so it
+    /// re-arms on it).
+    fn set_presence(&self, owner: PresenceRef);
+    /// Sets the process-local owner pid (0: nobody here).
+    fn set_owner_pid(&self, pid: u32);
+}
+
+impl EndpointCore for TxCore {
+    fn is_owned(&self) -> bool {
+        self.owned()
+    }
+    fn set_presence(&self, owner: PresenceRef) {
+        self.p.mem().set_owner(true, owner);
+    }
+    fn set_owner_pid(&self, pid: u32) {
+        self.owner.set(pid);
+    }
+}
+
+impl EndpointCore for RxCore {
+    fn is_owned(&self) -> bool {
+        self.owned()
+    }
+    fn set_presence(&self, owner: PresenceRef) {
+        self.c.mem().set_owner(false, owner);
+    }
+    fn set_owner_pid(&self, pid: u32) {
+        self.owner.set(pid);
+    }
+}

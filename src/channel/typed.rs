@@ -1,0 +1,357 @@
+//! Typed channels: fixed-size plain-data messages copied into and out of the ring without
+//! serialization.
+
+use std::marker::PhantomData;
+use std::mem::{MaybeUninit, size_of};
+use std::time::Duration;
+
+use super::{Fail, Mode, RxCore, TxCore, new_ring};
+use crate::region::Shareable;
+use crate::ring::{DisconnectReason, cap_for_messages};
+use crate::sync::{Deadline, WaitPolicy};
+use crate::{Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+
+/// Creates a channel that holds at least `capacity` messages of type `T`.
+///
+/// The ring is sized up to a power of two, so it may hold more (each message takes
+/// `size_of::<T>()` rounded up to 8, plus an 8-byte header). Hand one end to a child with
+/// [`fork`](crate::fork).
+///
+/// ```no_run
+/// let (tx, rx) = forkipc::channel::<u64>(64)?;
+/// let mut child = forkipc::fork(tx, |tx| {
+///     for i in 0..10 {
+///         tx.send(i).unwrap();
+///     }
+///     0
+/// })?;
+/// assert_eq!(rx.iter().sum::<u64>(), 45);
+/// assert!(child.wait()?.success());
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub fn channel<T: Shareable + Copy>(capacity: usize) -> Result<(Sender<T>, Receiver<T>), Error> {
+    if capacity == 0 {
+        return Err(Error::ZeroSize);
+    }
+    let cap = cap_for_messages(capacity, size_of::<T>())?;
+    let (tx, rx) = new_ring(cap)?;
+    Ok((
+        Sender {
+            core: tx,
+            _t: PhantomData,
+        },
+        Receiver {
+            core: rx,
+            _t: PhantomData,
+        },
+    ))
+}
+
+/// Creates a pair of connected duplex endpoints: the first sends `A` and receives `B`, the
+/// second the reverse. Each direction holds at least `capacity` messages.
+pub fn duplex<A: Shareable + Copy, B: Shareable + Copy>(
+    capacity: usize,
+) -> Result<(Duplex<A, B>, Duplex<B, A>), Error> {
+    let (atx, arx) = channel::<A>(capacity)?;
+    let (btx, brx) = channel::<B>(capacity)?;
+    Ok((Duplex { tx: atx, rx: brx }, Duplex { tx: btx, rx: arx }))
+}
+
+/// The sending end of a typed channel. `Send`, not `Sync`, not `Clone` (single producer).
+pub struct Sender<T> {
+    pub(crate) core: TxCore,
+    _t: PhantomData<T>,
+}
+
+/// The receiving end of a typed channel. `Send`, not `Sync`, not `Clone` (single consumer).
+pub struct Receiver<T> {
+    pub(crate) core: RxCore,
+    _t: PhantomData<T>,
+}
+
+impl<T: Shareable + Copy> Sender<T> {
+    fn put(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
+        match self.core.reserve(size_of::<T>(), mode) {
+            Ok(mut r) => {
+                // SAFETY: `msg` is a live `T` of `size_of::<T>()` bytes; the reservation is that
+                // long. An untyped copy, so padding bytes inside `T` are fine.
+                unsafe { r.write_raw((&msg as *const T).cast(), size_of::<T>()) };
+                r.commit();
+                Ok(())
+            }
+            Err(f) => Err((msg, f)),
+        }
+    }
+
+    /// Sends `msg`, blocking while the ring is full. Fails only when the channel is
+    /// disconnected (the receiver was dropped or its process died, or this process does not
+    /// own this end), handing `msg` back.
+    #[inline]
+    pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        self.put(msg, Mode::Block(None)).map_err(|(m, _)| SendError(m))
+    }
+
+    /// Sends `msg` if there is room right now.
+    #[inline]
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.put(msg, Mode::Try).map_err(|(m, f)| match f {
+            Fail::Empty => TrySendError::Full(m),
+            _ => TrySendError::Disconnected(m),
+        })
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room. A timed-out send has no effect.
+    pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        let d = Deadline::after(timeout);
+        self.put(msg, Mode::Block(Some(&d))).map_err(|(m, f)| match f {
+            Fail::Timeout | Fail::Empty => SendTimeoutError::Timeout(m),
+            _ => SendTimeoutError::Disconnected(m),
+        })
+    }
+}
+
+impl<T> Sender<T> {
+    /// Why this end is disconnected, if it is: the receiver was dropped (`PeerDropped`), its
+    /// process died (`PeerDied`), the ring is corrupt, or this process does not own this end.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.core.disconnect_reason()
+    }
+
+    /// Whether sends can no longer succeed.
+    pub fn is_disconnected(&self) -> bool {
+        self.core.is_disconnected()
+    }
+
+    /// Chooses how a blocked `send` waits (default: spin 50 µs, then sleep).
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.core.set_wait_policy(policy)
+    }
+
+    /// The current wait policy.
+    pub fn wait_policy(&self) -> WaitPolicy {
+        self.core.wait_policy()
+    }
+}
+
+impl<T: Shareable + Copy> Receiver<T> {
+    fn take(&self, mode: Mode<'_>) -> Result<T, Fail> {
+        let g = self.core.read(mode)?;
+        if g.len() != size_of::<T>() {
+            // Only a peer writing shared memory behind the ring's back produces this.
+            drop(g);
+            self.core.reason.set(Some(DisconnectReason::Corrupted));
+            return Err(Fail::Disconnected);
+        }
+        let mut v = MaybeUninit::<T>::uninit();
+        // SAFETY: `v` is writable for `size_of::<T>()` bytes, which is the payload's length.
+        unsafe { g.read_raw(v.as_mut_ptr().cast(), size_of::<T>()) };
+        drop(g);
+        // SAFETY: the bytes are a `T` written by `Sender::send` (the only way to produce a record
+        // of this length through the safe API).
+        Ok(unsafe { v.assume_init() })
+    }
+
+    /// Receives the next message, blocking until one arrives. Fails only when the channel is
+    /// empty and disconnected.
+    #[inline]
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.take(Mode::Block(None)).map_err(|_| RecvError)
+    }
+
+    /// Receives a message if one is ready.
+    #[inline]
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.take(Mode::Try).map_err(|f| match f {
+            Fail::Empty => TryRecvError::Empty,
+            _ => TryRecvError::Disconnected,
+        })
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        let d = Deadline::after(timeout);
+        self.take(Mode::Block(Some(&d))).map_err(|f| match f {
+            Fail::Timeout | Fail::Empty => RecvTimeoutError::Timeout,
+            _ => RecvTimeoutError::Disconnected,
+        })
+    }
+
+    /// A blocking iterator that ends when the channel is disconnected.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// A non-blocking iterator over the messages ready now.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Why this end is disconnected, if it is (see [`Sender::disconnect_reason`]). A receiver
+    /// whose peer is gone may still hold messages to drain.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.core.disconnect_reason()
+    }
+
+    /// Chooses how a blocked `recv` waits (default: spin 50 µs, then sleep).
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.core.set_wait_policy(policy)
+    }
+
+    /// The current wait policy.
+    pub fn wait_policy(&self) -> WaitPolicy {
+        self.core.wait_policy()
+    }
+}
+
+/// Blocking iterator from [`Receiver::iter`].
+pub struct Iter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+/// Non-blocking iterator from [`Receiver::try_iter`].
+pub struct TryIter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+/// Owning blocking iterator from `Receiver::into_iter`.
+pub struct IntoIter<T> {
+    rx: Receiver<T>,
+}
+
+impl<T: Shareable + Copy> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl<T: Shareable + Copy> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<T: Shareable + Copy> Iterator for IntoIter<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl<'a, T: Shareable + Copy> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T: Shareable + Copy> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { rx: self }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sender { .. }")
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Receiver { .. }")
+    }
+}
+
+/// One end of a request/response pair: sends `A`, receives `B`. Made by [`duplex`].
+///
+/// ```no_run
+/// // A child worker that squares numbers.
+/// let (me, worker) = forkipc::duplex::<u64, u64>(16)?;
+/// let mut child = forkipc::fork(worker, |w| {
+///     for x in w.iter() {
+///         if w.send(x * x).is_err() {
+///             break;
+///         }
+///     }
+///     0
+/// })?;
+/// me.send(7).unwrap();
+/// assert_eq!(me.recv().unwrap(), 49);
+/// drop(me); // the worker's iterator ends
+/// assert!(child.wait()?.success());
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub struct Duplex<A, B> {
+    tx: Sender<A>,
+    rx: Receiver<B>,
+}
+
+impl<A: Shareable + Copy, B: Shareable + Copy> Duplex<A, B> {
+    /// As [`Sender::send`].
+    #[inline]
+    pub fn send(&self, msg: A) -> Result<(), SendError<A>> {
+        self.tx.send(msg)
+    }
+    /// As [`Sender::try_send`].
+    pub fn try_send(&self, msg: A) -> Result<(), TrySendError<A>> {
+        self.tx.try_send(msg)
+    }
+    /// As [`Sender::send_timeout`].
+    pub fn send_timeout(&self, msg: A, timeout: Duration) -> Result<(), SendTimeoutError<A>> {
+        self.tx.send_timeout(msg, timeout)
+    }
+    /// As [`Receiver::recv`].
+    #[inline]
+    pub fn recv(&self) -> Result<B, RecvError> {
+        self.rx.recv()
+    }
+    /// As [`Receiver::try_recv`].
+    pub fn try_recv(&self) -> Result<B, TryRecvError> {
+        self.rx.try_recv()
+    }
+    /// As [`Receiver::recv_timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<B, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+    /// As [`Receiver::iter`].
+    pub fn iter(&self) -> Iter<'_, B> {
+        self.rx.iter()
+    }
+    /// As [`Receiver::try_iter`].
+    pub fn try_iter(&self) -> TryIter<'_, B> {
+        self.rx.try_iter()
+    }
+}
+
+impl<A, B> Duplex<A, B> {
+    /// The sending half.
+    pub fn sender(&self) -> &Sender<A> {
+        &self.tx
+    }
+    /// The receiving half.
+    pub fn receiver(&self) -> &Receiver<B> {
+        &self.rx
+    }
+    /// Splits into the two halves.
+    pub fn split(self) -> (Sender<A>, Receiver<B>) {
+        (self.tx, self.rx)
+    }
+    /// Sets the wait policy of both halves.
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.tx.set_wait_policy(policy);
+        self.rx.set_wait_policy(policy);
+    }
+}
+
+impl<A, B> std::fmt::Debug for Duplex<A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Duplex { .. }")
+    }
+}

@@ -1,0 +1,56 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![cfg(target_os = "linux")]
+
+mod channel;
+mod error;
+mod mutex;
+mod presence;
+mod process;
+mod region;
+mod ring;
+mod sync;
+mod sys;
+
+pub use channel::{
+    ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, IntoIter, Iter, Receiver,
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter, TryRecvError,
+    TrySendError, WriteGrant, byte_channel, channel, duplex,
+};
+#[cfg(feature = "serde")]
+pub use channel::{SerdeReceiver, SerdeSender, serde_channel};
+pub use error::Error;
+pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+pub use process::{Child, Transfer, fork, fork_unchecked};
+pub use region::{AnonRegion, Shareable};
+pub use ring::DisconnectReason;
+pub use sync::WaitPolicy;
+
+/// Internals exposed for the loom models in `loom-tests/` only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::ring::{Consumer, Producer, RingError};
+
+    /// A bare ring of `cap` data bytes (no owners, no presence).
+    pub fn ring(cap: usize) -> Result<(Producer, Consumer), crate::Error> {
+        crate::ring::ring(cap)
+    }
+}
+
+/// Hooks for this crate's own tests (scribbling over a ring's shared memory). Not part of the
+/// API; no stability promise.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod __testing {
+    /// A byte channel's shared memory: the ring header's address, the data area's address, and
+    /// the data area's size in bytes. Writing there simulates a buggy or dying peer.
+    pub fn ring_memory(rx: &crate::ByteReceiver) -> (*mut u8, *mut u8, usize) {
+        rx.core.c.mem().raw_parts()
+    }
+
+    /// As [`ring_memory`], for a typed receiver.
+    pub fn typed_ring_memory<T>(rx: &crate::Receiver<T>) -> (*mut u8, *mut u8, usize) {
+        rx.core.c.mem().raw_parts()
+    }
+}

@@ -1,0 +1,304 @@
+//! `fork` with explicit hand-over of channel endpoints, and `Child`.
+//!
+//! The child runs the closure and leaves with `_exit` (a panic exits with status 101): it never
+//! returns into the caller's code, never runs the parent's destructors and never flushes the
+//! parent's buffered I/O twice (stdout is flushed before forking).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use crate::channel::{
+    ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender,
+};
+use crate::presence::{self, PresenceRef};
+use crate::sync::robust::{current_pid, ensure_fork_hook};
+use crate::Error;
+
+mod sealed {
+    /// Proof that a `Transfer` method is called by this crate.
+    pub struct Token(pub(crate) ());
+    pub trait Sealed {}
+}
+use sealed::Token;
+
+/// Values that `fork` can hand to the child: `()`, every channel endpoint, and tuples of them.
+///
+/// The trait is sealed; its methods are this crate's business.
+pub trait Transfer: sealed::Sealed {
+    #[doc(hidden)]
+    fn for_each_core(&self, t: &Token, f: &mut dyn FnMut(&dyn EndpointCore));
+}
+
+impl sealed::Sealed for () {}
+impl Transfer for () {
+    fn for_each_core(&self, _: &Token, _: &mut dyn FnMut(&dyn EndpointCore)) {}
+}
+
+macro_rules! transfer_core {
+    ($t:ty, [$($g:ident),*], $($field:ident).+) => {
+        impl<$($g),*> sealed::Sealed for $t {}
+        impl<$($g),*> Transfer for $t {
+            fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+                f(&self.$($field).+);
+            }
+        }
+    };
+}
+transfer_core!(Sender<T>, [T], core);
+transfer_core!(Receiver<T>, [T], core);
+transfer_core!(ByteSender, [], core);
+transfer_core!(ByteReceiver, [], core);
+
+impl<A, B> sealed::Sealed for Duplex<A, B> {}
+impl<A, B> Transfer for Duplex<A, B> {
+    fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+        f(&self.sender().core);
+        f(&self.receiver().core);
+    }
+}
+
+macro_rules! transfer_tuple {
+    ($($n:tt $t:ident),+) => {
+        impl<$($t: Transfer),+> sealed::Sealed for ($($t,)+) {}
+        impl<$($t: Transfer),+> Transfer for ($($t,)+) {
+            fn for_each_core(&self, t: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+                $( self.$n.for_each_core(t, f); )+
+            }
+        }
+    };
+}
+transfer_tuple!(0 A);
+transfer_tuple!(0 A, 1 B);
+transfer_tuple!(0 A, 1 B, 2 C);
+transfer_tuple!(0 A, 1 B, 2 C, 3 D);
+transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E);
+transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F);
+transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G);
+transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
+
+/// Forks the process. The child runs `child(ends)` and exits with its return value; the parent
+/// gets a [`Child`] handle.
+///
+/// `ends` (an endpoint, a tuple of them, or `()`) moves to the child: the child owns those
+/// endpoints, and the parent's copies vanish without closing anything. Endpoints not passed
+/// stay the parent's; the child's copies of them are inert (using one returns
+/// `Disconnected`). Shared memory made before the fork ([`AnonRegion`](crate::AnonRegion)) is
+/// shared with the child.
+///
+/// Refuses with [`Error::MultiThreaded`] if the process has more than one thread: the child
+/// of a multithreaded process has only the forking thread, and a lock held by another thread
+/// (the allocator's, stdout's) would stay locked forever. See [`fork_unchecked`].
+///
+/// Endpoints that this process does not own (inert copies) may be passed but stay inert.
+/// Borrowed data captured by `child` is the child's copy, except memory in an `AnonRegion`,
+/// which is shared: do not carry a `&mut` into shared memory (from a lock guard or a write
+/// grant) across the fork.
+///
+/// ```no_run
+/// let mut child = forkipc::fork((), |()| 7)?;
+/// assert_eq!(child.wait()?.code(), Some(7));
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub fn fork<E: Transfer, F: FnOnce(E) -> i32>(ends: E, child: F) -> Result<Child, Error> {
+    if crate::sys::thread_count()? > 1 {
+        return Err(Error::MultiThreaded);
+    }
+    // SAFETY: the process has exactly one thread (checked just above).
+    unsafe { fork_unchecked(ends, child) }
+}
+
+/// As [`fork`], without the single-thread check.
+///
+/// # Safety
+/// If the process has other threads, the child must not touch anything they might have held
+/// locked at the moment of the fork: in practice the closure may use only async-signal-safe
+/// operations (no allocation, no stdout, no std locks). forkipc's own operations on endpoints
+/// passed in `ends` allocate nothing on the fast path, but `fork_unchecked` itself may
+/// allocate in the child on an error path; keep the closure small.
+pub unsafe fn fork_unchecked<E: Transfer, F: FnOnce(E) -> i32>(
+    ends: E,
+    child: F,
+) -> Result<Child, Error> {
+    ensure_fork_hook();
+    let token = Token(());
+    // Which of the ends this process owns (and so hands over); the rest stay inert.
+    let mut owned: Vec<bool> = Vec::new();
+    ends.for_each_core(&token, &mut |c| owned.push(c.is_owned()));
+    let for_each_owned = |f: &mut dyn FnMut(&dyn EndpointCore)| {
+        let mut i = 0;
+        ends.for_each_core(&token, &mut |c| {
+            if owned.get(i).copied().unwrap_or(false) {
+                f(c)
+            }
+            i += 1;
+        });
+    };
+    let reservation = if owned.contains(&true) {
+        let r = presence::reserve_for_child()?;
+        for_each_owned(&mut |c| c.set_presence(r));
+        Some(r)
+    } else {
+        None
+    };
+    // Whatever sits in stdout's buffer would otherwise be written twice.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+
+    // SAFETY: fork has no memory-safety preconditions; what the child may do is the caller's
+    // contract (single-threaded for the safe `fork`).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        if let Some(r) = reservation {
+            let me = presence::current().unwrap_or(PresenceRef::NONE);
+            for_each_owned(&mut |c| c.set_presence(me));
+            presence::release_reservation(r);
+        }
+        return Err(Error::Io(err));
+    }
+    if pid == 0 {
+        // Child. The fork hook has reset the cached pid, TID and presence.
+        if let Some(r) = reservation {
+            presence::adopt(r);
+            let me = current_pid();
+            // Take the ends that the parent owned; ones it did not own stay inert.
+            for_each_owned(&mut |c| c.set_owner_pid(me));
+        }
+        let code = catch_unwind(AssertUnwindSafe(|| child(ends))).unwrap_or(101);
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: `_exit` ends the process without unwinding or running the parent's atexit
+        // handlers and destructors, which belong to the parent.
+        unsafe { libc::_exit(code) };
+    }
+    // Parent: forget our copies of the handed-over ends without closing them.
+    let pid = pid as u32;
+    for_each_owned(&mut |c| c.set_owner_pid(0));
+    drop(ends);
+    let pidfd = crate::sys::pidfd_open(pid);
+    if let Some(r) = reservation {
+        presence::await_adoption(r, pid);
+    }
+    Ok(Child {
+        pid,
+        status: None,
+        pidfd,
+    })
+}
+
+/// A forked child process. Like `std::process::Child`, dropping it neither kills nor reaps
+/// the child: call [`wait`](Child::wait) (or [`kill`](Child::kill) then `wait`).
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+    status: Option<ExitStatus>,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Child {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    fn reap(&mut self, block: bool) -> Result<Option<ExitStatus>, Error> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let mut status = 0;
+        loop {
+            let flags = if block { 0 } else { libc::WNOHANG };
+            // SAFETY: `status` is writable; `pid` is our own child, not yet reaped.
+            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, flags) };
+            if r == 0 {
+                return Ok(None);
+            }
+            if r > 0 {
+                let s = ExitStatus::from_raw(status);
+                self.status = Some(s);
+                self.pidfd = None;
+                return Ok(Some(s));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Io(e));
+            }
+        }
+    }
+
+    /// Waits for the child to exit and reaps it.
+    pub fn wait(&mut self) -> Result<ExitStatus, Error> {
+        match self.reap(true)? {
+            Some(s) => Ok(s),
+            None => Err(Error::Io(std::io::Error::other("waitpid returned no status"))),
+        }
+    }
+
+    /// Reaps the child if it has exited; never blocks.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
+        self.reap(false)
+    }
+
+    /// Waits at most `timeout` for the child to exit (any duration, `Duration::MAX`
+    /// included). `Ok(None)`: still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
+        let start = Instant::now();
+        let mut nap = Duration::from_micros(100);
+        loop {
+            if let Some(s) = self.reap(false)? {
+                return Ok(Some(s));
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    // A pidfd polls readable when the process exits: sleep until then.
+                    let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                    let mut pfd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; `poll` only writes `revents`.
+                    unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
+                }
+                None => {
+                    std::thread::sleep(nap.min(left));
+                    nap = (nap * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Sends SIGKILL to the child (unless it has already been reaped).
+    pub fn kill(&mut self) -> Result<(), Error> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child, so it
+        // cannot have been reused.
+        let r = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        if r == 0 {
+            Ok(())
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(Error::Io(e)) }
+        }
+    }
+
+    /// Sends `signal` to the child (e.g. `libc::SIGSTOP`), unless it has been reaped.
+    pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: as in `kill`.
+        if unsafe { libc::kill(self.pid as libc::pid_t, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(Error::Io(std::io::Error::last_os_error()))
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! A lock-free single-producer single-consumer ring of variable-length messages in shared
+//! memory, with zero-copy reservation and spin-then-futex waiting.
+//!
+//! # Layout (one `AnonRegion` per ring)
+//!
+//! ```text
+//! offset 0     RingHeader (repr(C)), each field on its own 128-byte line:
+//!   head       u64  consumer position (monotonic byte count); written by the consumer only
+//!   rx         SideState of the consumer: wait word, closed flag, owner presence
+//!   tx         SideState of the producer
+//! offset 512   data area: `cap` bytes, cap a power of two >= 64, holding records:
+//!
+//!   record   = | header: u64 | payload: len bytes | pad to a multiple of 8 |
+//!   header   = kind << 32 | len      kind 1 = message, 2 = padding, 0 = not yet written
+//! ```
+//!
+//! # Invariants
+//!
+//! * Positions are monotonic `u64` byte counts; a record at position `p` sits at index
+//!   `p & (cap - 1)`. Records never straddle the end of the data area: when a record does not
+//!   fit before the end, the producer writes a padding record (`len` = bytes to the end minus
+//!   its 8-byte header) and puts the record at index 0.
+//! * `head <= tail` and `tail - head <= cap - 8`: the producer always keeps 8 free bytes after
+//!   its last record, because it zeroes the header slot that follows each record *before*
+//!   committing it. So the header at `tail` is always 0 (empty) when the consumer reaches it,
+//!   and the consumer never writes the data area.
+//! * Commit is one Release store of the record's header (for a wrapped record: the record's
+//!   header, then the padding's header). The consumer polls the header at `head` with Acquire:
+//!   one cache line per message, no separate tail index to bounce.
+//! * The largest message is `cap / 2 - 16` bytes: it fits at any index once the ring is empty.
+//!
+//! # Validation
+//!
+//! Positions are private to each side (copied into the endpoint, not re-read). What the
+//! consumer reads from shared memory, the header, is checked: kind is 1 or 2, a message lies
+//! inside the data area and within the maximum length, a padding record ends exactly at the end
+//! of the area and is never at index 0. What the producer reads, the consumer's `head`, must be
+//! a multiple of 8, no smaller than last seen, and not beyond `tail`. Anything else is
+//! `Corrupted`, and the side stops using the ring for good.
+//!
+//! # Waiting
+//!
+//! A side that cannot proceed spins (per its `WaitPolicy`), then sets its `wait` word to 1,
+//! issues a full barrier and re-checks (Dekker's handshake: the other side publishes, barriers,
+//! then reads `wait`), then sleeps on its `wait` word together with the peer owner's presence
+//! word (`futex_waitv`), so the peer's death wakes it too. The publishing side makes a wake-up
+//! system call only when `wait` is 1.
+
+mod data;
+
+use std::cell::Cell;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::presence::{self, Liveness, PresenceRef};
+use crate::sync::spin::Spinner;
+use crate::sync::{AtomicU32, AtomicU64, Deadline, FutexWord, Ordering, WaitPolicy, Wake, fence};
+use crate::{AnonRegion, Error};
+pub(crate) use data::Data;
+
+const KIND_MSG: u64 = 1;
+const KIND_PAD: u64 = 2;
+const HDR: usize = 8;
+/// Smallest data area.
+pub(crate) const MIN_CAP: usize = 64;
+/// How long a waiter sleeps at most when the kernel lacks `futex_waitv` (it then re-checks the
+/// peer's presence itself).
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+/// One side's shared state.
+#[repr(C)]
+pub(crate) struct SideState {
+    /// 1 while this side sleeps or is about to; the other side wakes it only then.
+    wait: FutexWord,
+    /// 0 while open; 1 once the owning process dropped this side's endpoint.
+    closed: AtomicU32,
+    /// The owning process's presence (`PresenceRef`), 0 if unknown.
+    owner: AtomicU64,
+}
+
+impl SideState {
+    fn new() -> SideState {
+        SideState {
+            wait: FutexWord::new(0),
+            closed: AtomicU32::new(0),
+            owner: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The shared header at the start of a ring's region.
+#[repr(C)]
+pub(crate) struct RingHeader {
+    head: CachePadded<AtomicU64>,
+    rx: CachePadded<SideState>,
+    tx: CachePadded<SideState>,
+}
+
+/// Why a side is (or became) disconnected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The peer's owning process dropped its endpoint.
+    PeerDropped,
+    /// The peer's owning process died without dropping it (killed, crashed, exited).
+    PeerDied,
+    /// The ring's shared memory held something impossible; the channel is unusable for good.
+    Corrupted,
+    /// This process does not own this endpoint (it is a copy inherited through `fork`, or was
+    /// handed to a child).
+    NotOwner,
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DisconnectReason::PeerDropped => "the peer dropped its endpoint",
+            DisconnectReason::PeerDied => "the peer process died",
+            DisconnectReason::Corrupted => "the channel's shared memory is corrupted",
+            DisconnectReason::NotOwner => "this process does not own the endpoint",
+        })
+    }
+}
+
+/// Ring-level failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RingError {
+    /// Nothing to read (`try_`) or no room (`try_`).
+    WouldBlock,
+    /// The deadline passed.
+    Timeout,
+    /// The message can never fit.
+    TooLarge { len: usize, max: usize },
+    /// The ring is closed for this side.
+    Disconnected(DisconnectReason),
+}
+
+/// The mapping and the addresses inside it, shared by both ends within one process.
+pub(crate) struct RingMem {
+    _region: AnonRegion,
+    hdr: NonNull<RingHeader>,
+    data: Data,
+}
+
+// SAFETY: the header is atomics only; the data area is accessed per the ring protocol; the
+// region is owned here and unmapped only when the last end in this process drops.
+unsafe impl Send for RingMem {}
+// SAFETY: as above.
+unsafe impl Sync for RingMem {}
+
+impl RingMem {
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `hdr` points into `_region`, initialised in `new`, alive as long as `self`.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// The header's address, the data area's address and its size: for tests that scribble
+    /// over shared memory.
+    #[cfg(not(loom))]
+    pub(crate) fn raw_parts(&self) -> (*mut u8, *mut u8, usize) {
+        (self.hdr.as_ptr().cast(), self.data.ptr(0), self.data.cap())
+    }
+
+    /// Sets the owner presence of both sides (at creation, and when a side is handed over).
+    pub(crate) fn set_owner(&self, producer_side: bool, owner: PresenceRef) {
+        let side = if producer_side { &self.hdr().tx } else { &self.hdr().rx };
+        side.owner.store(owner.0, Ordering::SeqCst);
+        // A peer asleep on the old owner's presence must re-arm on the new one.
+        let peer = if producer_side { &self.hdr().rx } else { &self.hdr().tx };
+        peer.wait.store(0, Ordering::SeqCst);
+        peer.wait.wake(1);
+    }
+}
+
+/// Creates a ring whose data area is `cap` bytes (a power of two, at least `MIN_CAP`).
+pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
+    if cap < MIN_CAP || !cap.is_power_of_two() || cap > u32::MAX as usize {
+        return Err(Error::SizeOverflow);
+    }
+    let (data_len, data_align) = Data::layout(cap);
+    let total = std::mem::size_of::<RingHeader>()
+        .checked_add(data_len + data_align)
+        .ok_or(Error::SizeOverflow)?;
+    let region = AnonRegion::new(total)?;
+    let hdr = region.place(RingHeader {
+        head: CachePadded::new(AtomicU64::new(0)),
+        rx: CachePadded::new(SideState::new()),
+        tx: CachePadded::new(SideState::new()),
+    })?;
+    let base = region.alloc_raw(data_len, data_align)?;
+    // SAFETY: `base` is `data_len` fresh, aligned, zero-filled bytes of the region, which the
+    // RingMem keeps alive.
+    let data = unsafe { Data::new(base, cap) };
+    let mem = Arc::new(RingMem {
+        _region: region,
+        hdr,
+        data,
+    });
+    Ok((
+        Producer {
+            mem: mem.clone(),
+            tail: Cell::new(0),
+            head_seen: Cell::new(0),
+            policy: Cell::new(WaitPolicy::default()),
+            broken: Cell::new(None),
+        },
+        Consumer {
+            mem,
+            head: Cell::new(0),
+            policy: Cell::new(WaitPolicy::default()),
+            broken: Cell::new(None),
+        },
+    ))
+}
+
+#[inline]
+fn record_size(len: usize) -> usize {
+    HDR + ((len + 7) & !7)
+}
+
+/// The largest message a data area of `cap` bytes accepts.
+#[inline]
+pub(crate) fn max_message_len(cap: usize) -> usize {
+    cap / 2 - 16
+}
+
+/// The data-area size that holds at least `n` messages of `len` bytes each.
+pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
+    let rec = len.checked_add(HDR + 7).ok_or(Error::SizeOverflow)? & !7;
+    let need = n
+        .checked_add(1)
+        .and_then(|k| k.checked_mul(rec))
+        .and_then(|b| b.checked_add(HDR))
+        .ok_or(Error::SizeOverflow)?;
+    let for_max = len.checked_mul(2).and_then(|b| b.checked_add(32)).ok_or(Error::SizeOverflow)?;
+    need.max(for_max)
+        .max(MIN_CAP)
+        .checked_next_power_of_two()
+        .filter(|c| *c <= u32::MAX as usize)
+        .ok_or(Error::SizeOverflow)
+}
+
+/// Sleeps on `me.wait` (expected 1) and on the peer owner's presence, if known.
+fn sleep(me: &SideState, peer_owner: PresenceRef, deadline: Option<&Deadline>) -> Result<Wake, DisconnectReason> {
+    match presence::arm(peer_owner) {
+        Some((word, val)) => Ok(me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL)),
+        None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
+        None => {
+            presence::pass_on_death(peer_owner);
+            Err(DisconnectReason::PeerDied)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer
+
+/// The writing end of a ring. `Send`, not `Sync`.
+pub(crate) struct Producer {
+    mem: Arc<RingMem>,
+    /// Our position: where the next record goes. Private; never read back from shared memory.
+    tail: Cell<u64>,
+    /// The consumer's position as last read: always `<= tail`, a multiple of 8.
+    head_seen: Cell<u64>,
+    policy: Cell<WaitPolicy>,
+    broken: Cell<Option<DisconnectReason>>,
+}
+
+/// Reserved, not yet committed space for one message. Dropping it commits nothing.
+pub(crate) struct Reservation<'a> {
+    p: &'a Producer,
+    /// Index of the record's header.
+    rec: usize,
+    len: usize,
+    /// Index of the padding record before it, if the reservation wrapped.
+    pad: Option<usize>,
+    new_tail: u64,
+}
+
+impl Producer {
+    pub(crate) fn mem(&self) -> &Arc<RingMem> {
+        &self.mem
+    }
+    pub(crate) fn max_message_len(&self) -> usize {
+        max_message_len(self.mem.data.cap())
+    }
+    pub(crate) fn set_policy(&self, p: WaitPolicy) {
+        self.policy.set(p);
+    }
+    pub(crate) fn policy(&self) -> WaitPolicy {
+        self.policy.get()
+    }
+    pub(crate) fn broken(&self) -> Option<DisconnectReason> {
+        self.broken.get()
+    }
+
+    /// Free bytes as far as we know, after refreshing the consumer's position if `need` does not
+    /// fit. `Err` if the position read from shared memory is impossible.
+    #[inline]
+    fn room(&self, need: usize) -> Result<bool, DisconnectReason> {
+        let cap = self.mem.data.cap() as u64;
+        let tail = self.tail.get();
+        // `need` already includes the 8 bytes kept free after the last record.
+        if tail - self.head_seen.get() + need as u64 <= cap {
+            return Ok(true);
+        }
+        // Acquire: pairs with the consumer's Release store of `head` in `release`, so its reads
+        // of the records it consumed are done before we overwrite them.
+        let head = self.mem.hdr().head.load(Ordering::Acquire);
+        if head % 8 != 0 || head < self.head_seen.get() || head > tail {
+            self.broken.set(Some(DisconnectReason::Corrupted));
+            return Err(DisconnectReason::Corrupted);
+        }
+        self.head_seen.set(head);
+        Ok(tail - head + need as u64 <= cap)
+    }
+
+    /// Reserves room for a `len`-byte message without blocking.
+    pub(crate) fn try_reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
+        if let Some(r) = self.broken.get() {
+            return Err(RingError::Disconnected(r));
+        }
+        let cap = self.mem.data.cap();
+        let max = max_message_len(cap);
+        if len > max {
+            return Err(RingError::TooLarge { len, max });
+        }
+        if self.mem.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
+            return Err(RingError::Disconnected(DisconnectReason::PeerDropped));
+        }
+        let rec = record_size(len);
+        let tail = self.tail.get();
+        let idx = (tail as usize) & (cap - 1);
+        let to_end = cap - idx;
+        let (rec_idx, pad, used) = if rec <= to_end {
+            (idx, None, rec)
+        } else {
+            (0, Some(idx), to_end + rec)
+        };
+        match self.room(used + HDR) {
+            Ok(true) => Ok(Reservation {
+                p: self,
+                rec: rec_idx,
+                len,
+                pad,
+                new_tail: tail + used as u64,
+            }),
+            Ok(false) => Err(RingError::WouldBlock),
+            Err(r) => Err(RingError::Disconnected(r)),
+        }
+    }
+
+    /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
+    pub(crate) fn reserve(&self, len: usize, deadline: Option<&Deadline>) -> Result<Reservation<'_>, RingError> {
+        match self.try_reserve(len) {
+            Err(RingError::WouldBlock) => {}
+            other => return other,
+        }
+        self.wait_for_room(len, deadline)?;
+        self.try_reserve(len)
+    }
+
+    #[cold]
+    fn wait_for_room(&self, len: usize, deadline: Option<&Deadline>) -> Result<(), RingError> {
+        let hdr = self.mem.hdr();
+        let mut spinner = Spinner::new(self.policy.get());
+        let ready = |p: &Producer| match p.try_reserve(len) {
+            Err(RingError::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+            Ok(_) => Ok(true),
+        };
+        loop {
+            if ready(self)? {
+                return Ok(());
+            }
+            if deadline.is_some_and(Deadline::expired) {
+                return Err(RingError::Timeout);
+            }
+            if spinner.spin() {
+                continue;
+            }
+            hdr.tx.wait.store(1, Ordering::Relaxed);
+            // Dekker: our `wait = 1` before our re-check; pairs with the fence in `release`.
+            fence(Ordering::SeqCst);
+            let outcome = if ready(self)? {
+                Ok(Wake::Retry)
+            } else {
+                sleep(&hdr.tx, PresenceRef(hdr.rx.owner.load(Ordering::SeqCst)), deadline)
+            };
+            hdr.tx.wait.store(0, Ordering::Relaxed);
+            match outcome {
+                Ok(Wake::Retry) => {}
+                Ok(Wake::TimedOut) => {
+                    return if ready(self)? { Ok(()) } else { Err(RingError::Timeout) };
+                }
+                Err(reason) => {
+                    return if ready(self)? { Ok(()) } else { Err(RingError::Disconnected(reason)) };
+                }
+            }
+        }
+    }
+
+    /// Whether the consumer side's owner has died (a slow check; used by the channel layer).
+    pub(crate) fn peer_alive(&self) -> bool {
+        presence::check(PresenceRef(self.mem.hdr().rx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+    }
+
+    /// Marks the producer side closed and wakes the consumer.
+    pub(crate) fn close(&self) {
+        let hdr = self.mem.hdr();
+        hdr.tx.closed.store(1, Ordering::SeqCst);
+        hdr.rx.wait.store(0, Ordering::SeqCst);
+        hdr.rx.wait.wake(1);
+    }
+
+    #[inline]
+    fn notify_consumer(&self) {
+        let rx = &self.mem.hdr().rx;
+        // Dekker: our commit before our read of `wait`; pairs with the fence in the consumer's
+        // `wait_for_message`.
+        fence(Ordering::SeqCst);
+        if rx.wait.load(Ordering::Relaxed) != 0 {
+            rx.wait.store(0, Ordering::Relaxed);
+            rx.wait.wake(1);
+        }
+    }
+}
+
+impl Reservation<'_> {
+    /// Copies `src` (at most `len` bytes) to the start of the payload.
+    pub(crate) fn write(&mut self, src: &[u8]) {
+        let n = src.len().min(self.len);
+        self.p.mem.data.write(self.rec + HDR, &src[..n]);
+    }
+
+    /// Copies `n` bytes from `src` to the start of the payload (an untyped copy).
+    ///
+    /// # Safety
+    /// `src` must be readable for `n` bytes, and `n <= self.len()`.
+    pub(crate) unsafe fn write_raw(&mut self, src: *const u8, n: usize) {
+        assert!(n <= self.len);
+        // SAFETY: `n` fits the reserved payload (asserted); `src` is readable (caller).
+        unsafe { self.p.mem.data.write_raw(self.rec + HDR, src, n) }
+    }
+
+    /// The payload as a writable slice (native only: loom has no byte view).
+    #[cfg(not(loom))]
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the payload lies inside the data area (`rec + HDR + len <= cap`, checked by
+        // `try_reserve`), is reserved for us, and the consumer does not read it before commit.
+        unsafe { std::slice::from_raw_parts_mut(self.p.mem.data.ptr(self.rec + HDR), self.len) }
+    }
+
+    /// The payload as a slice (native only).
+    #[cfg(not(loom))]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: as in `as_mut_slice`; shared access to bytes reserved for us.
+        unsafe { std::slice::from_raw_parts(self.p.mem.data.ptr(self.rec + HDR), self.len) }
+    }
+
+    /// Publishes the message.
+    pub(crate) fn commit(self) {
+        let p = self.p;
+        let data = &p.mem.data;
+        let cap = data.cap();
+        let next = (self.rec + record_size(self.len)) & (cap - 1);
+        // The slot after our record must read "empty" before the record becomes visible.
+        data.clear_header(next);
+        // Release: pairs with the consumer's Acquire load of this header in `try_read`; makes
+        // the payload and the cleared next header visible first.
+        data.header(self.rec).store(KIND_MSG << 32 | self.len as u64, Ordering::Release);
+        if let Some(pad) = self.pad {
+            // Published last: the consumer reaches the record only through the padding.
+            data.header(pad)
+                .store(KIND_PAD << 32 | (cap - pad - HDR) as u64, Ordering::Release);
+        }
+        p.tail.set(self.new_tail);
+        p.notify_consumer();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer
+
+/// The reading end of a ring. `Send`, not `Sync`.
+pub(crate) struct Consumer {
+    mem: Arc<RingMem>,
+    /// Our position. Private; published to `RingHeader::head` after each message.
+    head: Cell<u64>,
+    policy: Cell<WaitPolicy>,
+    broken: Cell<Option<DisconnectReason>>,
+}
+
+/// A committed message, readable in place until dropped (which releases its space).
+pub(crate) struct ReadGuard<'a> {
+    c: &'a Consumer,
+    /// Index of the payload.
+    at: usize,
+    len: usize,
+    end: u64,
+}
+
+impl Consumer {
+    pub(crate) fn mem(&self) -> &Arc<RingMem> {
+        &self.mem
+    }
+    pub(crate) fn max_message_len(&self) -> usize {
+        max_message_len(self.mem.data.cap())
+    }
+    pub(crate) fn set_policy(&self, p: WaitPolicy) {
+        self.policy.set(p);
+    }
+    pub(crate) fn policy(&self) -> WaitPolicy {
+        self.policy.get()
+    }
+    pub(crate) fn broken(&self) -> Option<DisconnectReason> {
+        self.broken.get()
+    }
+
+    fn corrupted(&self) -> RingError {
+        self.broken.set(Some(DisconnectReason::Corrupted));
+        RingError::Disconnected(DisconnectReason::Corrupted)
+    }
+
+    /// The next committed message, without blocking. `WouldBlock` when none is committed.
+    #[inline]
+    pub(crate) fn try_read(&self) -> Result<ReadGuard<'_>, RingError> {
+        if let Some(r) = self.broken.get() {
+            return Err(RingError::Disconnected(r));
+        }
+        let data = &self.mem.data;
+        let cap = data.cap();
+        let mut skipped_pad = false;
+        loop {
+            let pos = self.head.get();
+            let idx = (pos as usize) & (cap - 1);
+            // Acquire: pairs with the producer's Release store in `commit`.
+            let h = data.header(idx).load(Ordering::Acquire);
+            if h == 0 {
+                return Err(RingError::WouldBlock);
+            }
+            let len = (h & 0xffff_ffff) as usize;
+            match h >> 32 {
+                KIND_MSG => {
+                    if len > max_message_len(cap) || record_size(len) > cap - idx {
+                        return Err(self.corrupted());
+                    }
+                    return Ok(ReadGuard {
+                        c: self,
+                        at: idx + HDR,
+                        len,
+                        end: pos + record_size(len) as u64,
+                    });
+                }
+                KIND_PAD if !skipped_pad && idx != 0 && len == cap - idx - HDR => {
+                    skipped_pad = true;
+                    let next = pos + (cap - idx) as u64;
+                    self.head.set(next);
+                    // Release: pairs with the producer's Acquire load of `head` in `room`.
+                    self.mem.hdr().head.store(next, Ordering::Release);
+                }
+                _ => return Err(self.corrupted()),
+            }
+        }
+    }
+
+    /// The next message, waiting per the policy until `deadline` (`None`: forever).
+    pub(crate) fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
+        match self.try_read() {
+            Err(RingError::WouldBlock) => {}
+            other => return other,
+        }
+        self.wait_for_message(deadline)?;
+        self.try_read()
+    }
+
+    #[cold]
+    fn wait_for_message(&self, deadline: Option<&Deadline>) -> Result<(), RingError> {
+        let hdr = self.mem.hdr();
+        let mut spinner = Spinner::new(self.policy.get());
+        // A message committed before the producer closed or died is still delivered: every
+        // disconnect below is reported only after one more look at the ring.
+        let ready = |c: &Consumer| match c.try_read() {
+            Err(RingError::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+            Ok(g) => {
+                std::mem::forget(g); // peeked only; the message stays
+                Ok(true)
+            }
+        };
+        loop {
+            if ready(self)? {
+                return Ok(());
+            }
+            if hdr.tx.closed.load(Ordering::SeqCst) != 0 {
+                return if ready(self)? {
+                    Ok(())
+                } else {
+                    Err(RingError::Disconnected(DisconnectReason::PeerDropped))
+                };
+            }
+            if deadline.is_some_and(Deadline::expired) {
+                return Err(RingError::Timeout);
+            }
+            if spinner.spin() {
+                continue;
+            }
+            hdr.rx.wait.store(1, Ordering::Relaxed);
+            // Dekker: our `wait = 1` before our re-check; pairs with the fence in
+            // `notify_consumer` (and the SeqCst store in `close`).
+            fence(Ordering::SeqCst);
+            let outcome = if ready(self)? || hdr.tx.closed.load(Ordering::SeqCst) != 0 {
+                Ok(Wake::Retry)
+            } else {
+                sleep(&hdr.rx, PresenceRef(hdr.tx.owner.load(Ordering::SeqCst)), deadline)
+            };
+            hdr.rx.wait.store(0, Ordering::Relaxed);
+            match outcome {
+                Ok(Wake::Retry) => {}
+                Ok(Wake::TimedOut) => {
+                    return if ready(self)? { Ok(()) } else { Err(RingError::Timeout) };
+                }
+                Err(reason) => {
+                    return if ready(self)? { Ok(()) } else { Err(RingError::Disconnected(reason)) };
+                }
+            }
+        }
+    }
+
+    /// Marks the consumer side closed and wakes the producer.
+    pub(crate) fn close(&self) {
+        let hdr = self.mem.hdr();
+        hdr.rx.closed.store(1, Ordering::SeqCst);
+        hdr.tx.wait.store(0, Ordering::SeqCst);
+        hdr.tx.wait.wake(1);
+    }
+
+    /// Whether the producer side's owner is alive (a slow check).
+    pub(crate) fn peer_alive(&self) -> bool {
+        presence::check(PresenceRef(self.mem.hdr().tx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+    }
+
+    /// Whether the producer closed its side.
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.mem.hdr().tx.closed.load(Ordering::SeqCst) != 0
+    }
+}
+
+impl ReadGuard<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies the payload's first `dst.len()` bytes out.
+    pub(crate) fn read_into(&self, dst: &mut [u8]) {
+        let n = dst.len().min(self.len);
+        self.c.mem.data.read(self.at, &mut dst[..n]);
+    }
+
+    /// Copies `n` payload bytes to `dst` (an untyped copy).
+    ///
+    /// # Safety
+    /// `dst` must be writable for `n` bytes, and `n <= self.len()`.
+    pub(crate) unsafe fn read_raw(&self, dst: *mut u8, n: usize) {
+        assert!(n <= self.len);
+        // SAFETY: `n` fits the validated payload (asserted); `dst` is writable (caller).
+        unsafe { self.c.mem.data.read_raw(self.at, dst, n) }
+    }
+
+    /// The payload in place (native only).
+    #[cfg(not(loom))]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: the record was validated to lie inside the data area; the producer does not
+        // write it until we release it (publish a `head` past it).
+        unsafe { std::slice::from_raw_parts(self.c.mem.data.ptr(self.at), self.len) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let c = self.c;
+        c.head.set(self.end);
+        let hdr = c.mem.hdr();
+        // Release: pairs with the producer's Acquire load of `head` in `room`: our reads of the
+        // payload happen before it reuses the space.
+        hdr.head.store(self.end, Ordering::Release);
+        // Dekker: `head` before our read of the producer's `wait`; pairs with the fence in
+        // `wait_for_room`.
+        fence(Ordering::SeqCst);
+        if hdr.tx.wait.load(Ordering::Relaxed) != 0 {
+            hdr.tx.wait.store(0, Ordering::Relaxed);
+            hdr.tx.wait.wake(1);
+        }
+    }
+}

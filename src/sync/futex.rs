@@ -1,0 +1,118 @@
+//! A futex word: an `AtomicU32` that a thread of any process can sleep on until it changes.
+
+use super::AtomicU32;
+
+#[cfg(not(loom))]
+pub(crate) use crate::sys::Deadline;
+pub(crate) use crate::sys::Wake;
+
+/// A 32-bit word that can be waited on. Natively exactly an `AtomicU32` (`repr(transparent)`),
+/// so it can sit in shared memory and be handed to the kernel.
+#[cfg_attr(not(loom), repr(transparent))]
+pub(crate) struct FutexWord {
+    value: AtomicU32,
+    #[cfg(loom)]
+    park: (loom::sync::Mutex<()>, loom::sync::Condvar),
+}
+
+impl std::ops::Deref for FutexWord {
+    type Target = AtomicU32;
+    #[inline]
+    fn deref(&self) -> &AtomicU32 {
+        &self.value
+    }
+}
+
+#[cfg(not(loom))]
+impl FutexWord {
+    pub(crate) const fn new(v: u32) -> FutexWord {
+        FutexWord {
+            value: AtomicU32::new(v),
+        }
+    }
+
+    /// Sleeps while the word holds `expected`, until woken or `deadline`. Spurious returns
+    /// happen; callers re-check their condition.
+    pub(crate) fn wait(&self, expected: u32, deadline: Option<&Deadline>) -> Wake {
+        crate::sys::futex_wait(&self.value, expected, deadline)
+    }
+
+    /// Sleeps until either word stops holding its expected value (or is woken), or `deadline`.
+    /// Where the kernel lacks `futex_waitv`, sleeps on `self` alone for at most `fallback`
+    /// so the caller gets to re-check `other` itself.
+    pub(crate) fn wait2(
+        &self,
+        expected: u32,
+        other: (&FutexWord, u32),
+        deadline: Option<&Deadline>,
+        fallback: std::time::Duration,
+    ) -> Wake {
+        let words = [(&self.value, expected), (&other.0.value, other.1)];
+        if let Some(w) = crate::sys::futex_waitv(&words, deadline) {
+            return w;
+        }
+        let short = Deadline::after(fallback);
+        match crate::sys::futex_wait(&self.value, expected, Some(&short)) {
+            Wake::TimedOut if deadline.is_some_and(Deadline::expired) => Wake::TimedOut,
+            _ => Wake::Retry,
+        }
+    }
+
+    /// Wakes up to `n` sleepers, in any process.
+    pub(crate) fn wake(&self, n: i32) {
+        crate::sys::futex_wake(&self.value, n)
+    }
+}
+
+/// Under loom a deadline never passes: loom cannot model time (`Condvar::wait_timeout` never
+/// times out), so timeout paths are tested natively.
+#[cfg(loom)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline;
+
+#[cfg(loom)]
+impl Deadline {
+    pub(crate) fn after(_: std::time::Duration) -> Deadline {
+        Deadline
+    }
+    pub(crate) fn expired(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(loom)]
+impl FutexWord {
+    pub(crate) fn new(v: u32) -> FutexWord {
+        FutexWord {
+            value: AtomicU32::new(v),
+            park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+        }
+    }
+
+    pub(crate) fn wait(&self, expected: u32, _deadline: Option<&Deadline>) -> Wake {
+        let guard = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Compared under the lock: a waker stores, then takes the lock to notify, so either this
+        // load sees the new value or the notification comes after we sleep.
+        if self.value.load(super::Ordering::SeqCst) != expected {
+            return Wake::Retry;
+        }
+        drop(self.park.1.wait(guard));
+        Wake::Retry
+    }
+
+    pub(crate) fn wait2(
+        &self,
+        expected: u32,
+        _other: (&FutexWord, u32),
+        deadline: Option<&Deadline>,
+        _fallback: std::time::Duration,
+    ) -> Wake {
+        self.wait(expected, deadline)
+    }
+
+    pub(crate) fn wake(&self, _n: i32) {
+        let guard = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.park.1.notify_all();
+        drop(guard);
+    }
+}

@@ -1,0 +1,273 @@
+//! Everything Linux-specific, in one place: the futex system calls, the calling thread's robust
+//! list, thread and process identities, and the `/proc` probe `fork` needs.
+//!
+//! The rest of the crate calls these thin wrappers and never names a syscall number. Porting to
+//! another kernel means rewriting this file (and accepting weaker death detection where the
+//! kernel has no robust-futex list).
+
+use std::io;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Bit 31 of a robust futex word: somebody sleeps (or is about to sleep) on the word.
+pub const FUTEX_WAITERS: u32 = 0x8000_0000;
+/// Bit 30 of a robust futex word: the thread named by the TID bits died holding it.
+pub const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+/// The low 30 bits of a robust futex word: the owner's thread id, 0 when unowned.
+pub const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// An absolute `CLOCK_MONOTONIC` point in time, the form the futex calls take, so that a wait
+/// restarted after `EINTR` still ends when it was meant to.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(libc::timespec);
+
+fn monotonic_now() -> libc::timespec {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts
+}
+
+impl Deadline {
+    /// `timeout` from now; saturates far in the future (a timeout of `Duration::MAX` works).
+    pub fn after(timeout: Duration) -> Deadline {
+        let now = monotonic_now();
+        let secs = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+        let mut sec = now.tv_sec.saturating_add(secs);
+        let mut nsec = now.tv_nsec + i64::from(timeout.subsec_nanos());
+        if nsec >= 1_000_000_000 {
+            nsec -= 1_000_000_000;
+            sec = sec.saturating_add(1);
+        }
+        // The kernel rejects absurd second counts on some paths; a few centuries is forever.
+        const FOREVER_SECS: i64 = 1 << 40;
+        if sec > FOREVER_SECS {
+            sec = FOREVER_SECS;
+        }
+        Deadline(libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        })
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        let now = monotonic_now();
+        (now.tv_sec, now.tv_nsec) >= (self.0.tv_sec, self.0.tv_nsec)
+    }
+}
+
+/// Why a futex wait returned. Every outcome means "look at the words again".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Woken, interrupted, or the value had already changed.
+    Retry,
+    /// The deadline passed.
+    TimedOut,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `FUTEX_WAIT_BITSET` (shared, not private) on `word` while it holds `expected`, until woken
+/// or `deadline`.
+pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<&Deadline>) -> Wake {
+    let ts = deadline.map_or(std::ptr::null(), |d| &d.0 as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call; `ts` is null or points
+    // at a timespec that outlives the call. FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC
+    // time. No FUTEX_PRIVATE_FLAG: the word may be shared with other processes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT_BITSET,
+            expected,
+            ts,
+            std::ptr::null::<u32>(),
+            libc::FUTEX_BITSET_MATCH_ANY,
+        )
+    };
+    if r == -1 && errno() == libc::ETIMEDOUT {
+        Wake::TimedOut
+    } else {
+        // 0 (woken), EAGAIN (value changed), EINTR (signal): the caller re-checks.
+        Wake::Retry
+    }
+}
+
+/// `FUTEX_WAKE` (shared) for up to `n` waiters on `word`.
+pub fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}
+
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+const FUTEX2_SIZE_U32: u32 = 2;
+
+/// Whether `futex_waitv` (Linux 5.16) exists here; cached after the first `ENOSYS`.
+static WAITV_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sleeps until any of `words` stops holding its expected value, is woken, or `deadline`.
+/// Returns `None` when the kernel has no `futex_waitv`; the caller then waits on the first word
+/// alone, with a short timeout, and re-checks the others itself.
+pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> Option<Wake> {
+    if WAITV_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let mut v: [FutexWaitv; 2] = [
+        FutexWaitv {
+            val: 0,
+            uaddr: 0,
+            flags: 0,
+            reserved: 0,
+        },
+        FutexWaitv {
+            val: 0,
+            uaddr: 0,
+            flags: 0,
+            reserved: 0,
+        },
+    ];
+    let n = words.len().min(v.len());
+    for (slot, (word, expected)) in v.iter_mut().zip(words) {
+        slot.val = u64::from(*expected);
+        slot.uaddr = word.as_ptr() as u64;
+        // Shared (no FUTEX_PRIVATE_FLAG): a private entry is never woken by the kernel's
+        // robust-list death wake-up, nor by another process.
+        slot.flags = FUTEX2_SIZE_U32;
+    }
+    let ts = deadline.map_or(std::ptr::null(), |d| &d.0 as *const libc::timespec);
+    // SAFETY: `v[..n]` are initialised waiters whose addresses point at live u32 words; the
+    // flags argument must be 0; the timeout is absolute on CLOCK_MONOTONIC or null.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            v.as_ptr(),
+            n as libc::c_uint,
+            0u32,
+            ts,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r >= 0 {
+        return Some(Wake::Retry);
+    }
+    match errno() {
+        libc::ETIMEDOUT => Some(Wake::TimedOut),
+        libc::ENOSYS => {
+            WAITV_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+        _ => Some(Wake::Retry),
+    }
+}
+
+/// The calling thread's kernel thread id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The calling process's id (a system call: callers cache it).
+pub fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// The kernel's `struct robust_list_head`, which glibc keeps in each thread's descriptor.
+#[repr(C)]
+pub struct RobustListHead {
+    /// First entry; the list is circular through the head (empty: points at itself).
+    pub list: *mut usize,
+    /// Byte offset from an entry to its futex word.
+    pub futex_offset: isize,
+    /// The entry being added or removed, so a death in mid-operation is still handled.
+    pub list_op_pending: *mut usize,
+}
+
+/// The robust list head registered for the calling thread, or null if none is.
+pub fn robust_list_head() -> *mut RobustListHead {
+    let mut head: *mut RobustListHead = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: pid 0 means the calling thread; both out-pointers are valid for writes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut *mut RobustListHead,
+            &mut len as *mut libc::size_t,
+        )
+    };
+    if r != 0 || len != std::mem::size_of::<RobustListHead>() {
+        return std::ptr::null_mut();
+    }
+    head
+}
+
+/// Registers `head` as the calling thread's robust list.
+///
+/// # Safety
+/// `head` must stay valid, and be used only by this thread, until the thread exits.
+pub unsafe fn set_robust_list(head: *mut RobustListHead) -> bool {
+    // SAFETY: the caller guarantees `head` lives as long as the thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_set_robust_list,
+            head,
+            std::mem::size_of::<RobustListHead>(),
+        ) == 0
+    }
+}
+
+/// Number of threads in this process, from `/proc/self/stat` (field 20).
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is parenthesised and may contain spaces: parse after it.
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))?;
+    // Fields after ')' start at field 3 (state); num_threads is field 20.
+    after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+/// Opens a pidfd for `pid` (Linux 5.3+), or `None` where the kernel lacks it.
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a freshly opened descriptor owned by nobody else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Registers `handler` to run in the child after every `fork` made through libc.
+pub fn at_fork_child(handler: extern "C" fn()) {
+    // SAFETY: the handler is a plain `extern "C"` function that lives for the whole program.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(handler));
+    }
+}

@@ -1,0 +1,5 @@
+mod support;
+
+fn main() {
+    support::run(cases![]);
+}

@@ -1,0 +1,273 @@
+//! A tiny single-threaded test runner for tests that really fork.
+//!
+//! libtest runs every test on a spawned thread, so a `#[test]` that forks forks a multithreaded
+//! process. These binaries use `harness = false` instead: `main` calls [`run`], which runs each
+//! case in its own forked subprocess (so a crash, a hang or leaked state stays in that case),
+//! waits for it with a deadline, kills and reaps it if it overruns, and prints libtest-style
+//! lines and the closing `N passed, N failed`. A case may fork further with `forkipc::fork`.
+//!
+//! Arguments: substrings; only cases whose name contains one of them run. `FORKIPC_CASE_TIMEOUT`
+//! (seconds, default 120) bounds each case.
+
+#![allow(dead_code)]
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// What a case returns: `Err` with a description fails it.
+pub type Outcome = Result<(), String>;
+
+/// A named test case.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn() -> Outcome,
+}
+
+/// Builds a `Case` list from function names.
+#[macro_export]
+macro_rules! cases {
+    ($($f:ident),* $(,)?) => {
+        vec![$($crate::support::Case { name: stringify!($f), run: $f }),*]
+    };
+}
+
+/// Fails the case with a formatted message unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
+        }
+    };
+}
+
+/// Turns any displayable error into a case failure with context.
+pub trait Context<T> {
+    fn ctx(self, what: &str) -> Result<T, String>;
+}
+
+impl<T, E: std::fmt::Debug> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {e:?}"))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.ok_or_else(|| format!("{what}: None"))
+    }
+}
+
+fn case_timeout() -> Duration {
+    std::env::var("FORKIPC_CASE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(120))
+}
+
+/// Runs the cases and exits the process: status 0 if all passed.
+pub fn run(cases: Vec<Case>) -> ! {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<&Case> = cases
+        .iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for case in selected {
+        let start = Instant::now();
+        let result = run_isolated(case);
+        let ms = start.elapsed().as_millis();
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test {} ... ok ({ms} ms)", case.name);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {} ... FAILED ({ms} ms)\n    {e}", case.name);
+                failures.push(case.name);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures: {}", failures.join(", "));
+    }
+    println!("\n{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// Runs one case in a forked subprocess; reports its outcome through a pipe.
+fn run_isolated(case: &Case) -> Outcome {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err("pipe failed".into());
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (mut rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let _ = std::io::stdout().flush();
+    // SAFETY: the runner is single-threaded (harness = false main), so the child may do anything.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err("fork failed".into());
+    }
+    if pid == 0 {
+        drop(rd);
+        let mut wr = wr;
+        let outcome = catch_unwind(AssertUnwindSafe(case.run))
+            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
+        let msg = match &outcome {
+            Ok(()) => String::from("ok"),
+            Err(e) => format!("ERR{e}"),
+        };
+        let _ = wr.write_all(msg.as_bytes());
+        let _ = std::io::stdout().flush();
+        // SAFETY: leave without running the runner's destructors or atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    drop(wr);
+    let status = wait_pid(pid, case_timeout());
+    let mut text = String::new();
+    let _ = rd.read_to_string(&mut text);
+    match status {
+        Err(e) => Err(format!("{e} (the case's process was killed)")),
+        Ok(st) if text == "ok" && st.success() => Ok(()),
+        Ok(st) => Err(if let Some(e) = text.strip_prefix("ERR") {
+            e.to_string()
+        } else {
+            format!("case process ended without a verdict: {st:?}")
+        }),
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".into()
+    }
+}
+
+/// Waits for `pid` until `timeout`; on overrun kills it (SIGKILL), reaps it, and errs.
+pub fn wait_pid(pid: libc::pid_t, timeout: Duration) -> Result<ExitStatus, String> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(200);
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is writable; `pid` is our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        if r < 0 {
+            return Err(format!("waitpid({pid}) failed: {}", std::io::Error::last_os_error()));
+        }
+        if start.elapsed() >= timeout {
+            // SAFETY: `pid` is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let mut status = 0;
+            // SAFETY: as above; it is dead now, so this returns promptly.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return Err(format!("timed out after {timeout:?}"));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Waits for a `forkipc::Child` with a deadline; kills and reaps it on overrun.
+pub fn wait_child(child: &mut forkipc::Child, timeout: Duration) -> Result<ExitStatus, String> {
+    match child.wait_timeout(timeout) {
+        Ok(Some(st)) => Ok(st),
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("child {} did not exit within {timeout:?}; killed", child.id()))
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("waiting for child {}: {e}", child.id()))
+        }
+    }
+}
+
+/// Waits for a child and requires exit status 0.
+pub fn expect_success(child: &mut forkipc::Child, timeout: Duration) -> Outcome {
+    let st = wait_child(child, timeout)?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("child {} failed: {st:?}", child.id()))
+    }
+}
+
+/// Kills a child (if still running) and reaps it, ignoring errors: for cleanup paths.
+pub fn kill_and_reap(child: &mut forkipc::Child) {
+    let _ = child.kill();
+    let _ = wait_child(child, Duration::from_secs(10));
+}
+
+/// Process CPU time (user + system) of this process so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: a zeroed rusage is a valid out-buffer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is writable.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Number of entries in /proc/self/maps.
+pub fn mapping_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |s| s.lines().count())
+}
+
+/// Number of open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce from the printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
