@@ -40,7 +40,10 @@ impl fmt::Display for Error {
             Error::SizeOverflow => f.write_str("size computation overflowed"),
             Error::RegionFull => f.write_str("the shared region has no room left"),
             Error::MessageTooLarge { len, max } => {
-                write!(f, "message of {len} bytes exceeds the ring's maximum of {max}")
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the ring's maximum of {max}"
+                )
             }
             Error::Corrupted => f.write_str("shared memory is corrupted"),
             Error::MultiThreaded => {

@@ -13,12 +13,12 @@ mod sync;
 mod sys;
 
 pub use channel::{
-    ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, IntoIter, Iter, Receiver,
-    RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter, TryRecvError,
-    TrySendError, WriteGrant, byte_channel, channel, duplex,
+    ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, DuplexPair, IntoIter, Iter,
+    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter,
+    TryRecvError, TrySendError, WriteGrant, byte_channel, channel, duplex,
 };
 #[cfg(feature = "serde")]
-pub use channel::{SerdeReceiver, SerdeSender, serde_channel};
+pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
 pub use error::Error;
 pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
 pub use process::{Child, Transfer, fork, fork_unchecked};

@@ -132,7 +132,10 @@ impl<T> ShmMutex<T> {
     }
 
     /// Blocks for at most `timeout` (any duration, `Duration::MAX` included).
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
         let deadline = Deadline::after(timeout);
         self.lock_inner(Some(&deadline), true)
     }
@@ -176,7 +179,11 @@ impl<T> ShmMutex<T> {
         taken.then_some(cur & FUTEX_OWNER_DIED != 0)
     }
 
-    fn guard(&self, tid: u32, owner_died: bool) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
+    fn guard(
+        &self,
+        tid: u32,
+        owner_died: bool,
+    ) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
         let g = ShmMutexGuard {
             mutex: self,
             tid,
@@ -322,7 +329,8 @@ impl<T> ShmMutexGuard<'_, T> {
         let cur = w.load(Ordering::SeqCst);
         if cur & FUTEX_TID_MASK == self.tid {
             let new = (cur & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
-            if w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            if w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
                 && new & FUTEX_WAITERS != 0
             {
                 w.wake(1);

@@ -31,7 +31,9 @@
 
 use crate::Error;
 use crate::sync::FutexWord;
+#[cfg(not(loom))]
 use crate::sync::robust::RobustWord;
+#[cfg(not(loom))]
 use crate::sys::{FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS};
 
 /// A reference to a presence slot at one generation; 0 means "no owner recorded" (always
@@ -67,6 +69,13 @@ mod loom_stub {
         None
     }
     pub(crate) fn pass_on_death(_: PresenceRef) {}
+    // `fork` is never called under loom; these keep `process.rs` compiling.
+    pub(crate) fn reserve_for_child() -> Result<PresenceRef, Error> {
+        Ok(PresenceRef::NONE)
+    }
+    pub(crate) fn adopt(_: PresenceRef) {}
+    pub(crate) fn await_adoption(_: PresenceRef, _pid: u32) {}
+    pub(crate) fn release_reservation(_: PresenceRef) {}
 }
 #[cfg(loom)]
 pub(crate) use loom_stub::*;
@@ -132,8 +141,7 @@ mod native {
                 continue;
             }
             let reserved = RESERVED | (w & FUTEX_WAITERS);
-            if s
-                .word
+            if s.word
                 .compare_exchange(w, reserved, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
@@ -212,7 +220,9 @@ mod native {
             return Liveness::Dead;
         };
         let w = s.word.load(Ordering::SeqCst);
-        if s.gen_.load(Ordering::SeqCst) != g || w & FUTEX_OWNER_DIED != 0 || w & FUTEX_TID_MASK == 0
+        if s.gen_.load(Ordering::SeqCst) != g
+            || w & FUTEX_OWNER_DIED != 0
+            || w & FUTEX_TID_MASK == 0
         {
             Liveness::Dead
         } else {
@@ -236,8 +246,7 @@ mod native {
                 return Some((&s.word, w));
             }
             let armed = w | FUTEX_WAITERS;
-            if s
-                .word
+            if s.word
                 .compare_exchange(w, armed, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
@@ -276,8 +285,7 @@ mod native {
                 return;
             }
             if child_exited(pid) {
-                if s
-                    .word
+                if s.word
                     .compare_exchange(
                         w,
                         FUTEX_OWNER_DIED | (w & FUTEX_WAITERS),

@@ -10,12 +10,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::channel::{
-    ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender,
-};
+use crate::Error;
+use crate::channel::{ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender};
 use crate::presence::{self, PresenceRef};
 use crate::sync::robust::{current_pid, ensure_fork_hook};
-use crate::Error;
 
 mod sealed {
     /// Proof that a `Transfer` method is called by this crate.
@@ -51,6 +49,11 @@ transfer_core!(Sender<T>, [T], core);
 transfer_core!(Receiver<T>, [T], core);
 transfer_core!(ByteSender, [], core);
 transfer_core!(ByteReceiver, [], core);
+
+#[cfg(feature = "serde")]
+transfer_core!(crate::SerdeSender<T>, [T], inner.core);
+#[cfg(feature = "serde")]
+transfer_core!(crate::SerdeReceiver<T>, [T], inner.core);
 
 impl<A, B> sealed::Sealed for Duplex<A, B> {}
 impl<A, B> Transfer for Duplex<A, B> {
@@ -231,7 +234,9 @@ impl Child {
     pub fn wait(&mut self) -> Result<ExitStatus, Error> {
         match self.reap(true)? {
             Some(s) => Ok(s),
-            None => Err(Error::Io(std::io::Error::other("waitpid returned no status"))),
+            None => Err(Error::Io(std::io::Error::other(
+                "waitpid returned no status",
+            ))),
         }
     }
 
@@ -285,7 +290,11 @@ impl Child {
             Ok(())
         } else {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(Error::Io(e)) }
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                Ok(())
+            } else {
+                Err(Error::Io(e))
+            }
         }
     }
 

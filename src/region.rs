@@ -41,7 +41,23 @@ macro_rules! shareable {
 }
 
 shareable!(
-    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool, char, ()
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
 );
 #[cfg(not(loom))]
 shareable!(
@@ -102,10 +118,7 @@ impl AnonRegion {
             return Err(Error::ZeroSize);
         }
         let page = crate::sys::page_size();
-        let len = len
-            .checked_add(page - 1)
-            .ok_or(Error::SizeOverflow)?
-            & !(page - 1);
+        let len = len.checked_add(page - 1).ok_or(Error::SizeOverflow)? & !(page - 1);
         if len > isize::MAX as usize {
             return Err(Error::SizeOverflow);
         }
@@ -217,8 +230,7 @@ impl Drop for AnonRegion {
 
     #[cfg(loom)]
     fn drop(&mut self) {
-        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, crate::sys::page_size())
-        {
+        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, crate::sys::page_size()) {
             // SAFETY: allocated in `map` with this layout.
             unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
         }

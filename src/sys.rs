@@ -22,7 +22,10 @@ pub const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 pub struct Deadline(libc::timespec);
 
 fn monotonic_now() -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts

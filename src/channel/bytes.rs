@@ -69,7 +69,8 @@ impl ByteSender {
     /// Sends `msg`, blocking while the ring is full. Errors: `Disconnected`, `TooLarge`.
     #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), ByteSendError> {
-        self.put(msg, Mode::Block(None)).map_err(|f| send_err(f, false))
+        self.put(msg, Mode::Block(None))
+            .map_err(|f| send_err(f, false))
     }
 
     /// Sends `msg` if there is room now. Errors: `Full`, `Disconnected`, `TooLarge`.
@@ -82,7 +83,8 @@ impl ByteSender {
     /// `TooLarge`. A timed-out send has no effect.
     pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), ByteSendError> {
         let d = Deadline::after(timeout);
-        self.put(msg, Mode::Block(Some(&d))).map_err(|f| send_err(f, true))
+        self.put(msg, Mode::Block(Some(&d)))
+            .map_err(|f| send_err(f, true))
     }
 
     /// Reserves `len` bytes in the ring to write a message in place (zero-copy), blocking while
@@ -149,7 +151,8 @@ impl ByteReceiver {
     /// Receives the next message, blocking until one arrives.
     #[inline]
     pub fn recv(&self) -> Result<Vec<u8>, RecvError> {
-        self.take(Mode::Block(None), Self::to_vec).map_err(|_| RecvError)
+        self.take(Mode::Block(None), Self::to_vec)
+            .map_err(|_| RecvError)
     }
 
     /// Receives a message if one is ready.

@@ -181,7 +181,9 @@ impl fmt::Display for TryRecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TryRecvError::Empty => f.write_str("receiving on an empty channel"),
-            TryRecvError::Disconnected => f.write_str("receiving on an empty and disconnected channel"),
+            TryRecvError::Disconnected => {
+                f.write_str("receiving on an empty and disconnected channel")
+            }
         }
     }
 }
@@ -200,7 +202,10 @@ impl fmt::Display for ByteSendError {
             ByteSendError::Full => f.write_str("sending on a full channel"),
             ByteSendError::Timeout => f.write_str("timed out waiting on send operation"),
             ByteSendError::TooLarge { len, max } => {
-                write!(f, "message of {len} bytes exceeds the channel's maximum of {max}")
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the channel's maximum of {max}"
+                )
             }
         }
     }

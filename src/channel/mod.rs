@@ -35,14 +35,16 @@ pub use error::{
     TrySendError,
 };
 #[cfg(feature = "serde")]
-pub use serde_channel::{SerdeReceiver, SerdeSender, serde_channel};
-pub use typed::{Duplex, IntoIter, Iter, Receiver, Sender, TryIter, channel, duplex};
+pub use serde_channel::{
+    SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel,
+};
+pub use typed::{Duplex, DuplexPair, IntoIter, Iter, Receiver, Sender, TryIter, channel, duplex};
 
+use crate::Error;
 use crate::presence::PresenceRef;
-use crate::ring::{Consumer, DisconnectReason, Producer, Reservation, ReadGuard, RingError};
+use crate::ring::{Consumer, DisconnectReason, Producer, ReadGuard, Reservation, RingError};
 use crate::sync::robust::current_pid;
 use crate::sync::{Deadline, WaitPolicy};
-use crate::Error;
 
 /// How long an operation may wait.
 #[derive(Clone, Copy)]

@@ -9,7 +9,9 @@ use super::{Fail, Mode, RxCore, TxCore, new_ring};
 use crate::region::Shareable;
 use crate::ring::{DisconnectReason, cap_for_messages};
 use crate::sync::{Deadline, WaitPolicy};
-use crate::{Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+use crate::{
+    Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 
 /// Creates a channel that holds at least `capacity` messages of type `T`.
 ///
@@ -51,7 +53,7 @@ pub fn channel<T: Shareable + Copy>(capacity: usize) -> Result<(Sender<T>, Recei
 /// second the reverse. Each direction holds at least `capacity` messages.
 pub fn duplex<A: Shareable + Copy, B: Shareable + Copy>(
     capacity: usize,
-) -> Result<(Duplex<A, B>, Duplex<B, A>), Error> {
+) -> Result<DuplexPair<A, B>, Error> {
     let (atx, arx) = channel::<A>(capacity)?;
     let (btx, brx) = channel::<B>(capacity)?;
     Ok((Duplex { tx: atx, rx: brx }, Duplex { tx: btx, rx: arx }))
@@ -88,7 +90,8 @@ impl<T: Shareable + Copy> Sender<T> {
     /// own this end), handing `msg` back.
     #[inline]
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
-        self.put(msg, Mode::Block(None)).map_err(|(m, _)| SendError(m))
+        self.put(msg, Mode::Block(None))
+            .map_err(|(m, _)| SendError(m))
     }
 
     /// Sends `msg` if there is room right now.
@@ -103,10 +106,11 @@ impl<T: Shareable + Copy> Sender<T> {
     /// Sends `msg`, waiting at most `timeout` for room. A timed-out send has no effect.
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         let d = Deadline::after(timeout);
-        self.put(msg, Mode::Block(Some(&d))).map_err(|(m, f)| match f {
-            Fail::Timeout | Fail::Empty => SendTimeoutError::Timeout(m),
-            _ => SendTimeoutError::Disconnected(m),
-        })
+        self.put(msg, Mode::Block(Some(&d)))
+            .map_err(|(m, f)| match f {
+                Fail::Timeout | Fail::Empty => SendTimeoutError::Timeout(m),
+                _ => SendTimeoutError::Disconnected(m),
+            })
     }
 }
 
@@ -268,6 +272,9 @@ impl<T> std::fmt::Debug for Receiver<T> {
         f.write_str("Receiver { .. }")
     }
 }
+
+/// The two ends made by [`duplex`].
+pub type DuplexPair<A, B> = (Duplex<A, B>, Duplex<B, A>);
 
 /// One end of a request/response pair: sends `A`, receives `B`. Made by [`duplex`].
 ///

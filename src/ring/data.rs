@@ -35,7 +35,10 @@ impl Data {
         }
         #[cfg(loom)]
         {
-            (cap / 8 * std::mem::size_of::<AtomicU64>(), std::mem::align_of::<AtomicU64>())
+            (
+                cap / 8 * std::mem::size_of::<AtomicU64>(),
+                std::mem::align_of::<AtomicU64>(),
+            )
         }
     }
 
@@ -65,7 +68,7 @@ impl Data {
     /// The record header at byte index `idx`.
     #[inline]
     pub(crate) fn header(&self, idx: usize) -> &AtomicU64 {
-        debug_assert!(idx % 8 == 0 && idx < self.cap);
+        debug_assert!(idx.is_multiple_of(8) && idx < self.cap);
         let idx = idx & (self.cap - 1) & !7;
         #[cfg(not(loom))]
         {
@@ -140,7 +143,10 @@ impl Data {
             // SAFETY: the caller guarantees `dst` is writable for `n` bytes.
             let dst = unsafe { std::slice::from_raw_parts_mut(dst, n) };
             for (k, chunk) in dst.chunks_mut(8).enumerate() {
-                let w = self.header(idx + k * 8).load(Ordering::Relaxed).to_le_bytes();
+                let w = self
+                    .header(idx + k * 8)
+                    .load(Ordering::Relaxed)
+                    .to_le_bytes();
                 let m = chunk.len();
                 chunk.copy_from_slice(&w[..m]);
             }

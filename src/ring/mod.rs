@@ -127,7 +127,7 @@ impl std::fmt::Display for DisconnectReason {
 
 /// Ring-level failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RingError {
+pub enum RingError {
     /// Nothing to read (`try_`) or no room (`try_`).
     WouldBlock,
     /// The deadline passed.
@@ -166,10 +166,18 @@ impl RingMem {
 
     /// Sets the owner presence of both sides (at creation, and when a side is handed over).
     pub(crate) fn set_owner(&self, producer_side: bool, owner: PresenceRef) {
-        let side = if producer_side { &self.hdr().tx } else { &self.hdr().rx };
+        let side = if producer_side {
+            &self.hdr().tx
+        } else {
+            &self.hdr().rx
+        };
         side.owner.store(owner.0, Ordering::SeqCst);
         // A peer asleep on the old owner's presence must re-arm on the new one.
-        let peer = if producer_side { &self.hdr().rx } else { &self.hdr().tx };
+        let peer = if producer_side {
+            &self.hdr().rx
+        } else {
+            &self.hdr().tx
+        };
         peer.wait.store(0, Ordering::SeqCst);
         peer.wait.wake(1);
     }
@@ -235,7 +243,10 @@ pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
         .and_then(|k| k.checked_mul(rec))
         .and_then(|b| b.checked_add(HDR))
         .ok_or(Error::SizeOverflow)?;
-    let for_max = len.checked_mul(2).and_then(|b| b.checked_add(32)).ok_or(Error::SizeOverflow)?;
+    let for_max = len
+        .checked_mul(2)
+        .and_then(|b| b.checked_add(32))
+        .ok_or(Error::SizeOverflow)?;
     need.max(for_max)
         .max(MIN_CAP)
         .checked_next_power_of_two()
@@ -244,7 +255,11 @@ pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
 }
 
 /// Sleeps on `me.wait` (expected 1) and on the peer owner's presence, if known.
-fn sleep(me: &SideState, peer_owner: PresenceRef, deadline: Option<&Deadline>) -> Result<Wake, DisconnectReason> {
+fn sleep(
+    me: &SideState,
+    peer_owner: PresenceRef,
+    deadline: Option<&Deadline>,
+) -> Result<Wake, DisconnectReason> {
     match presence::arm(peer_owner) {
         Some((word, val)) => Ok(me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL)),
         None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
@@ -259,7 +274,7 @@ fn sleep(me: &SideState, peer_owner: PresenceRef, deadline: Option<&Deadline>) -
 // Producer
 
 /// The writing end of a ring. `Send`, not `Sync`.
-pub(crate) struct Producer {
+pub struct Producer {
     mem: Arc<RingMem>,
     /// Our position: where the next record goes. Private; never read back from shared memory.
     tail: Cell<u64>,
@@ -270,7 +285,7 @@ pub(crate) struct Producer {
 }
 
 /// Reserved, not yet committed space for one message. Dropping it commits nothing.
-pub(crate) struct Reservation<'a> {
+pub struct Reservation<'a> {
     p: &'a Producer,
     /// Index of the record's header.
     rec: usize,
@@ -287,7 +302,7 @@ impl Producer {
     pub(crate) fn max_message_len(&self) -> usize {
         max_message_len(self.mem.data.cap())
     }
-    pub(crate) fn set_policy(&self, p: WaitPolicy) {
+    pub fn set_policy(&self, p: WaitPolicy) {
         self.policy.set(p);
     }
     pub(crate) fn policy(&self) -> WaitPolicy {
@@ -310,7 +325,7 @@ impl Producer {
         // Acquire: pairs with the consumer's Release store of `head` in `release`, so its reads
         // of the records it consumed are done before we overwrite them.
         let head = self.mem.hdr().head.load(Ordering::Acquire);
-        if head % 8 != 0 || head < self.head_seen.get() || head > tail {
+        if !head.is_multiple_of(8) || head < self.head_seen.get() || head > tail {
             self.broken.set(Some(DisconnectReason::Corrupted));
             return Err(DisconnectReason::Corrupted);
         }
@@ -319,7 +334,7 @@ impl Producer {
     }
 
     /// Reserves room for a `len`-byte message without blocking.
-    pub(crate) fn try_reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
+    pub fn try_reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
         if let Some(r) = self.broken.get() {
             return Err(RingError::Disconnected(r));
         }
@@ -354,7 +369,11 @@ impl Producer {
     }
 
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
-    pub(crate) fn reserve(&self, len: usize, deadline: Option<&Deadline>) -> Result<Reservation<'_>, RingError> {
+    pub fn reserve(
+        &self,
+        len: usize,
+        deadline: Option<&Deadline>,
+    ) -> Result<Reservation<'_>, RingError> {
         match self.try_reserve(len) {
             Err(RingError::WouldBlock) => {}
             other => return other,
@@ -388,16 +407,28 @@ impl Producer {
             let outcome = if ready(self)? {
                 Ok(Wake::Retry)
             } else {
-                sleep(&hdr.tx, PresenceRef(hdr.rx.owner.load(Ordering::SeqCst)), deadline)
+                sleep(
+                    &hdr.tx,
+                    PresenceRef(hdr.rx.owner.load(Ordering::SeqCst)),
+                    deadline,
+                )
             };
             hdr.tx.wait.store(0, Ordering::Relaxed);
             match outcome {
                 Ok(Wake::Retry) => {}
                 Ok(Wake::TimedOut) => {
-                    return if ready(self)? { Ok(()) } else { Err(RingError::Timeout) };
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Timeout)
+                    };
                 }
                 Err(reason) => {
-                    return if ready(self)? { Ok(()) } else { Err(RingError::Disconnected(reason)) };
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Disconnected(reason))
+                    };
                 }
             }
         }
@@ -405,11 +436,12 @@ impl Producer {
 
     /// Whether the consumer side's owner has died (a slow check; used by the channel layer).
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.mem.hdr().rx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+        presence::check(PresenceRef(self.mem.hdr().rx.owner.load(Ordering::SeqCst)))
+            == Liveness::Alive
     }
 
     /// Marks the producer side closed and wakes the consumer.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.tx.closed.store(1, Ordering::SeqCst);
         hdr.rx.wait.store(0, Ordering::SeqCst);
@@ -431,7 +463,7 @@ impl Producer {
 
 impl Reservation<'_> {
     /// Copies `src` (at most `len` bytes) to the start of the payload.
-    pub(crate) fn write(&mut self, src: &[u8]) {
+    pub fn write(&mut self, src: &[u8]) {
         let n = src.len().min(self.len);
         self.p.mem.data.write(self.rec + HDR, &src[..n]);
     }
@@ -462,7 +494,7 @@ impl Reservation<'_> {
     }
 
     /// Publishes the message.
-    pub(crate) fn commit(self) {
+    pub fn commit(self) {
         let p = self.p;
         let data = &p.mem.data;
         let cap = data.cap();
@@ -471,7 +503,8 @@ impl Reservation<'_> {
         data.clear_header(next);
         // Release: pairs with the consumer's Acquire load of this header in `try_read`; makes
         // the payload and the cleared next header visible first.
-        data.header(self.rec).store(KIND_MSG << 32 | self.len as u64, Ordering::Release);
+        data.header(self.rec)
+            .store(KIND_MSG << 32 | self.len as u64, Ordering::Release);
         if let Some(pad) = self.pad {
             // Published last: the consumer reaches the record only through the padding.
             data.header(pad)
@@ -486,7 +519,7 @@ impl Reservation<'_> {
 // Consumer
 
 /// The reading end of a ring. `Send`, not `Sync`.
-pub(crate) struct Consumer {
+pub struct Consumer {
     mem: Arc<RingMem>,
     /// Our position. Private; published to `RingHeader::head` after each message.
     head: Cell<u64>,
@@ -495,7 +528,7 @@ pub(crate) struct Consumer {
 }
 
 /// A committed message, readable in place until dropped (which releases its space).
-pub(crate) struct ReadGuard<'a> {
+pub struct ReadGuard<'a> {
     c: &'a Consumer,
     /// Index of the payload.
     at: usize,
@@ -510,7 +543,7 @@ impl Consumer {
     pub(crate) fn max_message_len(&self) -> usize {
         max_message_len(self.mem.data.cap())
     }
-    pub(crate) fn set_policy(&self, p: WaitPolicy) {
+    pub fn set_policy(&self, p: WaitPolicy) {
         self.policy.set(p);
     }
     pub(crate) fn policy(&self) -> WaitPolicy {
@@ -527,7 +560,7 @@ impl Consumer {
 
     /// The next committed message, without blocking. `WouldBlock` when none is committed.
     #[inline]
-    pub(crate) fn try_read(&self) -> Result<ReadGuard<'_>, RingError> {
+    pub fn try_read(&self) -> Result<ReadGuard<'_>, RingError> {
         if let Some(r) = self.broken.get() {
             return Err(RingError::Disconnected(r));
         }
@@ -568,7 +601,7 @@ impl Consumer {
     }
 
     /// The next message, waiting per the policy until `deadline` (`None`: forever).
-    pub(crate) fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
+    pub fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
         match self.try_read() {
             Err(RingError::WouldBlock) => {}
             other => return other,
@@ -615,23 +648,35 @@ impl Consumer {
             let outcome = if ready(self)? || hdr.tx.closed.load(Ordering::SeqCst) != 0 {
                 Ok(Wake::Retry)
             } else {
-                sleep(&hdr.rx, PresenceRef(hdr.tx.owner.load(Ordering::SeqCst)), deadline)
+                sleep(
+                    &hdr.rx,
+                    PresenceRef(hdr.tx.owner.load(Ordering::SeqCst)),
+                    deadline,
+                )
             };
             hdr.rx.wait.store(0, Ordering::Relaxed);
             match outcome {
                 Ok(Wake::Retry) => {}
                 Ok(Wake::TimedOut) => {
-                    return if ready(self)? { Ok(()) } else { Err(RingError::Timeout) };
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Timeout)
+                    };
                 }
                 Err(reason) => {
-                    return if ready(self)? { Ok(()) } else { Err(RingError::Disconnected(reason)) };
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Disconnected(reason))
+                    };
                 }
             }
         }
     }
 
     /// Marks the consumer side closed and wakes the producer.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.rx.closed.store(1, Ordering::SeqCst);
         hdr.tx.wait.store(0, Ordering::SeqCst);
@@ -640,7 +685,8 @@ impl Consumer {
 
     /// Whether the producer side's owner is alive (a slow check).
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.mem.hdr().tx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+        presence::check(PresenceRef(self.mem.hdr().tx.owner.load(Ordering::SeqCst)))
+            == Liveness::Alive
     }
 
     /// Whether the producer closed its side.
@@ -650,12 +696,12 @@ impl Consumer {
 }
 
 impl ReadGuard<'_> {
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
     /// Copies the payload's first `dst.len()` bytes out.
-    pub(crate) fn read_into(&self, dst: &mut [u8]) {
+    pub fn read_into(&self, dst: &mut [u8]) {
         let n = dst.len().min(self.len);
         self.c.mem.data.read(self.at, &mut dst[..n]);
     }

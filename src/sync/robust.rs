@@ -109,7 +109,7 @@ struct OwnHead {
 }
 
 #[cfg(not(loom))]
-const UNUSABLE: *mut crate::sys::RobustListHead = 1 as *mut crate::sys::RobustListHead;
+const UNUSABLE: *mut crate::sys::RobustListHead = std::ptr::dangling_mut();
 
 /// This process's pid, 0 until looked up; reset in every fork child.
 #[cfg(not(loom))]
@@ -189,6 +189,10 @@ pub(crate) fn current_tid() -> u32 {
 pub(crate) fn current_pid() -> u32 {
     1
 }
+
+/// Under loom there is no fork, so no hook to install.
+#[cfg(loom)]
+pub(crate) fn ensure_fork_hook() {}
 
 // ---------------------------------------------------------------------------------------------
 // The robust list.

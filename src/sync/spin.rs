@@ -58,13 +58,13 @@ impl Spinner {
         };
         self.iterations = self.iterations.wrapping_add(1);
         // Read the clock only every 64 iterations: a vDSO call costs ~20 ns.
-        if let Some(budget) = budget {
-            if self.iterations % 64 == 1 {
-                let now = std::time::Instant::now();
-                let start = *self.started.get_or_insert(now);
-                if now.duration_since(start) >= budget {
-                    return false;
-                }
+        if let Some(budget) = budget
+            && self.iterations % 64 == 1
+        {
+            let now = std::time::Instant::now();
+            let start = *self.started.get_or_insert(now);
+            if now.duration_since(start) >= budget {
+                return false;
             }
         }
         if self.iterations < 1 << 20 || budget.is_some() {

@@ -177,7 +177,10 @@ pub fn wait_pid(pid: libc::pid_t, timeout: Duration) -> Result<ExitStatus, Strin
             return Ok(ExitStatus::from_raw(status));
         }
         if r < 0 {
-            return Err(format!("waitpid({pid}) failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "waitpid({pid}) failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         if start.elapsed() >= timeout {
             // SAFETY: `pid` is our unreaped child.
@@ -199,7 +202,10 @@ pub fn wait_child(child: &mut forkipc::Child, timeout: Duration) -> Result<ExitS
         Ok(None) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(format!("child {} did not exit within {timeout:?}; killed", child.id()))
+            Err(format!(
+                "child {} did not exit within {timeout:?}; killed",
+                child.id()
+            ))
         }
         Err(e) => {
             let _ = child.kill();

@@ -1,0 +1,240 @@
+//! Serde channels (feature `serde`): any `Serialize + DeserializeOwned` type, encoded with
+//! postcard straight into space reserved in the ring and decoded from the ring in place, so a
+//! message is copied once each way (by the encoder and the decoder) and never through a
+//! temporary buffer.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Fail, Mode};
+use crate::sync::Deadline;
+use crate::{ByteReceiver, ByteSender, DisconnectReason, Error, WaitPolicy, byte_channel};
+
+/// Creates a channel of serde messages over a byte ring of `capacity_bytes` (rounded up to a
+/// power of two; the largest encoded message is half of it minus 16 bytes).
+///
+/// ```no_run
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Job { name: String, args: Vec<u32> }
+///
+/// let (tx, rx) = forkipc::serde_channel::<Job>(1 << 16)?;
+/// let mut child = forkipc::fork(tx, |tx| {
+///     tx.send(&Job { name: "sum".into(), args: vec![1, 2, 3] }).is_err() as i32
+/// })?;
+/// assert_eq!(rx.recv().unwrap().args, [1, 2, 3]);
+/// child.wait()?;
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub fn serde_channel<T: Serialize + DeserializeOwned>(
+    capacity_bytes: usize,
+) -> Result<(SerdeSender<T>, SerdeReceiver<T>), Error> {
+    let (tx, rx) = byte_channel(capacity_bytes)?;
+    Ok((
+        SerdeSender {
+            inner: tx,
+            _t: PhantomData,
+        },
+        SerdeReceiver {
+            inner: rx,
+            _t: PhantomData,
+        },
+    ))
+}
+
+/// Sending end of a serde channel.
+pub struct SerdeSender<T> {
+    pub(crate) inner: ByteSender,
+    _t: PhantomData<fn(&T)>,
+}
+
+/// Receiving end of a serde channel.
+pub struct SerdeReceiver<T> {
+    pub(crate) inner: ByteReceiver,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// Why sending a serde message failed.
+#[derive(Debug)]
+pub enum SerdeSendError {
+    /// The channel is disconnected.
+    Disconnected,
+    /// The ring is full (`try_send`).
+    Full,
+    /// The ring stayed full until the timeout (`send_timeout`).
+    Timeout,
+    /// The encoded message is larger than the ring can hold.
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Largest accepted length.
+        max: usize,
+    },
+    /// The value could not be encoded.
+    Encode(postcard::Error),
+}
+
+/// Why receiving a serde message failed.
+#[derive(Debug)]
+pub enum SerdeRecvError {
+    /// Nothing to receive right now (`try_recv`).
+    Empty,
+    /// Nothing arrived before the timeout (`recv_timeout`).
+    Timeout,
+    /// Empty and disconnected.
+    Disconnected,
+    /// A message arrived but could not be decoded as `T` (it was consumed).
+    Decode(postcard::Error),
+}
+
+impl std::fmt::Display for SerdeSendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerdeSendError::Disconnected => f.write_str("sending on a disconnected channel"),
+            SerdeSendError::Full => f.write_str("sending on a full channel"),
+            SerdeSendError::Timeout => f.write_str("timed out waiting on send operation"),
+            SerdeSendError::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "encoded message of {len} bytes exceeds the maximum of {max}"
+                )
+            }
+            SerdeSendError::Encode(e) => write!(f, "encoding failed: {e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for SerdeRecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerdeRecvError::Empty => f.write_str("receiving on an empty channel"),
+            SerdeRecvError::Timeout => f.write_str("timed out waiting on receive operation"),
+            SerdeRecvError::Disconnected => f.write_str("channel is empty and disconnected"),
+            SerdeRecvError::Decode(e) => write!(f, "decoding failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SerdeSendError {}
+impl std::error::Error for SerdeRecvError {}
+
+impl<T: Serialize + DeserializeOwned> SerdeSender<T> {
+    fn put(&self, value: &T, mode: Mode<'_>) -> Result<(), SerdeSendError> {
+        let len = postcard::experimental::serialized_size(value).map_err(SerdeSendError::Encode)?;
+        let mut r = self.inner.core.reserve(len, mode).map_err(|f| match f {
+            Fail::Empty => SerdeSendError::Full,
+            Fail::Timeout => SerdeSendError::Timeout,
+            Fail::Disconnected => SerdeSendError::Disconnected,
+            Fail::TooLarge { len, max } => SerdeSendError::TooLarge { len, max },
+        })?;
+        postcard::to_slice(value, r.as_mut_slice()).map_err(SerdeSendError::Encode)?;
+        r.commit();
+        Ok(())
+    }
+
+    /// Encodes and sends `value`, blocking while the ring is full.
+    pub fn send(&self, value: &T) -> Result<(), SerdeSendError> {
+        self.put(value, Mode::Block(None))
+    }
+
+    /// Encodes and sends `value` if there is room now.
+    pub fn try_send(&self, value: &T) -> Result<(), SerdeSendError> {
+        self.put(value, Mode::Try)
+    }
+
+    /// Encodes and sends `value`, waiting at most `timeout` for room.
+    pub fn send_timeout(&self, value: &T, timeout: Duration) -> Result<(), SerdeSendError> {
+        let d = Deadline::after(timeout);
+        self.put(value, Mode::Block(Some(&d))).map_err(|e| match e {
+            SerdeSendError::Full => SerdeSendError::Timeout,
+            e => e,
+        })
+    }
+
+    /// Why this end is disconnected, if it is.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.disconnect_reason()
+    }
+
+    /// Chooses how a blocked send waits.
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.inner.set_wait_policy(policy)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SerdeReceiver<T> {
+    fn take(&self, mode: Mode<'_>) -> Result<T, SerdeRecvError> {
+        let g = self.inner.core.read(mode).map_err(|f| match f {
+            Fail::Empty => SerdeRecvError::Empty,
+            Fail::Timeout => SerdeRecvError::Timeout,
+            _ => SerdeRecvError::Disconnected,
+        })?;
+        postcard::from_bytes(g.as_slice()).map_err(SerdeRecvError::Decode)
+    }
+
+    /// Receives and decodes the next message, blocking until one arrives.
+    pub fn recv(&self) -> Result<T, SerdeRecvError> {
+        self.take(Mode::Block(None))
+    }
+
+    /// Receives a message if one is ready.
+    pub fn try_recv(&self) -> Result<T, SerdeRecvError> {
+        self.take(Mode::Try)
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, SerdeRecvError> {
+        let d = Deadline::after(timeout);
+        self.take(Mode::Block(Some(&d)))
+    }
+
+    /// A blocking iterator that ends at disconnect, or at the first message that fails to
+    /// decode.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.recv().ok())
+    }
+
+    /// Why this end is disconnected, if it is.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.disconnect_reason()
+    }
+
+    /// Chooses how a blocked receive waits.
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.inner.set_wait_policy(policy)
+    }
+}
+
+/// Uses an existing byte sender for serde messages.
+impl<T> From<ByteSender> for SerdeSender<T> {
+    fn from(inner: ByteSender) -> Self {
+        SerdeSender {
+            inner,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// Decodes the messages of an existing byte receiver.
+impl<T> From<ByteReceiver> for SerdeReceiver<T> {
+    fn from(inner: ByteReceiver) -> Self {
+        SerdeReceiver {
+            inner,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SerdeSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SerdeSender { .. }")
+    }
+}
+
+impl<T> std::fmt::Debug for SerdeReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SerdeReceiver { .. }")
+    }
+}
