@@ -30,11 +30,21 @@ pub use sync::WaitPolicy;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::ring::{Consumer, Producer, RingError};
+    pub use crate::ring::{Consumer, Producer, ReadGuard, Reservation, RingError};
 
     /// A bare ring of `cap` data bytes (no owners, no presence).
     pub fn ring(cap: usize) -> Result<(Producer, Consumer), crate::Error> {
         crate::ring::ring(cap)
+    }
+
+    /// `Producer::reserve` without a deadline (the deadline type is crate-private).
+    pub fn reserve(p: &Producer, len: usize) -> Result<Reservation<'_>, RingError> {
+        p.reserve(len, None)
+    }
+
+    /// `Consumer::read` without a deadline (the deadline type is crate-private).
+    pub fn read(c: &Consumer) -> Result<ReadGuard<'_>, RingError> {
+        c.read(None)
     }
 }
 

@@ -299,8 +299,17 @@ mod native {
                 }
                 continue;
             }
-            let d = crate::sys::Deadline::after(std::time::Duration::from_millis(1));
-            s.word.wait(w, Some(&d));
+            // Ask the child's `take` to wake us; the timeout re-checks whether it died first.
+            let armed = w | FUTEX_WAITERS;
+            if w & FUTEX_WAITERS == 0
+                && s.word
+                    .compare_exchange(w, armed, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                continue;
+            }
+            let d = crate::sys::Deadline::after(std::time::Duration::from_millis(5));
+            s.word.wait(armed, Some(&d));
         }
     }
 

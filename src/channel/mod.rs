@@ -123,7 +123,13 @@ impl TxCore {
             return Err(Fail::Disconnected);
         }
         let r = match mode {
-            Mode::Try => self.p.try_reserve(len),
+            Mode::Try => match self.p.try_reserve(len) {
+                // Full: tell apart "no room yet" from "no room ever again".
+                Err(RingError::WouldBlock) if !self.p.peer_alive() => {
+                    Err(RingError::Disconnected(DisconnectReason::PeerDied))
+                }
+                other => other,
+            },
             Mode::Block(d) => self.p.reserve(len, d),
         };
         r.map_err(|e| self.fail(e))
@@ -190,6 +196,12 @@ impl RxCore {
                 Err(RingError::WouldBlock) if self.c.peer_closed() => match self.c.try_read() {
                     Err(RingError::WouldBlock) => {
                         Err(RingError::Disconnected(DisconnectReason::PeerDropped))
+                    }
+                    other => other,
+                },
+                Err(RingError::WouldBlock) if !self.c.peer_alive() => match self.c.try_read() {
+                    Err(RingError::WouldBlock) => {
+                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
                     }
                     other => other,
                 },

@@ -143,6 +143,7 @@ impl<T: Shareable + Copy> Receiver<T> {
         if g.len() != size_of::<T>() {
             // Only a peer writing shared memory behind the ring's back produces this.
             drop(g);
+            self.core.c.mark_corrupted();
             self.core.reason.set(Some(DisconnectReason::Corrupted));
             return Err(Fail::Disconnected);
         }

@@ -261,7 +261,16 @@ fn sleep(
     deadline: Option<&Deadline>,
 ) -> Result<Wake, DisconnectReason> {
     match presence::arm(peer_owner) {
-        Some((word, val)) => Ok(me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL)),
+        Some((word, val)) => {
+            let w = me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL);
+            // The kernel wakes only one sleeper when a process dies; whoever learns of the
+            // death passes it on (even if a message woke it at the same moment), so every
+            // endpoint waiting on the dead process hears of it.
+            if presence::check(peer_owner) == Liveness::Dead {
+                presence::pass_on_death(peer_owner);
+            }
+            Ok(w)
+        }
         None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
         None => {
             presence::pass_on_death(peer_owner);
@@ -369,7 +378,7 @@ impl Producer {
     }
 
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
-    pub fn reserve(
+    pub(crate) fn reserve(
         &self,
         len: usize,
         deadline: Option<&Deadline>,
@@ -399,6 +408,14 @@ impl Producer {
                 return Err(RingError::Timeout);
             }
             if spinner.spin() {
+                // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
+                if spinner.checkpoint() && !self.peer_alive() {
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
+                    };
+                }
                 continue;
             }
             hdr.tx.wait.store(1, Ordering::Relaxed);
@@ -553,6 +570,11 @@ impl Consumer {
         self.broken.get()
     }
 
+    /// Disconnects this side for good: its ring held something impossible.
+    pub(crate) fn mark_corrupted(&self) {
+        self.broken.set(Some(DisconnectReason::Corrupted));
+    }
+
     fn corrupted(&self) -> RingError {
         self.broken.set(Some(DisconnectReason::Corrupted));
         RingError::Disconnected(DisconnectReason::Corrupted)
@@ -601,7 +623,7 @@ impl Consumer {
     }
 
     /// The next message, waiting per the policy until `deadline` (`None`: forever).
-    pub fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
+    pub(crate) fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
         match self.try_read() {
             Err(RingError::WouldBlock) => {}
             other => return other,
@@ -639,6 +661,14 @@ impl Consumer {
                 return Err(RingError::Timeout);
             }
             if spinner.spin() {
+                // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
+                if spinner.checkpoint() && !self.peer_alive() {
+                    return if ready(self)? {
+                        Ok(())
+                    } else {
+                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
+                    };
+                }
                 continue;
             }
             hdr.rx.wait.store(1, Ordering::Relaxed);

@@ -39,6 +39,11 @@ pub(crate) struct Spinner {
 }
 
 impl Spinner {
+    /// True once every 1024 spins: time for a slow check (is the peer still alive?).
+    pub(crate) fn checkpoint(&self) -> bool {
+        self.iterations % 1024 == 0
+    }
+
     pub(crate) fn new(policy: WaitPolicy) -> Spinner {
         Spinner {
             policy,
