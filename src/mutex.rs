@@ -257,6 +257,11 @@ impl<T> ShmMutex<T> {
     }
 
     fn unlock(&self, tid: u32, inconsistent: bool) {
+        if current_tid() != tid {
+            // A guard copied into a fork child: the lock (and the robust-list entry) belong to
+            // the parent's thread. Touch nothing.
+            return;
+        }
         let cur = self.word.load(Ordering::Relaxed);
         if cur & FUTEX_TID_MASK != tid {
             // Not ours: a guard copied into a fork child, or already taken from us by the
@@ -340,9 +345,22 @@ impl<T> ShmMutexGuard<'_, T> {
     }
 }
 
+impl<T> ShmMutexGuard<'_, T> {
+    /// A guard is usable only by the thread that locked; the one way to break that through the
+    /// safe API is to carry it into a fork child, where it must not touch the parent's data.
+    #[inline]
+    fn check_holder(&self) {
+        assert!(
+            current_tid() == self.tid,
+            "ShmMutexGuard used in a forked child: the lock is held by the parent"
+        );
+    }
+}
+
 impl<T> Deref for ShmMutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
+        self.check_holder();
         // SAFETY: we hold the lock, so no other thread or process accesses the data.
         unsafe { &*self.mutex.data.get() }
     }
@@ -350,6 +368,7 @@ impl<T> Deref for ShmMutexGuard<'_, T> {
 
 impl<T> DerefMut for ShmMutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
+        self.check_holder();
         // SAFETY: we hold the lock exclusively.
         unsafe { &mut *self.mutex.data.get() }
     }
