@@ -41,7 +41,7 @@ pub(crate) struct Spinner {
 impl Spinner {
     /// True once every 1024 spins: time for a slow check (is the peer still alive?).
     pub(crate) fn checkpoint(&self) -> bool {
-        self.iterations % 1024 == 0
+        self.iterations.is_multiple_of(1024)
     }
 
     pub(crate) fn new(policy: WaitPolicy) -> Spinner {
