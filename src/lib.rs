@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// Under loom only the models' subset of the crate is exercised.
+#![cfg_attr(loom, allow(dead_code, unused_imports, missing_docs))]
 #![cfg(target_os = "linux")]
 
 mod channel;

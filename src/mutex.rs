@@ -331,14 +331,19 @@ impl<T> ShmMutexGuard<'_, T> {
     #[doc(hidden)]
     pub fn simulate_owner_death(self) {
         let w = &self.mutex.word;
-        let cur = w.load(Ordering::SeqCst);
-        if cur & FUTEX_TID_MASK == self.tid {
+        let mut cur = w.load(Ordering::SeqCst);
+        // Like the kernel's handle_futex_death: retry until the word is rewritten, or a
+        // concurrent waiter setting FUTEX_WAITERS makes the death go unnoticed.
+        while cur & FUTEX_TID_MASK == self.tid {
             let new = (cur & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
-            if w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-                && new & FUTEX_WAITERS != 0
-            {
-                w.wake(1);
+            match w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    if new & FUTEX_WAITERS != 0 {
+                        w.wake(1);
+                    }
+                    break;
+                }
+                Err(now) => cur = now,
             }
         }
         std::mem::forget(self);

@@ -172,6 +172,8 @@ impl RingMem {
             &self.hdr().rx
         };
         side.owner.store(owner.0, Ordering::SeqCst);
+        // As in `close`: the peer's `wait = 1; fence; re-check` sees the new owner, or our wake.
+        fence(Ordering::SeqCst);
         // A peer asleep on the old owner's presence must re-arm on the new one.
         let peer = if producer_side {
             &self.hdr().rx
@@ -461,6 +463,9 @@ impl Producer {
     pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.tx.closed.store(1, Ordering::SeqCst);
+        // Dekker with the sleeper's `wait = 1; fence; check closed` (a fence, not only
+        // SeqCst stores, so that loom can check it).
+        fence(Ordering::SeqCst);
         hdr.rx.wait.store(0, Ordering::SeqCst);
         hdr.rx.wait.wake(1);
     }
@@ -709,6 +714,9 @@ impl Consumer {
     pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.rx.closed.store(1, Ordering::SeqCst);
+        // Dekker with the sleeper's `wait = 1; fence; check closed` (a fence, not only
+        // SeqCst stores, so that loom can check it).
+        fence(Ordering::SeqCst);
         hdr.tx.wait.store(0, Ordering::SeqCst);
         hdr.tx.wait.wake(1);
     }
