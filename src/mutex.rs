@@ -262,23 +262,34 @@ impl<T> ShmMutex<T> {
             // the parent's thread. Touch nothing.
             return;
         }
-        let cur = self.word.load(Ordering::Relaxed);
-        if cur & FUTEX_TID_MASK != tid {
-            // Not ours: a guard copied into a fork child, or already taken from us by the
-            // kernel's death handling. Touch nothing.
-            return;
-        }
         let new = if inconsistent { NOT_RECOVERABLE } else { 0 };
         self.word.begin_op();
-        // SAFETY: we hold the word and linked the entry when we took it, in this thread (the
-        // guard is not Send).
+        // Always unlink: this thread linked the entry when it took the word, whatever has
+        // happened to the word since (a peer may have scribbled over it); an entry left in the
+        // list after the guard is gone would corrupt the list later.
+        // SAFETY: we linked the entry in this thread when we took the word (the guard is not
+        // Send, and a guard copied into a fork child returned above).
         unsafe { self.word.unlink() };
-        // Release: pairs with the Acquire CAS in `try_take`, publishing our writes to the data.
-        let old = self.word.swap(new, Ordering::Release);
-        if inconsistent {
-            self.word.wake(i32::MAX);
-        } else if old & FUTEX_WAITERS != 0 {
-            self.word.wake(1);
+        // Release the word only if it still names us (one CAS, never "clear TID then clear
+        // WAITERS" in two steps).
+        let mut cur = self.word.load(Ordering::Relaxed);
+        while cur & FUTEX_TID_MASK == tid {
+            // Release: pairs with the Acquire CAS in `try_take`, publishing our writes to the
+            // data.
+            match self
+                .word
+                .compare_exchange(cur, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if inconsistent {
+                        self.word.wake(i32::MAX);
+                    } else if cur & FUTEX_WAITERS != 0 {
+                        self.word.wake(1);
+                    }
+                    break;
+                }
+                Err(now) => cur = now,
+            }
         }
         self.word.end_op();
     }

@@ -270,6 +270,10 @@ impl RobustWord {
     pub(crate) unsafe fn link(&self) {
         let Some(h) = head() else { return };
         let entry = self.entry();
+        // SAFETY: `h` is this thread's head; reading its first entry pointer.
+        if unsafe { (*h).list } == entry {
+            return; // already first in our list: linking again would make it point at itself
+        }
         // SAFETY: `h` is this thread's head and every entry in its list is a live glibc mutex or
         // a word of ours (words stay mapped while held); the list's `prev` fields sit 8 bytes
         // before each `next` field (glibc's layout), the head's `prev` slot before the head.

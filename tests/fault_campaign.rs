@@ -1,0 +1,2187 @@
+//! Fault campaign: forkipc's promises under SIGKILL, SIGSTOP, scribbled shared memory and
+//! arbitrary ring contents, with numbers anyone can rerun.
+//!
+//! ```text
+//! cargo test --release --test fault_campaign                       # CI size (400 kills, ~20 s)
+//! cargo test --release --test fault_campaign -- --kills 10000      # long run
+//! cargo test --release --test fault_campaign -- --kills 10000 --seed 42
+//! FORKIPC_CAMPAIGN_KILLS=10000 FORKIPC_CAMPAIGN_SEED=42 cargo test --release --test fault_campaign
+//! cargo test --release --test fault_campaign -- mutex              # only cases whose name matches
+//! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
+//! ```
+//!
+//! `--kills N` is the total number of SIGKILLs, split over the four kill cases (40% child
+//! killed mid-stream, 20% streamer killed under a grandchild receiver, 15% receiver killed under
+//! a blocked sender, 25% mutex holder killed). The flags are taken out of the argument list
+//! (the runner in `support` reads the remaining words as case-name filters) by re-executing
+//! this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` / `FORKIPC_CAMPAIGN_SEED`. The
+//! per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the kill count unless set.
+//!
+//! Kill moments are random (a seeded `Rng`, printed; the kill's timing relative to the victim
+//! still depends on scheduling, so a failure names the trial seed, which fixes everything but
+//! that timing). Every case asserts the promise (no lost, duplicated or torn message; `PeerDied`
+//! after the kill; `OwnerDied` or a clean lock, never a hang or two holders) and records counts
+//! and latencies in a shared-memory tally; when the run ends, the binary prints a summary block
+//! for the README.
+
+mod support;
+
+#[path = "support/fuzz_body.rs"]
+mod fuzz_body;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use forkipc::{
+    AnonRegion, ByteReceiver, ByteSender, Child, DisconnectReason, Receiver, RecvTimeoutError,
+    SendTimeoutError, Sender, Shareable, ShmMutex, Transfer, TryLockError, TryRecvError,
+};
+use support::{Context, Outcome, Rng};
+
+const DEFAULT_KILLS: u64 = 400;
+const DEFAULT_SEED: u64 = 0x00f0_4c1b_5eed;
+/// Generous bound for anything that must happen "promptly" (death detection must be < 100 ms;
+/// this is the failure threshold, the 100 ms promise is counted and reported).
+const DETECT_BOUND: Duration = Duration::from_secs(2);
+const PROMISE: Duration = Duration::from_millis(100);
+/// Deadline for waits that only a bug could make long.
+const LONG: Duration = Duration::from_secs(10);
+
+fn main() {
+    reexec_without_flags();
+    let cfg = Config::from_env();
+    if std::env::var_os("FORKIPC_CASE_TIMEOUT").is_none() {
+        // The largest case gets 40% of the kills; allow 60 ms per kill on top of the default.
+        let secs = 120 + cfg.total_kills * 60 / 1000;
+        // SAFETY: still single-threaded: nothing else reads or writes the environment.
+        unsafe { std::env::set_var("FORKIPC_CASE_TIMEOUT", secs.to_string()) };
+    }
+    let _ = CONFIG.set(cfg);
+    let _ = STATS.set(Stats::new_shared());
+    let _ = START.set(Instant::now());
+    // SAFETY: `print_summary` is a plain `extern "C" fn()`; it runs once at exit.
+    unsafe { libc::atexit(print_summary) };
+    support::run(cases![
+        child_killed_mid_stream,
+        parent_side_killed_mid_stream,
+        sender_blocked_receiver_killed,
+        mutex_holder_killed_at_random_points,
+        try_recv_reports_disconnected_after_peer_death,
+        stopped_is_not_dead,
+        scribbled_memory,
+        fuzz_corpus_deterministic,
+        scribbled_lock_word_while_held_then_relock_keeps_death_detected,
+        scribbled_lock_word_while_held_then_unmap_does_not_crash,
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    seed: u64,
+    total_kills: u64,
+    kills_child: u64,
+    kills_parent_side: u64,
+    kills_sender: u64,
+    kills_mutex: u64,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static START: OnceLock<Instant> = OnceLock::new();
+
+impl Config {
+    fn from_env() -> Config {
+        let num = |name: &str| {
+            std::env::var(name).ok().and_then(|s| {
+                let s = s.trim();
+                match s.strip_prefix("0x") {
+                    Some(h) => u64::from_str_radix(h, 16).ok(),
+                    None => s.parse().ok(),
+                }
+            })
+        };
+        let total = num("FORKIPC_CAMPAIGN_KILLS")
+            .unwrap_or(DEFAULT_KILLS)
+            .max(4);
+        let seed = num("FORKIPC_CAMPAIGN_SEED").unwrap_or(DEFAULT_SEED);
+        let kills_child = total * 40 / 100;
+        let kills_parent_side = total * 20 / 100;
+        let kills_sender = total * 15 / 100;
+        Config {
+            seed,
+            total_kills: total,
+            kills_child,
+            kills_parent_side,
+            kills_sender,
+            kills_mutex: total - kills_child - kills_parent_side - kills_sender,
+        }
+    }
+}
+
+fn config() -> Config {
+    *CONFIG.get().unwrap_or(&Config {
+        seed: DEFAULT_SEED,
+        total_kills: 0,
+        kills_child: 0,
+        kills_parent_side: 0,
+        kills_sender: 0,
+        kills_mutex: 0,
+    })
+}
+
+/// Moves `--kills N` / `--seed S` (or `--kills=N`) into the environment and re-executes, so
+/// the runner sees only case-name filters.
+fn reexec_without_flags() {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<String> = std::env::args().collect();
+    let mut rest = Vec::new();
+    let mut env = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        let flag = [
+            ("--kills", "FORKIPC_CAMPAIGN_KILLS"),
+            ("--seed", "FORKIPC_CAMPAIGN_SEED"),
+        ]
+        .into_iter()
+        .find(|(f, _)| a == f || a.starts_with(&format!("{f}=")));
+        match flag {
+            Some((f, var)) => {
+                let value = if a == f {
+                    i += 1;
+                    args.get(i).cloned().unwrap_or_default()
+                } else {
+                    a[f.len() + 1..].to_string()
+                };
+                env.push((var, value));
+            }
+            None => rest.push(a.clone()),
+        }
+        i += 1;
+    }
+    if env.is_empty() {
+        return;
+    }
+    let err = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(rest)
+        .envs(env)
+        .exec();
+    panic!("re-executing the campaign failed: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared tally: one anonymous shared mapping made by `main` before the runner forks any
+// case, so every case process and every child they fork adds to the same counters.
+
+const SAMPLES: usize = 1 << 16;
+
+#[repr(C)]
+struct Stats {
+    kills: [AtomicU64; 4],
+    case_ns: [AtomicU64; 4],
+    msgs_checked: AtomicU64,
+    lost: AtomicU64,
+    duplicated: AtomicU64,
+    torn: AtomicU64,
+    wrong: AtomicU64,
+    try_recv_after_death_empty: AtomicU64,
+    try_recv_after_death_disconnected: AtomicU64,
+    sender_blocked_at_kill: AtomicU64,
+    mutex_clean: AtomicU64,
+    mutex_owner_died_waiter: AtomicU64,
+    mutex_owner_died_parent: AtomicU64,
+    mutex_exact_increments: AtomicU64,
+    stop_checks: AtomicU64,
+    scribble_iters: AtomicU64,
+    scribble_ops: AtomicU64,
+    scribble_values: AtomicU64,
+    scribble_disconnected: AtomicU64,
+    scribble_timeouts: AtomicU64,
+    scribble_lock_outcomes: [AtomicU64; 4],
+    fuzz_inputs: AtomicU64,
+    fuzz_messages: AtomicU64,
+    fuzz_corrupted_runs: AtomicU64,
+    det_n: AtomicU64,
+    det: [AtomicU64; SAMPLES],
+    mdet_n: AtomicU64,
+    mdet: [AtomicU64; SAMPLES],
+}
+
+// SAFETY: atomics and arrays of atomics only: no pointers, no drop glue.
+unsafe impl Shareable for Stats {}
+
+static STATS: OnceLock<&'static Stats> = OnceLock::new();
+
+const K_CHILD: usize = 0;
+const K_PARENT_SIDE: usize = 1;
+const K_SENDER: usize = 2;
+const K_MUTEX: usize = 3;
+
+impl Stats {
+    fn new_shared() -> &'static Stats {
+        let region = AnonRegion::new(std::mem::size_of::<Stats>()).expect("stats region");
+        let p = region.as_ptr() as *const Stats;
+        // The tally lives until the process exits.
+        std::mem::forget(region);
+        // SAFETY: the mapping is zero-filled, page-aligned, at least `size_of::<Stats>()` bytes
+        // and never unmapped; all-zero atomics are valid values.
+        unsafe { &*p }
+    }
+}
+
+fn stats() -> &'static Stats {
+    STATS.get().expect("stats are set up in main")
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn record_sample(n: &AtomicU64, arr: &[AtomicU64; SAMPLES], ns: u64) {
+    let i = n.fetch_add(1, Ordering::Relaxed) as usize;
+    if i < SAMPLES {
+        arr[i].store(ns, Ordering::Relaxed);
+    }
+}
+
+fn record_detect(d: Duration) {
+    let s = stats();
+    record_sample(&s.det_n, &s.det, d.as_nanos() as u64);
+}
+
+fn record_mutex_detect(ns: u64) {
+    let s = stats();
+    record_sample(&s.mdet_n, &s.mdet, ns);
+}
+
+fn samples(n: &AtomicU64, arr: &[AtomicU64; SAMPLES]) -> Vec<u64> {
+    let n = (n.load(Ordering::Relaxed) as usize).min(SAMPLES);
+    let mut v: Vec<u64> = arr[..n].iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    v.sort_unstable();
+    v
+}
+
+fn pct(v: &[u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1} µs", ns as f64 / 1000.0)
+}
+
+extern "C" fn print_summary() {
+    let (Some(s), Some(start)) = (STATS.get(), START.get()) else {
+        return;
+    };
+    let cfg = config();
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let kills: Vec<u64> = s.kills.iter().map(ld).collect();
+    let total: u64 = kills.iter().sum();
+    let kill_secs: f64 = s.case_ns.iter().map(|a| ld(a) as f64 / 1e9).sum();
+    let det = samples(&s.det_n, &s.det);
+    let mdet = samples(&s.mdet_n, &s.mdet);
+    let over = det
+        .iter()
+        .filter(|&&d| d > PROMISE.as_nanos() as u64)
+        .count();
+    let mover = mdet
+        .iter()
+        .filter(|&&d| d > PROMISE.as_nanos() as u64)
+        .count();
+    let mut out = String::new();
+    let mut line = |t: String| {
+        out.push_str(&t);
+        out.push('\n');
+    };
+    line(String::new());
+    line("---- forkipc fault campaign ------------------------------------------------".into());
+    line(format!(
+        "seed {:#x}, {} kills requested; rerun: cargo test --release --test fault_campaign -- --kills {} --seed {:#x}",
+        cfg.seed, cfg.total_kills, cfg.total_kills, cfg.seed
+    ));
+    line(format!(
+        "SIGKILLs delivered          {total} in {kill_secs:.1} s of kill cases ({:.0} kills/s); whole run {:.1} s",
+        if kill_secs > 0.0 {
+            total as f64 / kill_secs
+        } else {
+            0.0
+        },
+        start.elapsed().as_secs_f64()
+    ));
+    line(format!(
+        "  child streamer killed     {:>6}   (parent receives typed [u64; 8] + byte messages)",
+        kills[K_CHILD]
+    ));
+    line(format!(
+        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel)",
+        kills[K_PARENT_SIDE]
+    ));
+    line(format!(
+        "  receiver under a sender   {:>6}   (sender blocked on a full ring at the kill: {})",
+        kills[K_SENDER],
+        ld(&s.sender_blocked_at_kill)
+    ));
+    line(format!("  mutex holder killed       {:>6}", kills[K_MUTEX]));
+    line(format!(
+        "messages checked            {}  (sequence, checksum and full content)",
+        ld(&s.msgs_checked)
+    ));
+    line(format!(
+        "lost / duplicated / torn    {} / {} / {}   (wrong content: {})",
+        ld(&s.lost),
+        ld(&s.duplicated),
+        ld(&s.torn),
+        ld(&s.wrong)
+    ));
+    line(format!(
+        "kill -> Disconnected(PeerDied), n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {over})",
+        det.len(),
+        us(pct(&det, 0.5)),
+        us(pct(&det, 0.99)),
+        us(det.last().copied().unwrap_or(0)),
+    ));
+    line(format!(
+        "try_recv after PeerDied     Empty {}, Disconnected {}",
+        ld(&s.try_recv_after_death_empty),
+        ld(&s.try_recv_after_death_disconnected)
+    ));
+    line(format!(
+        "mutex trials                clean {}, OwnerDied -> repaired by the blocked waiter {}, by the next locker {}",
+        ld(&s.mutex_clean),
+        ld(&s.mutex_owner_died_waiter),
+        ld(&s.mutex_owner_died_parent)
+    ));
+    line(format!(
+        "  exact increments by 2 live processes after recovery: {} (all counted exactly)",
+        ld(&s.mutex_exact_increments)
+    ));
+    line(format!(
+        "  kill -> waiter's OwnerDied, n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {mover})",
+        mdet.len(),
+        us(pct(&mdet, 0.5)),
+        us(pct(&mdet, 0.99)),
+        us(mdet.last().copied().unwrap_or(0)),
+    ));
+    line(format!(
+        "SIGSTOP 2 s checks          {} (Timeout / TimedOut, never reported dead, nothing lost)",
+        ld(&s.stop_checks)
+    ));
+    let lo: Vec<u64> = s.scribble_lock_outcomes.iter().map(ld).collect();
+    line(format!(
+        "scribbled memory            {} iterations, {} survivor ops: {} values, {} disconnects, {} timeouts; lock Ok/TimedOut/OwnerDied/NotRecoverable {}/{}/{}/{}",
+        ld(&s.scribble_iters),
+        ld(&s.scribble_ops),
+        ld(&s.scribble_values),
+        ld(&s.scribble_disconnected),
+        ld(&s.scribble_timeouts),
+        lo[0],
+        lo[1],
+        lo[2],
+        lo[3]
+    ));
+    line(format!(
+        "fuzz corpus (deterministic) {} inputs, {} messages returned, {} rings found corrupt",
+        ld(&s.fuzz_inputs),
+        ld(&s.fuzz_messages),
+        ld(&s.fuzz_corrupted_runs)
+    ));
+    line("----------------------------------------------------------------------------".into());
+    print!("{out}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// A child that is killed and reaped when dropped (unless already reaped).
+struct Reap(Child);
+
+impl Reap {
+    fn status(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        support::wait_child(&mut self.0, timeout)
+    }
+
+    /// Requires that the child ended by our SIGKILL, not on its own.
+    fn expect_killed(&mut self, what: &str) -> Outcome {
+        let st = self.status(LONG)?;
+        ensure!(
+            st.signal() == Some(libc::SIGKILL),
+            "{what} was not ended by our SIGKILL but by {st:?} (it failed on its own: see stderr)"
+        );
+        Ok(())
+    }
+
+    fn expect_success(&mut self, what: &str) -> Outcome {
+        let st = self.status(LONG)?;
+        ensure!(st.success(), "{what} failed: {st:?} (see stderr)");
+        Ok(())
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        support::kill_and_reap(&mut self.0);
+    }
+}
+
+/// Forks a child running `f`; an `Err` is printed to stderr and becomes exit status 1.
+fn spawn<E: Transfer, F: FnOnce(E) -> Outcome>(what: &str, ends: E, f: F) -> Result<Reap, String> {
+    let tag = what.to_string();
+    let child = forkipc::fork(ends, move |e| match f(e) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("child '{tag}' failed: {e}");
+            1
+        }
+    })
+    .ctx(what)?;
+    Ok(Reap(child))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for all processes, so a kill time stored in
+/// shared memory by one process can be compared with another process's detection time.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn spin_for(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    true
+}
+
+/// The scheduler state letter of process `pid` (`R`, `S`, `T` stopped, `Z`...).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// splitmix64's finaliser: a good 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn fnv(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------------
+// The message stream: message `seq` of a trial is fully determined by (trial seed, seq): which
+// channel carries it, its length and its content. The receiver regenerates each expected
+// message and compares, and classifies any difference as lost (a gap), duplicated, torn (the
+// checksum over the received bytes fails) or wrong.
+
+const BYTE_HDR: usize = 24;
+const MAX_PAYLOAD: usize = 4096;
+const TYPED_SALT: u64 = 0x7479_7065;
+
+fn msg_hash(tseed: u64, seq: u64) -> u64 {
+    mix(tseed ^ mix(seq))
+}
+
+/// Message `seq` goes over the typed channel (else the byte channel).
+fn on_typed(tseed: u64, seq: u64) -> bool {
+    msg_hash(tseed, seq).is_multiple_of(3)
+}
+
+fn typed_msg(tseed: u64, seq: u64) -> [u64; 8] {
+    let h = msg_hash(tseed, seq);
+    let mut w = [0u64; 8];
+    w[0] = seq;
+    for (i, x) in w.iter_mut().enumerate().take(7).skip(1) {
+        *x = mix(h.wrapping_add(i as u64));
+    }
+    w[7] = typed_checksum(&w);
+    w
+}
+
+fn typed_checksum(w: &[u64; 8]) -> u64 {
+    let mut b = [0u8; 56];
+    for (i, x) in w[..7].iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
+    }
+    fnv(TYPED_SALT, &b)
+}
+
+/// Byte message `seq`: `seq | payload len | checksum(seq, payload)` then the payload.
+fn byte_msg(tseed: u64, seq: u64, buf: &mut Vec<u8>) {
+    let h = msg_hash(tseed, seq);
+    let len = ((h >> 20) % (MAX_PAYLOAD as u64 + 1)) as usize;
+    buf.clear();
+    buf.resize(BYTE_HDR + len, 0);
+    let mut s = h;
+    for chunk in buf[BYTE_HDR..].chunks_mut(8) {
+        s = mix(s);
+        chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
+    }
+    let ck = fnv(seq, &buf[BYTE_HDR..]);
+    buf[0..8].copy_from_slice(&seq.to_le_bytes());
+    buf[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+    buf[16..24].copy_from_slice(&ck.to_le_bytes());
+}
+
+/// Sends the stream forever (until killed); pauses now and then if `pause`, so the receiver
+/// also gets to sleep in the kernel. Returns (an exit status) only if a send fails.
+fn stream_forever(tseed: u64, pause: bool, ttx: &Sender<[u64; 8]>, btx: &ByteSender) -> i32 {
+    let mut rng = Rng::new(tseed ^ 0x5bd1_e995);
+    let mut buf = Vec::with_capacity(BYTE_HDR + MAX_PAYLOAD);
+    let mut seq = 0u64;
+    loop {
+        if pause && rng.below(32) == 0 {
+            spin_for(Duration::from_micros(rng.below(300)));
+        }
+        let ok = if on_typed(tseed, seq) {
+            ttx.send(typed_msg(tseed, seq)).is_ok()
+        } else {
+            byte_msg(tseed, seq, &mut buf);
+            btx.send(&buf).is_ok()
+        };
+        if !ok {
+            eprintln!("streamer: send of message {seq} failed while we were alive");
+            return 3;
+        }
+        seq += 1;
+    }
+}
+
+enum Step {
+    Msg,
+    /// The receive that the next message was due on reported `Disconnected`.
+    Disconnected {
+        typed: bool,
+    },
+}
+
+/// Receives a trial's stream in order and checks every message.
+struct StreamCheck {
+    tseed: u64,
+    /// The next expected sequence number = messages verified so far.
+    next: u64,
+    buf: Vec<u8>,
+}
+
+impl StreamCheck {
+    fn new(tseed: u64) -> StreamCheck {
+        StreamCheck {
+            tseed,
+            next: 0,
+            buf: Vec::with_capacity(BYTE_HDR + MAX_PAYLOAD),
+        }
+    }
+
+    fn step(
+        &mut self,
+        trx: &Receiver<[u64; 8]>,
+        brx: &ByteReceiver,
+        timeout: Duration,
+    ) -> Result<Step, String> {
+        let typed = on_typed(self.tseed, self.next);
+        let r = if typed {
+            trx.recv_timeout(timeout).map(|w| self.check_typed(&w))
+        } else {
+            brx.recv_timeout(timeout)
+                .map(|v| self.check_bytes(&v, brx.max_message_len()))
+        };
+        match r {
+            Ok(Ok(())) => {
+                self.next += 1;
+                Ok(Step::Msg)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "hang: neither message {} nor a disconnect within {timeout:?}",
+                self.next
+            )),
+            Err(RecvTimeoutError::Disconnected) => Ok(Step::Disconnected { typed }),
+        }
+    }
+
+    fn seq_ok(&self, got: u64, what: &str) -> Outcome {
+        let s = stats();
+        if got < self.next {
+            bump(&s.duplicated);
+            return Err(format!(
+                "DUPLICATE {what}: got seq {got} again while expecting {}",
+                self.next
+            ));
+        }
+        if got > self.next {
+            bump(&s.lost);
+            return Err(format!(
+                "LOST {what}: expected seq {}, got {got}",
+                self.next
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_typed(&self, w: &[u64; 8]) -> Outcome {
+        let s = stats();
+        if typed_checksum(w) != w[7] {
+            bump(&s.torn);
+            return Err(format!(
+                "TORN typed message at position {}: {w:x?}",
+                self.next
+            ));
+        }
+        self.seq_ok(w[0], "typed message")?;
+        if *w != typed_msg(self.tseed, self.next) {
+            bump(&s.wrong);
+            return Err(format!("WRONG typed message {}: {w:x?}", self.next));
+        }
+        Ok(())
+    }
+
+    fn check_bytes(&mut self, v: &[u8], max: usize) -> Outcome {
+        let s = stats();
+        let word = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        if v.len() > max {
+            bump(&s.torn);
+            return Err(format!("a {}-byte message exceeds the max {max}", v.len()));
+        }
+        if v.len() < BYTE_HDR
+            || word(8) != (v.len() - BYTE_HDR) as u64
+            || fnv(word(0), &v[BYTE_HDR..]) != word(16)
+        {
+            bump(&s.torn);
+            return Err(format!(
+                "TORN byte message at position {} ({} bytes, head {:x?})",
+                self.next,
+                v.len(),
+                &v[..v.len().min(32)]
+            ));
+        }
+        self.seq_ok(word(0), "byte message")?;
+        byte_msg(self.tseed, self.next, &mut self.buf);
+        if v != self.buf.as_slice() {
+            bump(&s.wrong);
+            return Err(format!("WRONG byte message {}", self.next));
+        }
+        Ok(())
+    }
+
+    /// After `step` reported the disconnect: both channels must say `PeerDied`, and the other
+    /// channel must hold nothing (a message there would come after the missing one: a loss).
+    fn finish(&self, trx: &Receiver<[u64; 8]>, brx: &ByteReceiver, typed: bool) -> Outcome {
+        let s = stats();
+        let r1 = if typed {
+            trx.disconnect_reason()
+        } else {
+            brx.disconnect_reason()
+        };
+        ensure!(
+            r1 == Some(DisconnectReason::PeerDied),
+            "after {} messages the {} channel disconnected with reason {r1:?}, not PeerDied",
+            self.next,
+            if typed { "typed" } else { "byte" }
+        );
+        let other = if typed {
+            other_byte_seq(brx)
+        } else {
+            other_typed_seq(trx)
+        };
+        match other {
+            Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "hang: the other channel neither delivered nor disconnected within {LONG:?}"
+                ));
+            }
+            Ok(seq) => {
+                bump(&s.lost);
+                return Err(format!(
+                    "LOST: message {} never came, but seq {seq} was on the other channel",
+                    self.next
+                ));
+            }
+        }
+        for r in [trx.disconnect_reason(), brx.disconnect_reason()] {
+            ensure!(
+                r == Some(DisconnectReason::PeerDied),
+                "a channel's disconnect_reason() is {r:?} after the peer was killed"
+            );
+        }
+        // Observation (see the case `try_recv_reports_disconnected_after_peer_death`).
+        for r in [trx.try_recv().map(|_| ()), brx.try_recv().map(|_| ())] {
+            match r {
+                Err(TryRecvError::Empty) => bump(&s.try_recv_after_death_empty),
+                Err(TryRecvError::Disconnected) => bump(&s.try_recv_after_death_disconnected),
+                Ok(()) => return Err("try_recv returned a message after the disconnect".into()),
+            }
+        }
+        s.msgs_checked.fetch_add(self.next, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn other_byte_seq(brx: &ByteReceiver) -> Result<u64, RecvTimeoutError> {
+    brx.recv_timeout(LONG).map(|v| {
+        v.get(..8)
+            .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")))
+    })
+}
+
+fn other_typed_seq(trx: &Receiver<[u64; 8]>) -> Result<u64, RecvTimeoutError> {
+    trx.recv_timeout(LONG).map(|w| w[0])
+}
+
+/// When the killer strikes.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// Once the receiver has verified this many messages.
+    Msgs(u64),
+    /// This long after the victim started streaming.
+    Delay(Duration),
+}
+
+impl KillAt {
+    fn pick(rng: &mut Rng) -> KillAt {
+        if rng.below(2) == 0 {
+            KillAt::Msgs(rng.below(3000))
+        } else {
+            KillAt::Delay(Duration::from_micros(rng.below(5000)))
+        }
+    }
+}
+
+fn typed_cap(rng: &mut Rng) -> usize {
+    [1usize, 4, 32, 512][rng.below(4) as usize]
+}
+
+fn byte_cap(rng: &mut Rng) -> usize {
+    [16384usize, 65536][rng.below(2) as usize]
+}
+
+/// Runs `n` trials of `trial`, naming the failing one, and books the case's time.
+fn run_trials(
+    kind: usize,
+    salt: u64,
+    n: u64,
+    mut trial: impl FnMut(&mut Rng, u64) -> Outcome,
+) -> Outcome {
+    let cfg = config();
+    let start = Instant::now();
+    let mut rng = Rng::new(cfg.seed ^ salt);
+    let mut res = Ok(());
+    for i in 0..n {
+        let tseed = rng.next_u64();
+        let mut trng = Rng::new(tseed);
+        if let Err(e) = trial(&mut trng, tseed) {
+            res = Err(format!(
+                "trial {i} of {n} (trial seed {tseed:#x}, campaign seed {:#x}): {e}",
+                cfg.seed
+            ));
+            break;
+        }
+        bump(&stats().kills[kind]);
+    }
+    stats().case_ns[kind].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    res
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1a. A child streams over a typed and a byte channel; the parent receives, verifies, and
+// SIGKILLs it at a random moment.
+
+fn child_killed_mid_stream() -> Outcome {
+    let n = config().kills_child;
+    run_trials(K_CHILD, 0xa11ce, n, child_killed_trial)
+}
+
+fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
+    let (ttx, trx) = forkipc::channel::<[u64; 8]>(typed_cap(rng)).ctx("channel")?;
+    let (btx, brx) = forkipc::byte_channel(byte_cap(rng)).ctx("byte_channel")?;
+    let child_pauses = rng.below(4) == 0;
+    let parent_pauses = rng.below(3) == 0;
+    let plan = KillAt::pick(rng);
+    let child = forkipc::fork((ttx, btx), move |(ttx, btx)| {
+        stream_forever(tseed, child_pauses, &ttx, &btx)
+    })
+    .ctx("fork streamer")?;
+    let mut child = Reap(child);
+    let start = Instant::now();
+    let mut check = StreamCheck::new(tseed);
+    let mut killed: Option<Instant> = None;
+    let typed = loop {
+        if killed.is_none() {
+            let due = match plan {
+                KillAt::Msgs(k) => check.next >= k,
+                KillAt::Delay(d) => start.elapsed() >= d,
+            };
+            if due {
+                killed = Some(Instant::now());
+                child.0.kill().ctx("kill")?;
+            }
+        }
+        match check.step(&trx, &brx, LONG)? {
+            Step::Msg => {}
+            Step::Disconnected { typed } => break typed,
+        }
+        if parent_pauses && killed.is_none() && rng.below(64) == 0 {
+            spin_for(Duration::from_micros(rng.below(200)));
+        }
+    };
+    let Some(kill_time) = killed else {
+        return Err(format!(
+            "Disconnected after {} messages, before the kill ({plan:?})",
+            check.next
+        ));
+    };
+    let detect = kill_time.elapsed();
+    record_detect(detect);
+    ensure!(
+        detect < DETECT_BOUND,
+        "kill -> Disconnected took {detect:?} ({plan:?})"
+    );
+    check.finish(&trx, &brx, typed)?;
+    child.expect_killed("the streamer")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. The receiver's peer that dies is its parent: the case process C forks a streamer S, S
+// makes the channels and forks a grandchild G that receives; C kills S. G checks the stream
+// and the disconnect and reports a verdict to C over a channel C made before forking S, handed
+// down through both forks. C is a child subreaper, so orphaned G is reparented to C and reaped.
+
+/// Control words shared by C, S and G (in an `AnonRegion` made by C).
+#[repr(C)]
+struct Ctl {
+    g_pid: AtomicU64,
+    progress: AtomicU64,
+    t_kill: AtomicU64,
+    last_send_start: AtomicU64,
+    detect_ns: AtomicU64,
+    blocked: AtomicU64,
+    stop: AtomicU64,
+    count: AtomicU64,
+    owner_died_seen: AtomicU64,
+    started: AtomicU64,
+}
+
+// SAFETY: atomics only.
+unsafe impl Shareable for Ctl {}
+
+impl Ctl {
+    fn new() -> Ctl {
+        Ctl {
+            g_pid: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            t_kill: AtomicU64::new(0),
+            last_send_start: AtomicU64::new(0),
+            detect_ns: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            stop: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            owner_died_seen: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    fn reset(&self) {
+        for a in [
+            &self.g_pid,
+            &self.progress,
+            &self.t_kill,
+            &self.last_send_start,
+            &self.detect_ns,
+            &self.blocked,
+            &self.stop,
+            &self.count,
+            &self.owner_died_seen,
+            &self.started,
+        ] {
+            a.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Verdict words sent by G: [status (0 ok), messages verified, detection ns, G's pid].
+type Verdict = [u64; 8];
+
+fn set_subreaper() -> Outcome {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    ensure!(
+        r == 0,
+        "PR_SET_CHILD_SUBREAPER: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Reaps every exited child of this (subreaper) process.
+fn reap_strays() {
+    loop {
+        let mut st = 0;
+        // SAFETY: `st` is writable.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+fn parent_side_killed_mid_stream() -> Outcome {
+    set_subreaper()?;
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let ctl: &Ctl = region.alloc(Ctl::new()).ctx("alloc")?;
+    let n = config().kills_parent_side;
+    let res = run_trials(K_PARENT_SIDE, 0xb0b, n, |rng, tseed| {
+        let r = parent_side_trial(rng, tseed, ctl);
+        if r.is_err() {
+            let g = ctl.g_pid.load(Ordering::SeqCst);
+            if g != 0 {
+                // SAFETY: plain kill of a pid that is our (reparented) descendant.
+                unsafe { libc::kill(g as libc::pid_t, libc::SIGKILL) };
+                let _ = support::wait_pid(g as libc::pid_t, LONG);
+            }
+        }
+        r
+    });
+    reap_strays();
+    res
+}
+
+fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
+    ctl.reset();
+    let (vtx, vrx) = forkipc::channel::<Verdict>(4).ctx("verdict channel")?;
+    let plan = KillAt::pick(rng);
+    let (tcap, bcap, pause) = (typed_cap(rng), byte_cap(rng), rng.below(4) == 0);
+    let s = forkipc::fork(vtx, move |vtx| {
+        let (Ok((ttx, trx)), Ok((btx, brx))) = (
+            forkipc::channel::<[u64; 8]>(tcap),
+            forkipc::byte_channel(bcap),
+        ) else {
+            return 2;
+        };
+        let g = forkipc::fork((trx, brx, vtx), move |(trx, brx, vtx)| {
+            grandchild_receiver(tseed, &trx, &brx, &vtx, ctl)
+        });
+        match g {
+            Ok(g) => ctl.g_pid.store(u64::from(g.id()), Ordering::SeqCst),
+            Err(_) => return 2,
+        }
+        stream_forever(tseed, pause, &ttx, &btx)
+    })
+    .ctx("fork streamer S")?;
+    let mut s = Reap(s);
+    let ready = match plan {
+        KillAt::Msgs(k) => wait_until(LONG, || ctl.progress.load(Ordering::SeqCst) >= k),
+        KillAt::Delay(d) => {
+            let ok = wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0);
+            spin_for(d);
+            ok
+        }
+    };
+    ensure!(
+        ready,
+        "the grandchild made no progress within {LONG:?} ({plan:?})"
+    );
+    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    s.0.kill().ctx("kill S")?;
+    s.expect_killed("the streamer S")?;
+    let g_pid = ctl.g_pid.load(Ordering::SeqCst);
+    let verdict = vrx.recv_timeout(LONG);
+    // G is our child now (we are its subreaper): reap it.
+    let g_status = support::wait_pid(g_pid as libc::pid_t, LONG)?;
+    let v = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(format!(
+                "no verdict from the grandchild ({e:?}); it ended with {g_status:?}"
+            ));
+        }
+    };
+    ensure!(
+        v[0] == 0 && g_status.success(),
+        "the grandchild's checks failed after {} messages (see stderr); status {g_status:?}",
+        v[1]
+    );
+    ensure!(v[3] == g_pid, "verdict from pid {} but G is {g_pid}", v[3]);
+    Ok(())
+}
+
+fn grandchild_receiver(
+    tseed: u64,
+    trx: &Receiver<[u64; 8]>,
+    brx: &ByteReceiver,
+    vtx: &Sender<Verdict>,
+    ctl: &Ctl,
+) -> i32 {
+    let mut check = StreamCheck::new(tseed);
+    let res = (|| -> Result<u64, String> {
+        loop {
+            match check.step(trx, brx, LONG)? {
+                Step::Msg => ctl.progress.store(check.next, Ordering::SeqCst),
+                Step::Disconnected { typed } => {
+                    let now = mono_ns();
+                    let t_kill = ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(
+                        t_kill != 0,
+                        "Disconnected after {} messages, before S was killed",
+                        check.next
+                    );
+                    let detect = Duration::from_nanos(now.saturating_sub(t_kill));
+                    record_detect(detect);
+                    ensure!(
+                        detect < DETECT_BOUND,
+                        "kill -> Disconnected took {detect:?}"
+                    );
+                    check.finish(trx, brx, typed)?;
+                    return Ok(detect.as_nanos() as u64);
+                }
+            }
+        }
+    })();
+    let mut v = [0u64; 8];
+    match res {
+        Ok(ns) => v[2] = ns,
+        Err(e) => {
+            eprintln!("grandchild G (trial seed {tseed:#x}): {e}");
+            v[0] = 1;
+        }
+    }
+    v[1] = check.next;
+    v[3] = u64::from(getpid());
+    if vtx.send_timeout(v, LONG).is_err() {
+        return 4;
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b'. A sender blocked on a full ring; the receiver's process is killed: the sender gets
+// Disconnected (PeerDied) promptly. C forks a receiver R (reads a random number of messages,
+// then stops reading) and a sender S (sends until an error), and kills R.
+
+fn sender_blocked_receiver_killed() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let ctl: &Ctl = region.alloc(Ctl::new()).ctx("alloc")?;
+    let n = config().kills_sender;
+    run_trials(K_SENDER, 0x5e0d, n, |rng, tseed| {
+        sender_blocked_trial(rng, tseed, ctl)
+    })
+}
+
+fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
+    ctl.reset();
+    let use_bytes = rng.below(2) == 0;
+    let stop_after = rng.below(300);
+    let slow_reader = rng.below(3) == 0;
+    let delay = Duration::from_micros(rng.below(5000));
+    let cap = typed_cap(rng);
+    // Typed or byte channel: the sender's side is the same ring either way.
+    let (mut r, mut s) = if use_bytes {
+        let (tx, rx) = forkipc::byte_channel(16384).ctx("byte_channel")?;
+        let r = spawn("receiver R", rx, move |rx| {
+            let mut n = 0;
+            loop {
+                if n < stop_after || slow_reader {
+                    match rx.recv_timeout(LONG) {
+                        Ok(_) => n += 1,
+                        Err(e) => return Err(format!("receiver: {e:?}")),
+                    }
+                    ctl.progress.store(n, Ordering::SeqCst);
+                    if slow_reader {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+        let s = spawn("sender S", tx, move |tx| {
+            let mut buf = Vec::new();
+            for seq in 0.. {
+                byte_msg(tseed, seq, &mut buf);
+                ctl.last_send_start.store(mono_ns(), Ordering::SeqCst);
+                match tx.send_timeout(&buf, LONG) {
+                    Ok(()) => {}
+                    Err(forkipc::ByteSendError::Disconnected) => {
+                        return sender_saw_disconnect(ctl, tx.disconnect_reason());
+                    }
+                    Err(e) => return Err(format!("send {seq}: {e:?}")),
+                }
+            }
+            Ok(())
+        })?;
+        (r, s)
+    } else {
+        let (tx, rx) = forkipc::channel::<[u64; 8]>(cap).ctx("channel")?;
+        let r = spawn("receiver R", rx, move |rx| {
+            let mut n = 0;
+            loop {
+                if n < stop_after || slow_reader {
+                    match rx.recv_timeout(LONG) {
+                        Ok(_) => n += 1,
+                        Err(e) => return Err(format!("receiver: {e:?}")),
+                    }
+                    ctl.progress.store(n, Ordering::SeqCst);
+                    if slow_reader {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+        let s = spawn("sender S", tx, move |tx| {
+            for seq in 0.. {
+                ctl.last_send_start.store(mono_ns(), Ordering::SeqCst);
+                match tx.send_timeout(typed_msg(tseed, seq), LONG) {
+                    Ok(()) => {}
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        return sender_saw_disconnect(ctl, tx.disconnect_reason());
+                    }
+                    Err(e) => return Err(format!("send {seq}: {e:?}")),
+                }
+            }
+            Ok(())
+        })?;
+        (r, s)
+    };
+    let target = stop_after.min(50);
+    ensure!(
+        wait_until(LONG, || ctl.progress.load(Ordering::SeqCst) >= target),
+        "the receiver made no progress"
+    );
+    spin_for(delay);
+    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    r.0.kill().ctx("kill R")?;
+    r.expect_killed("the receiver R")?;
+    s.expect_success("the sender S")?;
+    let ns = ctl.detect_ns.load(Ordering::SeqCst);
+    record_detect(Duration::from_nanos(ns));
+    if ctl.blocked.load(Ordering::SeqCst) != 0 {
+        bump(&stats().sender_blocked_at_kill);
+    }
+    Ok(())
+}
+
+fn sender_saw_disconnect(ctl: &Ctl, reason: Option<DisconnectReason>) -> Outcome {
+    let now = mono_ns();
+    let t_kill = ctl.t_kill.load(Ordering::SeqCst);
+    ensure!(
+        t_kill != 0,
+        "sender got Disconnected before the receiver was killed"
+    );
+    ensure!(
+        reason == Some(DisconnectReason::PeerDied),
+        "sender's disconnect_reason() is {reason:?}, not PeerDied"
+    );
+    let detect = Duration::from_nanos(now.saturating_sub(t_kill));
+    ensure!(
+        detect < DETECT_BOUND,
+        "kill -> Disconnected took {detect:?}"
+    );
+    ctl.detect_ns
+        .store(detect.as_nanos() as u64, Ordering::SeqCst);
+    let started = ctl.last_send_start.load(Ordering::SeqCst);
+    ctl.blocked
+        .store(u64::from(started < t_kill), Ordering::SeqCst);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1c. A mutex holder A loops lock -> a += 1, busy delay, b += 1 -> unlock and is killed at a
+// random moment (inside lock(), the critical section, unlock(), or outside). Sometimes a
+// contender B loops on the lock at the same time (it sees a == b on every clean lock, repairs
+// after OwnerDied). Then the parent locks: Ok (invariant holds) or OwnerDied (repair, mark
+// consistent), never a hang; then two live processes increment `c` concurrently and the total
+// must be exact (never two holders).
+
+/// The guarded state: `[a, b, c]`, invariant `a == b`; `c` counts increments by live lockers.
+type Guarded = [u64; 3];
+
+const EXACT_K: u64 = 200;
+
+fn mutex_holder_killed_at_random_points() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<Guarded> = region.alloc(ShmMutex::new([0; 3])).ctx("alloc mutex")?;
+    let ctl: &Ctl = region.alloc(Ctl::new()).ctx("alloc ctl")?;
+    let n = config().kills_mutex;
+    run_trials(K_MUTEX, 0x3a7e, n, |rng, _| mutex_trial(rng, m, ctl))
+}
+
+fn lock_checked<'a>(
+    m: &'a ShmMutex<Guarded>,
+    who: &str,
+) -> Result<(forkipc::ShmMutexGuard<'a, Guarded>, bool), String> {
+    match m.lock_timeout(LONG) {
+        Ok(g) => {
+            ensure!(
+                g[0] == g[1],
+                "{who}: clean lock but the invariant is broken ({:?}): two holders?",
+                *g
+            );
+            Ok((g, false))
+        }
+        Err(TryLockError::OwnerDied(mut g)) => {
+            g[1] = g[0];
+            g.mark_consistent();
+            Ok((g, true))
+        }
+        Err(TryLockError::TimedOut) => {
+            Err(format!("{who}: lock_timeout({LONG:?}) timed out: hang"))
+        }
+        Err(e) => Err(format!("{who}: lock failed: {e:?}")),
+    }
+}
+
+fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
+    ctl.reset();
+    let c_start = {
+        let (g, died) = lock_checked(m, "parent (start)")?;
+        ensure!(!died, "OwnerDied at the start of a trial");
+        g[2]
+    };
+    let hseed = rng.next_u64();
+    let mut a = spawn("holder A", (), move |()| {
+        let mut r = Rng::new(hseed);
+        loop {
+            let mut g = match m.lock() {
+                Ok(g) => g,
+                Err(e) => return Err(format!("holder: {e:?}")),
+            };
+            g[0] += 1;
+            for _ in 0..r.below(200) {
+                std::hint::spin_loop();
+            }
+            g[1] += 1;
+            drop(g);
+            ctl.started.fetch_add(1, Ordering::SeqCst);
+            for _ in 0..r.below(100) {
+                std::hint::spin_loop();
+            }
+        }
+    })?;
+    let contender = rng.below(2) == 0;
+    let mut b = if contender {
+        Some(spawn("contender B", (), move |()| {
+            let mut n = 0;
+            while ctl.stop.load(Ordering::SeqCst) == 0 {
+                let (mut g, died) = lock_checked(m, "contender")?;
+                if died {
+                    let t_kill = ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(t_kill != 0, "contender: OwnerDied while the holder lives");
+                    record_mutex_detect(mono_ns().saturating_sub(t_kill));
+                    ctl.owner_died_seen.fetch_add(1, Ordering::SeqCst);
+                }
+                g[2] += 1;
+                n += 1;
+            }
+            ctl.count.store(n, Ordering::SeqCst);
+            Ok(())
+        })?)
+    } else {
+        None
+    };
+    let iters = rng.below(300);
+    ensure!(
+        wait_until(LONG, || ctl.started.load(Ordering::SeqCst) >= iters),
+        "the holder made no progress"
+    );
+    spin_for(Duration::from_micros(rng.below(1000)));
+    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    a.0.kill().ctx("kill A")?;
+    a.expect_killed("the holder A")?;
+    let (g, parent_died) = lock_checked(m, "parent after the kill")?;
+    drop(g);
+    // Two live processes now: the parent and E (plus B if present) increment `c` exactly.
+    let mut e = spawn("incrementer E", (), move |()| {
+        for _ in 0..EXACT_K {
+            let (mut g, died) = lock_checked(m, "incrementer")?;
+            ensure!(
+                !died,
+                "incrementer: OwnerDied, but nobody died since the recovery"
+            );
+            g[2] += 1;
+        }
+        Ok(())
+    })?;
+    for _ in 0..EXACT_K {
+        let (mut g, died) = lock_checked(m, "parent incrementing")?;
+        ensure!(
+            !died,
+            "parent: OwnerDied, but nobody died since the recovery"
+        );
+        g[2] += 1;
+    }
+    e.expect_success("the incrementer E")?;
+    ctl.stop.store(1, Ordering::SeqCst);
+    if let Some(b) = b.as_mut() {
+        b.expect_success("the contender B")?;
+    }
+    let waiter_died = ctl.owner_died_seen.load(Ordering::SeqCst);
+    let b_count = ctl.count.load(Ordering::SeqCst);
+    let (g, died) = lock_checked(m, "parent (end)")?;
+    ensure!(!died, "OwnerDied at the end of a trial");
+    let want = c_start + 2 * EXACT_K + b_count;
+    ensure!(
+        g[2] == want,
+        "counter {} != {want} after exact increments: lost or doubled critical sections",
+        g[2]
+    );
+    drop(g);
+    ensure!(
+        waiter_died + u64::from(parent_died) <= 1,
+        "OwnerDied reported {} times for one death",
+        waiter_died + u64::from(parent_died)
+    );
+    let s = stats();
+    s.mutex_exact_increments
+        .fetch_add(2 * EXACT_K + b_count, Ordering::Relaxed);
+    if parent_died {
+        bump(&s.mutex_owner_died_parent);
+    } else if waiter_died == 1 {
+        bump(&s.mutex_owner_died_waiter);
+    } else {
+        bump(&s.mutex_clean);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A `try_recv` polling loop must learn that the sender's process died: after a SIGKILL,
+// `try_recv` answers `Disconnected`, not `Empty` forever (an earlier version of
+// `RxCore::read`'s non-blocking path checked only the closed flag, not the peer's presence).
+
+fn try_recv_reports_disconnected_after_peer_death() -> Outcome {
+    let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (btx, brx) = forkipc::byte_channel(1024).ctx("byte_channel")?;
+    let mut child = spawn("sender", (tx, btx), |(tx, btx)| {
+        tx.send(1).ctx("send")?;
+        btx.send(b"one").ctx("send bytes")?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
+    ensure!(rx.recv_timeout(LONG) == Ok(1), "first typed message");
+    ensure!(
+        brx.recv_timeout(LONG).as_deref() == Ok(&b"one"[..]),
+        "first byte message"
+    );
+    child.0.kill().ctx("kill")?;
+    child.expect_killed("sender")?;
+    ensure!(
+        rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "reason {:?}",
+        rx.disconnect_reason()
+    );
+    let t = rx.try_recv();
+    let b = brx.try_recv();
+    ensure!(
+        t == Err(TryRecvError::Disconnected) && b == Err(TryRecvError::Disconnected),
+        "after the sender was SIGKILLed (disconnect_reason() = PeerDied), try_recv returned {t:?} (typed) and {:?} (bytes), not Disconnected",
+        b.map(|_| ())
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A stopped process is not a dead one.
+
+const STOP_FOR: Duration = Duration::from_secs(2);
+
+fn wait_stopped(pid: u32) -> Outcome {
+    ensure!(
+        wait_until(LONG, || proc_state(pid) == Some('T')),
+        "process {pid} did not stop (state {:?})",
+        proc_state(pid)
+    );
+    Ok(())
+}
+
+fn stopped_is_not_dead() -> Outcome {
+    stopped_sender_is_not_dead()?;
+    stopped_receiver_is_not_dead()?;
+    stopped_mutex_holder_is_not_dead()
+}
+
+fn stopped_sender_is_not_dead() -> Outcome {
+    const N: u64 = 3000;
+    let seed = 0x570b;
+    let (tx, rx) = forkipc::channel::<[u64; 8]>(64).ctx("channel")?;
+    let mut child = spawn("paced sender", tx, move |tx| {
+        for seq in 0..N {
+            tx.send(typed_msg(seed, seq)).ctx("send")?;
+            if seq % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })?;
+    let pid = child.0.id();
+    let mut next = 0u64;
+    for _ in 0..100 {
+        ensure!(
+            recv_expect(&rx, seed, &mut next, LONG)?,
+            "no message before the stop"
+        );
+    }
+    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    wait_stopped(pid)?;
+    // Drain what was sent before the stop, then wait STOP_FOR in one recv_timeout.
+    let t = loop {
+        let t = Instant::now();
+        if !recv_expect(&rx, seed, &mut next, STOP_FOR)? {
+            break t.elapsed();
+        }
+    };
+    ensure!(
+        t >= STOP_FOR,
+        "recv_timeout({STOP_FOR:?}) returned Timeout after {t:?}"
+    );
+    ensure!(
+        rx.disconnect_reason().is_none(),
+        "a stopped sender is reported as {:?}",
+        rx.disconnect_reason()
+    );
+    ensure!(
+        proc_state(pid) == Some('T'),
+        "the sender is no longer stopped"
+    );
+    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    while next < N {
+        ensure!(
+            recv_expect(&rx, seed, &mut next, LONG)?,
+            "stalled at message {next} after SIGCONT"
+        );
+    }
+    ensure!(
+        rx.recv_timeout(LONG) == Err(RecvTimeoutError::Disconnected)
+            && rx.disconnect_reason() == Some(DisconnectReason::PeerDropped),
+        "after all {N} messages: expected Disconnected(PeerDropped), reason {:?}",
+        rx.disconnect_reason()
+    );
+    child.expect_success("the paced sender")?;
+    bump(&stats().stop_checks);
+    println!("    stopped sender: recv_timeout waited {t:?} -> Timeout; {N} messages, none lost");
+    Ok(())
+}
+
+/// Receives the next message of the paced stream; `Ok(false)` on Timeout.
+fn recv_expect(
+    rx: &Receiver<[u64; 8]>,
+    seed: u64,
+    next: &mut u64,
+    t: Duration,
+) -> Result<bool, String> {
+    match rx.recv_timeout(t) {
+        Ok(w) => {
+            ensure!(w == typed_msg(seed, *next), "message {next} wrong: {w:x?}");
+            *next += 1;
+            Ok(true)
+        }
+        Err(RecvTimeoutError::Timeout) => Ok(false),
+        Err(RecvTimeoutError::Disconnected) => Err(format!(
+            "Disconnected ({:?}) after {next} messages",
+            rx.disconnect_reason()
+        )),
+    }
+}
+
+fn stopped_receiver_is_not_dead() -> Outcome {
+    const N: u64 = 200;
+    let seed = 0x570c;
+    let (tx, rx) = forkipc::channel::<[u64; 8]>(4).ctx("channel")?;
+    let mut child = spawn("receiver", rx, move |rx| {
+        for seq in 0..N {
+            let w = rx.recv_timeout(Duration::from_secs(30)).ctx("recv")?;
+            ensure!(w == typed_msg(seed, seq), "message {seq} wrong: {w:x?}");
+        }
+        ensure!(
+            rx.recv_timeout(LONG) == Err(RecvTimeoutError::Disconnected),
+            "no disconnect after {N}"
+        );
+        Ok(())
+    })?;
+    let pid = child.0.id();
+    for seq in 0..10 {
+        tx.send_timeout(typed_msg(seed, seq), LONG)
+            .map_err(|e| format!("send {seq}: {e:?}"))?;
+    }
+    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    wait_stopped(pid)?;
+    let mut seq = 10;
+    let waited = loop {
+        let t = Instant::now();
+        match tx.send_timeout(typed_msg(seed, seq), STOP_FOR) {
+            Ok(()) => seq += 1,
+            Err(SendTimeoutError::Timeout(_)) => break t.elapsed(),
+            Err(SendTimeoutError::Disconnected(_)) => {
+                return Err(format!(
+                    "a stopped receiver is reported as {:?}",
+                    tx.disconnect_reason()
+                ));
+            }
+        }
+        ensure!(seq < N, "the ring never filled");
+    };
+    ensure!(
+        waited >= STOP_FOR,
+        "send_timeout returned Timeout after {waited:?}"
+    );
+    ensure!(
+        tx.disconnect_reason().is_none(),
+        "a stopped receiver is reported as {:?}",
+        tx.disconnect_reason()
+    );
+    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    // The timed-out send had no effect: send it again, then the rest.
+    for seq in seq..N {
+        tx.send_timeout(typed_msg(seed, seq), LONG)
+            .map_err(|e| format!("send {seq}: {e:?}"))?;
+    }
+    drop(tx);
+    child.expect_success("the receiver (checks all messages exactly once, in order)")?;
+    bump(&stats().stop_checks);
+    println!("    stopped receiver: send_timeout waited {waited:?} -> Timeout; {N} messages exact");
+    Ok(())
+}
+
+fn stopped_mutex_holder_is_not_dead() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<u64> = region.alloc(ShmMutex::new(0)).ctx("alloc")?;
+    let held: &AtomicU32 = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    let release: &AtomicU32 = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    let mut child = spawn("holder", (), |()| {
+        let mut g = m.lock().map_err(|e| format!("lock: {e:?}"))?;
+        *g += 1;
+        held.store(1, Ordering::SeqCst);
+        let t = Instant::now();
+        while release.load(Ordering::SeqCst) == 0 {
+            ensure!(t.elapsed() < Duration::from_secs(30), "never released");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(g);
+        Ok(())
+    })?;
+    let pid = child.0.id();
+    ensure!(
+        wait_until(LONG, || held.load(Ordering::SeqCst) == 1),
+        "holder never locked"
+    );
+    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    wait_stopped(pid)?;
+    let t = Instant::now();
+    let r = m.lock_timeout(STOP_FOR);
+    let waited = t.elapsed();
+    ensure!(
+        matches!(r, Err(TryLockError::TimedOut)),
+        "lock_timeout against a stopped holder returned {r:?}, not TimedOut"
+    );
+    drop(r);
+    ensure!(waited >= STOP_FOR, "TimedOut after {waited:?}");
+    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    release.store(1, Ordering::SeqCst);
+    match m.lock_timeout(LONG) {
+        Ok(g) => ensure!(*g == 1, "value {} after the holder's increment", *g),
+        Err(e) => return Err(format!("after SIGCONT and release: {e:?}")),
+    }
+    child.expect_success("the stopped holder")?;
+    bump(&stats().stop_checks);
+    println!("    stopped mutex holder: lock_timeout waited {waited:?} -> TimedOut, then Ok");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A peer scribbles over shared memory (ring header, indices, records; a mutex's lock word).
+// The survivor runs in a forked child so a crash shows as a failed status; it must never
+// panic, hang (every operation has a timeout; its duration is checked) or return a message
+// longer than the ring's maximum.
+
+const SCRIBBLE_CHANNEL_ITERS: u64 = 160;
+const SCRIBBLE_MUTEX_ITERS: u64 = 80;
+
+fn scribbled_memory() -> Outcome {
+    let seed = config().seed ^ 0x5c21bb1e;
+    let mut x = spawn("survivor", (), move |()| scribble_survivor(seed))?;
+    let st = x.status(Duration::from_secs(100))?;
+    ensure!(
+        st.success(),
+        "the survivor did not survive the scribbles (seed {seed:#x}): {st:?}{}",
+        match st.signal() {
+            Some(sig) => format!(" = killed by signal {sig} (a crash)"),
+            None => " (see stderr)".into(),
+        }
+    );
+    Ok(())
+}
+
+fn scribble_survivor(seed: u64) -> Outcome {
+    let mut rng = Rng::new(seed);
+    for it in 0..SCRIBBLE_CHANNEL_ITERS {
+        let iseed = rng.next_u64();
+        channel_scribble_iter(&mut Rng::new(iseed))
+            .map_err(|e| format!("channel iteration {it} (seed {iseed:#x}): {e}"))?;
+        bump(&stats().scribble_iters);
+    }
+    for it in 0..SCRIBBLE_MUTEX_ITERS {
+        let iseed = rng.next_u64();
+        mutex_scribble_iter(&mut Rng::new(iseed))
+            .map_err(|e| format!("mutex iteration {it} (seed {iseed:#x}): {e}"))?;
+        bump(&stats().scribble_iters);
+    }
+    Ok(())
+}
+
+/// Where a scribbler may write: the ring header (with its padding) and the data area.
+#[derive(Clone, Copy)]
+struct RingSpan {
+    hdr: usize,
+    hdr_len: usize,
+    data: usize,
+    cap: usize,
+}
+
+impl RingSpan {
+    fn of((hdr, data, cap): (*mut u8, *mut u8, usize)) -> RingSpan {
+        RingSpan {
+            hdr: hdr as usize,
+            hdr_len: data as usize - hdr as usize,
+            data: data as usize,
+            cap,
+        }
+    }
+
+    /// One random write: a byte, a whole word, or a plausible record header, anywhere in the
+    /// header or the data area.
+    fn scribble(&self, r: &mut Rng) {
+        let (base, len) = if r.below(3) == 0 {
+            (self.hdr, self.hdr_len)
+        } else {
+            (self.data, self.cap)
+        };
+        match r.below(4) {
+            0 => {
+                let at = base + r.below(len as u64) as usize;
+                let v = r.next_u64() as u8;
+                // SAFETY: inside the ring's live mapping (shared with the survivor).
+                unsafe {
+                    (*(at as *const std::sync::atomic::AtomicU8)).store(v, Ordering::Relaxed)
+                };
+            }
+            k => {
+                let at = base + (r.below(len as u64 / 8) as usize) * 8;
+                let v = match k {
+                    1 => r.next_u64(),
+                    2 => (r.below(4) << 32) | r.below(2 * self.cap as u64 + 64),
+                    _ => [0, u64::MAX, 1 << 32, 2 << 32 | 0xffff_ffff, 8][r.below(5) as usize],
+                };
+                // SAFETY: 8-aligned (header and data area are 128-aligned), inside the mapping.
+                unsafe { (*(at as *const AtomicU64)).store(v, Ordering::Relaxed) };
+            }
+        }
+    }
+}
+
+/// How the scribbler leaves.
+fn scribbler_exit(r: &mut Rng) -> ! {
+    match r.below(3) {
+        0 => {
+            // Dies abruptly, without closing its end.
+            // SAFETY: raise has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGKILL) };
+            // SAFETY: unreachable in practice; leave without destructors.
+            unsafe { libc::_exit(0) }
+        }
+        1 => std::thread::sleep(Duration::from_millis(r.below(20))),
+        _ => {}
+    }
+    // SAFETY: leaves without dropping the end (a dead-looking peer without SIGKILL).
+    unsafe { libc::_exit(0) }
+}
+
+fn check_duration(t: Instant, allowed: Duration, what: &str) -> Outcome {
+    let took = t.elapsed();
+    ensure!(
+        took <= allowed + Duration::from_secs(1),
+        "hang: {what} took {took:?} (allowed {allowed:?})"
+    );
+    Ok(())
+}
+
+fn channel_scribble_iter(rng: &mut Rng) -> Outcome {
+    let s = stats();
+    let survivor_reads = rng.below(3) != 0;
+    let typed = rng.below(3) == 0;
+    let wseed = rng.next_u64();
+    let steps = 1 + rng.below(40);
+    if typed {
+        let (tx, rx) = forkipc::channel::<[u64; 8]>(1 + rng.below(64) as usize).ctx("channel")?;
+        let span = RingSpan::of(forkipc::__testing::typed_ring_memory(&rx));
+        if survivor_reads {
+            let mut w = spawn("typed scribbler", tx, move |tx| {
+                let mut r = Rng::new(wseed);
+                for seq in 0..steps {
+                    if r.below(2) == 0 {
+                        let _ = tx.try_send([seq; 8]);
+                    } else {
+                        span.scribble(&mut r);
+                    }
+                    if r.below(8) == 0 {
+                        std::thread::sleep(Duration::from_micros(r.below(500)));
+                    }
+                }
+                scribbler_exit(&mut r)
+            })?;
+            let mut quiet = 0;
+            for _ in 0..120 {
+                bump(&s.scribble_ops);
+                let d = Duration::from_micros(rng.below(2000));
+                let t = Instant::now();
+                let r = if rng.below(2) == 0 {
+                    rx.recv_timeout(d)
+                } else {
+                    rx.try_recv().map_err(|e| match e {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+                };
+                check_duration(t, d, "typed recv")?;
+                match r {
+                    Ok(_) => {
+                        bump(&s.scribble_values);
+                        quiet = 0;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        bump(&s.scribble_timeouts);
+                        quiet += 1;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        bump(&s.scribble_disconnected);
+                        quiet += 4;
+                    }
+                }
+                if quiet >= 12 {
+                    break;
+                }
+            }
+            let _ = w.status(LONG)?;
+        } else {
+            let mut w = spawn("typed scribbling reader", rx, move |rx| {
+                let mut r = Rng::new(wseed);
+                for _ in 0..steps {
+                    if r.below(2) == 0 {
+                        let _ = rx.try_recv();
+                    } else {
+                        span.scribble(&mut r);
+                    }
+                    if r.below(8) == 0 {
+                        std::thread::sleep(Duration::from_micros(r.below(500)));
+                    }
+                }
+                scribbler_exit(&mut r)
+            })?;
+            let mut quiet = 0;
+            for seq in 0..120u64 {
+                bump(&s.scribble_ops);
+                let d = Duration::from_micros(rng.below(2000));
+                let t = Instant::now();
+                match tx.send_timeout([seq; 8], d) {
+                    Ok(()) => {
+                        bump(&s.scribble_values);
+                        quiet = 0;
+                    }
+                    Err(SendTimeoutError::Timeout(_)) => {
+                        bump(&s.scribble_timeouts);
+                        quiet += 1;
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        bump(&s.scribble_disconnected);
+                        quiet += 4;
+                    }
+                }
+                check_duration(t, d, "typed send_timeout")?;
+                if quiet >= 12 {
+                    break;
+                }
+            }
+            let _ = w.status(LONG)?;
+        }
+        return Ok(());
+    }
+    let (tx, mut rx) = forkipc::byte_channel(64 << rng.below(7)).ctx("byte_channel")?;
+    let max = rx.max_message_len();
+    let span = RingSpan::of(forkipc::__testing::ring_memory(&rx));
+    if survivor_reads {
+        let mut w = spawn("byte scribbler", tx, move |tx| {
+            let mut r = Rng::new(wseed);
+            let mut buf = vec![0u8; max];
+            for _ in 0..steps {
+                if r.below(2) == 0 {
+                    let len = r.below(max as u64 + 1) as usize;
+                    r.fill(&mut buf[..len]);
+                    let _ = tx.try_send(&buf[..len]);
+                } else {
+                    span.scribble(&mut r);
+                }
+                if r.below(8) == 0 {
+                    std::thread::sleep(Duration::from_micros(r.below(500)));
+                }
+            }
+            scribbler_exit(&mut r)
+        })?;
+        let mut quiet = 0;
+        let mut buf = Vec::new();
+        for _ in 0..120 {
+            bump(&s.scribble_ops);
+            let d = Duration::from_micros(rng.below(2000));
+            let t = Instant::now();
+            let r: Result<usize, RecvTimeoutError> = match rng.below(3) {
+                0 => rx.recv_timeout(d).map(|v| v.len()),
+                1 => rx.try_recv().map(|v| v.len()).map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+                _ => match rx.try_recv_ref() {
+                    Ok(m) => {
+                        // Touch every byte: the lent slice must lie inside the mapping.
+                        std::hint::black_box(m.iter().fold(0u8, |a, &b| a.wrapping_add(b)));
+                        Ok(m.len())
+                    }
+                    Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                },
+            };
+            check_duration(t, d, "byte recv")?;
+            match r {
+                Ok(n) => {
+                    ensure!(
+                        n <= max,
+                        "a {n}-byte message from a ring whose max is {max}"
+                    );
+                    bump(&s.scribble_values);
+                    quiet = 0;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    bump(&s.scribble_timeouts);
+                    quiet += 1;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bump(&s.scribble_disconnected);
+                    quiet += 4;
+                }
+            }
+            if quiet >= 12 {
+                break;
+            }
+        }
+        let _ = w.status(LONG)?;
+        // The scribbler is gone for good: a blocking receive must now return, since the end
+        // reports why it is disconnected (or a message is ready).
+        if rx.disconnect_reason().is_some() {
+            let t = Instant::now();
+            if let Ok(n) = rx.recv_into(&mut buf) {
+                ensure!(n <= max && buf.len() == n, "recv_into gave {n} > max {max}");
+            }
+            check_duration(t, Duration::ZERO, "recv_into on a disconnected end")?;
+        }
+    } else {
+        let mut w = spawn("byte scribbling reader", rx, move |rx| {
+            let mut r = Rng::new(wseed);
+            for _ in 0..steps {
+                if r.below(2) == 0 {
+                    let _ = rx.try_recv();
+                } else {
+                    span.scribble(&mut r);
+                }
+                if r.below(8) == 0 {
+                    std::thread::sleep(Duration::from_micros(r.below(500)));
+                }
+            }
+            scribbler_exit(&mut r)
+        })?;
+        let mut quiet = 0;
+        let mut buf = vec![0u8; max + 16];
+        for _ in 0..120 {
+            bump(&s.scribble_ops);
+            let d = Duration::from_micros(rng.below(2000));
+            let len = rng.below(max as u64 + 17) as usize;
+            rng.fill(&mut buf[..len]);
+            let t = Instant::now();
+            let r = if rng.below(2) == 0 {
+                tx.send_timeout(&buf[..len], d)
+            } else {
+                tx.try_send(&buf[..len])
+            };
+            check_duration(t, d, "byte send")?;
+            match r {
+                Ok(()) => {
+                    ensure!(len <= max, "a {len}-byte send accepted (max {max})");
+                    bump(&s.scribble_values);
+                    quiet = 0;
+                }
+                Err(forkipc::ByteSendError::Disconnected) => {
+                    bump(&s.scribble_disconnected);
+                    quiet += 4;
+                }
+                Err(forkipc::ByteSendError::TooLarge { .. }) => {
+                    ensure!(len > max, "TooLarge for {len} <= max {max}");
+                }
+                Err(_) => {
+                    bump(&s.scribble_timeouts);
+                    quiet += 1;
+                }
+            }
+            if quiet >= 12 {
+                break;
+            }
+        }
+        let _ = w.status(LONG)?;
+    }
+    Ok(())
+}
+
+/// Interesting lock-word values: free, owner-died, a foreign TID, not-recoverable, waiters.
+fn lock_word_value(r: &mut Rng, my_tid: u32) -> u32 {
+    match r.below(8) {
+        0 => 0,
+        1 => 0x4000_0000,
+        2 => 0x3fff_ffff,
+        3 => my_tid,
+        4 => 0x8000_0000 | (r.next_u64() as u32 & 0x3fff_ffff),
+        5 => 1 + r.below(4_000_000) as u32,
+        _ => r.next_u64() as u32,
+    }
+}
+
+fn mutex_scribble_iter(rng: &mut Rng) -> Outcome {
+    let s = stats();
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<[u64; 2]> = region.alloc(ShmMutex::new([0; 2])).ctx("alloc")?;
+    let word = m as *const ShmMutex<[u64; 2]> as usize;
+    let wseed = rng.next_u64();
+    let steps = 1 + rng.below(30);
+    // SAFETY: gettid has no preconditions.
+    let my_tid = unsafe { libc::gettid() } as u32;
+    let mut w = spawn("lock-word scribbler", (), move |()| {
+        let mut r = Rng::new(wseed);
+        for _ in 0..steps {
+            std::thread::sleep(Duration::from_micros(r.below(300)));
+            let v = lock_word_value(&mut r, my_tid);
+            // SAFETY: the mutex's lock word (its first 4 bytes), in the shared region.
+            unsafe { (*(word as *const AtomicU32)).store(v, Ordering::Relaxed) };
+        }
+        Ok(())
+    })?;
+    for _ in 0..60 {
+        bump(&s.scribble_ops);
+        let d = Duration::from_micros(rng.below(2000));
+        let t = Instant::now();
+        let r = if rng.below(4) == 0 {
+            m.try_lock()
+        } else {
+            m.lock_timeout(d)
+        };
+        check_duration(t, d, "lock_timeout")?;
+        let k = match r {
+            Ok(mut g) => {
+                g[0] += 1;
+                spin_for(Duration::from_micros(rng.below(100)));
+                0
+            }
+            Err(TryLockError::WouldBlock | TryLockError::TimedOut) => 1,
+            Err(TryLockError::OwnerDied(mut g)) => {
+                if rng.below(2) == 0 {
+                    g.mark_consistent();
+                }
+                2
+            }
+            Err(TryLockError::NotRecoverable) => 3,
+        };
+        bump(&s.scribble_lock_outcomes[k]);
+    }
+    let _ = w.status(LONG)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The fuzz body over a deterministic corpus (the same function the cargo-fuzz target runs).
+
+const FUZZ_INPUTS: u64 = 20_000;
+
+fn fuzz_corpus_deterministic() -> Outcome {
+    let seed = config().seed ^ 0xf022;
+    let mut rng = Rng::new(seed);
+    let s = stats();
+    let mut input = Vec::new();
+    for i in 0..FUZZ_INPUTS {
+        let iseed = rng.next_u64();
+        let mut r = Rng::new(iseed);
+        input.clear();
+        input.resize(r.below(1500) as usize, 0);
+        r.fill(&mut input);
+        // Bias a third of the inputs toward plausible records and small scripts.
+        if r.below(3) == 0 && input.len() > 5 {
+            input[3] = (input[3] & !3) | 2;
+        }
+        let res = std::panic::catch_unwind(|| fuzz_body::ring_consumer(&input));
+        match res {
+            Ok(t) => {
+                s.fuzz_messages.fetch_add(t.messages, Ordering::Relaxed);
+                s.fuzz_corrupted_runs
+                    .fetch_add(t.corrupted_runs, Ordering::Relaxed);
+                bump(&s.fuzz_inputs);
+            }
+            Err(_) => {
+                return Err(format!(
+                    "input {i} (seed {iseed:#x}, {} bytes, starts {:02x?}) panicked",
+                    input.len(),
+                    &input[..input.len().min(16)]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by the scribble campaign (src/mutex.rs, `ShmMutex::unlock`): a peer overwrites a mutex's
+// lock word while the survivor holds the lock. The survivor's unlock sees a word that does not
+// name it and returns early *without unlinking* the mutex's entry from its thread's robust
+// list. Later list operations then corrupt the list:
+// * locking the same mutex again links the entry while it is still the list's first entry
+//   (`entry.next = entry`), and the following unlock leaves `head -> entry -> NULL`: every
+//   older entry is cut off, including the process's presence slot, so when the survivor dies
+//   the kernel never marks its presence dead and a channel peer blocked in `recv` waits forever;
+// * unmapping the region and locking any other mutex makes `link()` write through the stale
+//   entry into the unmapped page: SIGSEGV (and that death is not reported either: the kernel's
+//   exit-time walk faults on the stale entry first).
+
+/// The survivor V holds `m` (in a region made here, before the fork, so the page is shared);
+/// this process, playing the buggy peer, overwrites the lock word with `scribble`; V unlocks,
+/// then `after_unlock` runs in V; V reports ready over a channel and waits to be killed. Then
+/// V is SIGKILLed and the channel must report `Disconnected(PeerDied)` promptly.
+fn scribbled_lock_word_then_death(scribble: u32, after_unlock: fn(&ShmMutex<u64>)) -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<u64> = region.alloc(ShmMutex::new(0)).ctx("alloc")?;
+    let held: &AtomicU32 = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    let scribbled: &AtomicU32 = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let mut v = spawn("survivor V", tx, move |tx| {
+        let g = m.lock().map_err(|e| format!("lock: {e:?}"))?;
+        held.store(1, Ordering::SeqCst);
+        ensure!(
+            wait_until(LONG, || scribbled.load(Ordering::SeqCst) == 1),
+            "never scribbled"
+        );
+        drop(g);
+        after_unlock(m);
+        tx.send(1).ctx("ready")?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
+    ensure!(
+        wait_until(LONG, || held.load(Ordering::SeqCst) == 1),
+        "V never locked"
+    );
+    // The buggy peer: one store over the lock word (the mutex's first 4 bytes).
+    let word = m as *const ShmMutex<u64> as *const AtomicU32;
+    // SAFETY: `m` lives in our shared region; its first 4 bytes are the lock word.
+    unsafe { (*word).store(scribble, Ordering::SeqCst) };
+    scribbled.store(1, Ordering::SeqCst);
+    // Wait for "ready", watching V itself too: if V crashes, its peer may never be told.
+    let t = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(1) => break,
+            Err(RecvTimeoutError::Timeout) if t.elapsed() < LONG => {
+                if let Some(st) = v.0.try_wait().ctx("try_wait")? {
+                    // Give the peer the promised 100 ms (and more) to see the death.
+                    let r = rx.recv_timeout(DETECT_BOUND);
+                    return Err(format!(
+                        "V died before getting ready: {st:?}{}; its peer's recv_timeout then returned {r:?} (disconnect_reason() {:?})",
+                        match st.signal() {
+                            Some(libc::SIGSEGV) => " = SIGSEGV (crashed)",
+                            _ => "",
+                        },
+                        rx.disconnect_reason()
+                    ));
+                }
+            }
+            other => {
+                let st = v.status(LONG)?;
+                return Err(format!(
+                    "V did not get ready ({other:?}); V ended with {st:?}"
+                ));
+            }
+        }
+    }
+    v.0.kill().ctx("kill V")?;
+    v.expect_killed("V")?;
+    let t = Instant::now();
+    let r = rx.recv_timeout(DETECT_BOUND);
+    ensure!(
+        r == Err(RecvTimeoutError::Disconnected)
+            && rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "V was SIGKILLed, but its peer's recv_timeout returned {r:?} after {:?} (disconnect_reason() {:?}): V's death is not reported",
+        t.elapsed(),
+        rx.disconnect_reason()
+    );
+    Ok(())
+}
+
+fn scribbled_lock_word_while_held_then_relock_keeps_death_detected() -> Outcome {
+    scribbled_lock_word_then_death(0, |m| {
+        // The word is free now (the peer wrote 0): V locks and unlocks the same mutex again.
+        drop(m.lock_timeout(Duration::from_millis(10)));
+    })
+}
+
+fn scribbled_lock_word_while_held_then_unmap_does_not_crash() -> Outcome {
+    scribbled_lock_word_then_death(0, |m| {
+        // V is done with the region: unmap its copy (what dropping V's AnonRegion does), then
+        // lock a mutex somewhere else.
+        let page = (m as *const ShmMutex<u64> as usize) & !4095;
+        // SAFETY: the region is one page in V's address space, and V no longer uses it (the
+        // closure does not touch `m` again).
+        unsafe { libc::munmap(page as *mut libc::c_void, 4096) };
+        let other = AnonRegion::new(1 << 20).expect("region");
+        let mb = other.alloc(ShmMutex::new(0u64)).expect("alloc");
+        drop(mb.lock());
+    })
+}
