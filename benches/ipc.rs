@@ -1,41 +1,106 @@
 //! `cargo bench --bench ipc`: forkipc against the mechanisms it replaces and the limits it
 //! approaches, all measured in the same run on the same pair of CPUs, so that ratios can be
 //! compared across runs and machines (absolute figures cannot; see /work/shared/ANCHORS.md for
-//! the targets). `FORKIPC_BENCH_QUICK=1` makes a quick smoke run with 10x fewer iterations.
+//! the targets). `FORKIPC_BENCH_QUICK=1` makes a quick smoke run with 10x fewer iterations;
+//! `FORKIPC_BENCH_VERBOSE=1` also prints every repetition's figure.
+//!
+//! The repetitions of all the measurements of a group (round trips, 64 B streams, 1 MiB
+//! streams), baselines and forkipc alike, are interleaved, so that a ratio compares figures
+//! sampled over the same seconds (see `support`). The targets block after the table is
+//! informational: the exit status never depends on performance.
 
 mod baselines;
+mod forkipc_rows;
 mod support;
 
-use support::Row;
+use support::{Group, Session, Unit, find_row, interleave};
 
 fn main() {
-    let mut rows = Vec::new();
-    baselines::all(&mut rows);
-    forkipc_rows(&mut rows);
+    let group = |title, mut sessions: Vec<Session>, ours: Vec<Session>| {
+        sessions.extend(ours);
+        Group {
+            title,
+            rows: interleave(sessions),
+        }
+    };
+    let groups = [
+        group("round trips, 8 B", baselines::rtt(), forkipc_rows::rtt()),
+        group(
+            "streams of 64 B messages",
+            baselines::msgs_64b(),
+            forkipc_rows::msgs_64b(),
+        ),
+        group(
+            "streams of 1 MiB messages",
+            baselines::mib(),
+            forkipc_rows::mib(),
+        ),
+    ];
     println!("forkipc IPC benchmarks: {}", support::describe_run());
     println!();
-    support::print_table(&rows);
+    support::print_table(&groups);
+    println!();
+    print_targets(&groups);
 }
 
-// ---------------------------------------------------------------------------------------------
-// forkipc rows
-//
-// The library's own measurements go here, each compared with the baseline it is aimed at
-// (targets in ANCHORS.md), e.g.
-//
-//     let n = support::iters(300_000);
-//     let (tx, rx) = /* a forkipc channel pair */;
-//     let child = support::fork_pinned(support::CHILD_CPU, || {
-//         for _ in 0..support::rounds() as u64 * n { /* echo one message */ }
-//     });
-//     let rtt = support::median_of_rounds(|| {
-//         support::ns_per_op(support::time(|| { /* n round trips */ }), n)
-//     });
-//     support::reap(child);
-//     rows.push(
-//         Row::new("forkipc channel<u64> ping-pong RTT, adaptive", rtt, support::Unit::Nanos)
-//             .vs(baselines::SPIN_RTT),
-//     );
+/// A target ratio of a forkipc row to a baseline (ANCHORS.md).
+struct Target {
+    row: &'static str,
+    baseline: &'static str,
+    /// The bound on `row / baseline`.
+    bound: f64,
+}
 
-/// Appends forkipc's own rows (none yet).
-fn forkipc_rows(_rows: &mut Vec<Row>) {}
+const TARGETS: [Target; 5] = [
+    Target {
+        row: forkipc_rows::ADAPTIVE_RTT,
+        baseline: baselines::SPIN_RTT,
+        bound: 1.3,
+    },
+    Target {
+        row: forkipc_rows::BLOCK_RTT,
+        baseline: baselines::FUTEX_RTT,
+        bound: 1.1,
+    },
+    Target {
+        row: forkipc_rows::TYPED_64B,
+        baseline: baselines::RING_64B,
+        bound: 0.8,
+    },
+    Target {
+        row: forkipc_rows::COPY_1MIB,
+        baseline: baselines::RING_1MIB,
+        bound: 1.0,
+    },
+    Target {
+        row: forkipc_rows::ZERO_COPY_1MIB,
+        baseline: baselines::MEMCPY_1MIB,
+        bound: 0.9,
+    },
+];
+
+/// Prints each target with the ratio measured in this run and whether it was met. A ratio is
+/// met when at most the bound for times (lower is better), at least the bound for throughputs.
+fn print_targets(groups: &[Group]) {
+    println!("targets (ratios measured in this run; informational, never fail the bench):");
+    for t in &TARGETS {
+        let (Some(row), Some(base)) = (find_row(groups, t.row), find_row(groups, t.baseline))
+        else {
+            println!("  {} vs {}: not measured", t.row, t.baseline);
+            continue;
+        };
+        let ratio = row.value / base.value;
+        let (sign, met) = if row.unit == Unit::Nanos {
+            ("≤", ratio <= t.bound)
+        } else {
+            ("≥", ratio >= t.bound)
+        };
+        println!(
+            "  {:<48} {sign} {:.1} × {:<32} {ratio:>7.3} ×  {}",
+            t.row,
+            t.bound,
+            t.baseline,
+            if met { "met" } else { "NOT met" }
+        );
+    }
+}

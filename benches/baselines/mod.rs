@@ -1,9 +1,10 @@
 //! The reference mechanisms forkipc is measured against, each measured in the same run as the
 //! library so that only ratios are compared (absolute figures drift between runs on a VM).
 //!
-//! Every function here returns its figure in the base unit of its [`Row`]: nanoseconds per
-//! round trip, messages per second, or bytes per second. The parent always runs on
-//! [`PARENT_CPU`] and the forked peer on [`CHILD_CPU`].
+//! Every measurement here is a [`Session`] whose figure is in the base unit of its [`Row`]:
+//! nanoseconds per round trip, messages per second, or bytes per second. The parent always
+//! runs on [`PARENT_CPU`] and the forked peer on [`CHILD_CPU`], parked on a [`Gate`] between
+//! repetitions.
 
 use std::fs::File;
 use std::hint::{black_box, spin_loop};
@@ -15,8 +16,8 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::unistd::pipe;
 
 use crate::support::{
-    CHILD_CPU, PARENT_CPU, Row, SharedMap, Unit, fork_pinned, iters, median_of_rounds, ns_per_op,
-    per_sec, pin_to_cpu, reap, rounds, time,
+    CHILD_CPU, Gate, LINE, PARENT_CPU, Row, Session, SharedMap, Unit, fork_pinned, futex_wait,
+    futex_wake, iters, ns_per_op, per_sec, pin_to_cpu, reap, rounds, time,
 };
 
 /// Row names, for `Row::vs`.
@@ -35,35 +36,38 @@ pub const SOCKET_1MIB: &str = "socketpair stream, 1 MiB msgs";
 
 const MIB: usize = 1 << 20;
 
-/// Cache-line distance that keeps two hot words from sharing a line or an adjacent-line
-/// prefetch pair (what `crossbeam_utils::CachePadded` uses on x86-64).
-const LINE: usize = 128;
+/// The round-trip baselines, with ratios against the spin ping-pong.
+pub fn rtt() -> Vec<Session> {
+    let rtt = |name| Row::new(name, Unit::Nanos);
+    vec![
+        spin_pingpong_rtt(rtt(SPIN_RTT)),
+        futex_pingpong_rtt(rtt(FUTEX_RTT).vs(SPIN_RTT)),
+        pipe_pingpong_rtt(rtt(PIPE_RTT).vs(SPIN_RTT)),
+        socketpair_pingpong_rtt(rtt(SOCKET_RTT).vs(SPIN_RTT)),
+    ]
+}
 
-/// Measures every baseline and appends its row, with ratios: round trips against the spin
-/// ping-pong, 64 B streams against the minimal ring, 1 MiB streams against the minimal ring
-/// and memcpy.
-pub fn all(rows: &mut Vec<Row>) {
-    let rtt = |name, ns| Row::new(name, ns, Unit::Nanos);
-    rows.push(rtt(SPIN_RTT, spin_pingpong_rtt()));
-    rows.push(rtt(FUTEX_RTT, futex_pingpong_rtt()).vs(SPIN_RTT));
-    rows.push(rtt(PIPE_RTT, pipe_pingpong_rtt()).vs(SPIN_RTT));
-    rows.push(rtt(SOCKET_RTT, socketpair_pingpong_rtt()).vs(SPIN_RTT));
+/// The 64 B stream baselines, with ratios against the minimal ring.
+pub fn msgs_64b() -> Vec<Session> {
+    let msgs = |name| Row::new(name, Unit::MsgsPerSec);
+    vec![
+        ring_64b_msgs_per_sec(msgs(RING_64B)),
+        pipe_64b_msgs_per_sec(msgs(PIPE_64B).vs(RING_64B)),
+        socketpair_64b_msgs_per_sec(msgs(SOCKET_64B).vs(RING_64B)),
+    ]
+}
 
-    let msgs = |name, per_sec| Row::new(name, per_sec, Unit::MsgsPerSec);
-    rows.push(msgs(RING_64B, ring_64b_msgs_per_sec()));
-    rows.push(msgs(PIPE_64B, pipe_64b_msgs_per_sec()).vs(RING_64B));
-    rows.push(msgs(SOCKET_64B, socketpair_64b_msgs_per_sec()).vs(RING_64B));
-
-    let bytes = |name, per_sec| Row::new(name, per_sec, Unit::BytesPerSec);
-    rows.push(bytes(MEMCPY_1MIB, memcpy_1mib_bytes_per_sec()));
-    rows.push(bytes(RING_1MIB, ring_1mib_bytes_per_sec()).vs(MEMCPY_1MIB));
-    for (name, figure) in [
-        (PIPE_1MIB, pipe_1mib_bytes_per_sec(None)),
-        (PIPE_1MIB_BIG, pipe_1mib_bytes_per_sec(Some(MIB))),
-        (SOCKET_1MIB, socketpair_1mib_bytes_per_sec()),
-    ] {
-        rows.push(bytes(name, figure).vs(RING_1MIB).vs(MEMCPY_1MIB));
-    }
+/// The 1 MiB baselines, with ratios against the minimal ring and memcpy.
+pub fn mib() -> Vec<Session> {
+    let bytes = |name| Row::new(name, Unit::BytesPerSec);
+    let vs_both = |name| bytes(name).vs(RING_1MIB).vs(MEMCPY_1MIB);
+    vec![
+        memcpy_1mib_bytes_per_sec(bytes(MEMCPY_1MIB)),
+        ring_1mib_bytes_per_sec(bytes(RING_1MIB).vs(MEMCPY_1MIB)),
+        pipe_1mib_bytes_per_sec(vs_both(PIPE_1MIB), None),
+        pipe_1mib_bytes_per_sec(vs_both(PIPE_1MIB_BIG), Some(MIB)),
+        socketpair_1mib_bytes_per_sec(vs_both(SOCKET_1MIB)),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -72,21 +76,29 @@ pub fn all(rows: &mut Vec<Row>) {
 /// Two `AtomicU64`s on separate cache lines of a shared page; the parent writes `i` to `ping`,
 /// the child spins until it sees it and echoes it to `pong`. The cost of two cache-line
 /// transfers: the floor for any round trip between the two CPUs.
-pub fn spin_pingpong_rtt() -> f64 {
+pub fn spin_pingpong_rtt(row: Row) -> Session {
     let n = iters(300_000);
     let map = SharedMap::new(2 * LINE);
-    let (ping, pong) = (map.atomic_u64(0), map.atomic_u64(LINE));
+    let gate = Gate::new();
     // Relaxed throughout: the counter is the whole message, nothing else is published with it.
     let child = fork_pinned(CHILD_CPU, || {
-        for i in 1..=rounds() as u64 * n {
-            while ping.load(Ordering::Relaxed) != i {
-                spin_loop();
+        let (ping, pong) = (map.atomic_u64(0), map.atomic_u64(LINE));
+        let mut i = 0;
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                i += 1;
+                while ping.load(Ordering::Relaxed) != i {
+                    spin_loop();
+                }
+                pong.store(i, Ordering::Relaxed);
             }
-            pong.store(i, Ordering::Relaxed);
         }
     });
     let mut i = 0;
-    let rtt = median_of_rounds(|| {
+    let rep = move || {
+        gate.open_next();
+        let (ping, pong) = (map.atomic_u64(0), map.atomic_u64(LINE));
         let elapsed = time(|| {
             for _ in 0..n {
                 i += 1;
@@ -97,60 +109,45 @@ pub fn spin_pingpong_rtt() -> f64 {
             }
         });
         ns_per_op(elapsed, n)
-    });
-    reap(child);
-    rtt
-}
-
-/// Blocks until `word` is woken or no longer holds `expected` (returns at once if it does not).
-/// Spurious returns are possible: callers re-check in a loop.
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: `word` is a live, aligned u32 for the whole call; FUTEX_WAIT without
-    // FUTEX_PRIVATE_FLAG keys the wait on the shared page, so a waker in another process
-    // finds it; a null timeout means no deadline; the extra arguments are ignored.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        )
     };
-}
-
-/// Wakes one waiter on `word`, in any process that maps the same page.
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only uses its address as a key.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+    Session::new(row, rep, move || reap(child))
 }
 
 /// Two futex words on separate cache lines of a shared page; each side stores the counter in
 /// the other's word and wakes it, then sleeps on its own word until the echo arrives. No
 /// spinning: every hop is a kernel wake-up.
-pub fn futex_pingpong_rtt() -> f64 {
+pub fn futex_pingpong_rtt(row: Row) -> Session {
     let n = iters(3_000);
     let map = SharedMap::new(2 * LINE);
-    let (ping, pong) = (map.atomic_u32(0), map.atomic_u32(LINE));
+    let gate = Gate::new();
     // Relaxed throughout: the counter is the whole message, and the futex syscalls order the
     // store against the wake-up anyway.
-    let wait_for = |word: &AtomicU32, i: u32| loop {
-        let seen = word.load(Ordering::Relaxed);
-        if seen == i {
-            break;
+    fn wait_for(word: &AtomicU32, i: u32) {
+        loop {
+            let seen = word.load(Ordering::Relaxed);
+            if seen == i {
+                break;
+            }
+            futex_wait(word, seen);
         }
-        futex_wait(word, seen);
-    };
+    }
     let child = fork_pinned(CHILD_CPU, || {
-        for i in 1..=rounds() as u64 * n {
-            let i = i as u32; // wraps harmlessly: only equality matters
-            wait_for(ping, i);
-            pong.store(i, Ordering::Relaxed);
-            futex_wake(pong);
+        let (ping, pong) = (map.atomic_u32(0), map.atomic_u32(LINE));
+        let mut i = 0u32; // wraps harmlessly: only equality matters
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                i = i.wrapping_add(1);
+                wait_for(ping, i);
+                pong.store(i, Ordering::Relaxed);
+                futex_wake(pong);
+            }
         }
     });
     let mut i = 0u32;
-    let rtt = median_of_rounds(|| {
+    let rep = move || {
+        gate.open_next();
+        let (ping, pong) = (map.atomic_u32(0), map.atomic_u32(LINE));
         let elapsed = time(|| {
             for _ in 0..n {
                 i = i.wrapping_add(1);
@@ -160,9 +157,8 @@ pub fn futex_pingpong_rtt() -> f64 {
             }
         });
         ns_per_op(elapsed, n)
-    });
-    reap(child);
-    rtt
+    };
+    Session::new(row, rep, move || reap(child))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ impl<'a, const SLOT: usize> Ring<'a, SLOT> {
     }
 
     fn new(map: &'a SharedMap, capacity: usize) -> Self {
-        assert!(capacity.is_power_of_two() && SLOT % 64 == 0);
+        assert!(capacity.is_power_of_two() && SLOT.is_multiple_of(64));
         Ring {
             tail: map.atomic_u64(0),
             head: map.atomic_u64(LINE),
@@ -275,12 +271,18 @@ impl<const SLOT: usize> Consumer<'_, SLOT> {
 }
 
 /// Streams `iters(full_count)` messages of SLOT bytes per repetition from the parent to the
-/// child through a [`Ring`] of `capacity` slots; returns messages per second, counted until the
-/// consumer has taken the last one. Each message carries its sequence number, which the
-/// consumer checks.
-fn ring_msgs_per_sec<const SLOT: usize>(capacity: usize, full_count: u64) -> f64 {
+/// child through a [`Ring`] of `capacity` slots; the figure is messages per second, counted
+/// until the consumer has taken the last one, times `scale`. Each message carries its sequence
+/// number, which the consumer checks.
+fn ring_stream<const SLOT: usize>(
+    row: Row,
+    capacity: usize,
+    full_count: u64,
+    scale: f64,
+) -> Session {
     let n = iters(full_count);
     let map = SharedMap::new(Ring::<SLOT>::map_len(capacity));
+    let gate = Gate::new();
     let child = fork_pinned(CHILD_CPU, || {
         let mut rx = Consumer {
             ring: Ring::<SLOT>::new(&map, capacity),
@@ -288,19 +290,27 @@ fn ring_msgs_per_sec<const SLOT: usize>(capacity: usize, full_count: u64) -> f64
             cached_tail: 0,
         };
         let mut msg = boxed_array::<SLOT>(0x5a);
-        for seq in 0..rounds() as u64 * n {
-            rx.pop(&mut msg);
-            let stamp = u64::from_ne_bytes(msg[..8].try_into().unwrap());
-            assert_eq!(stamp, seq, "ring delivered a wrong message");
+        let mut seq = 0;
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                rx.pop(&mut msg);
+                let stamp = u64::from_ne_bytes(msg[..8].try_into().unwrap());
+                assert_eq!(stamp, seq, "ring delivered a wrong message");
+                seq += 1;
+            }
         }
     });
-    let mut tx = Producer {
-        ring: Ring::<SLOT>::new(&map, capacity),
-        tail: 0,
-        cached_head: 0,
-    };
     let mut msg = boxed_array::<SLOT>(0xa5);
-    let per_sec = median_of_rounds(|| {
+    // The producer's private state, kept between repetitions (the `Producer` borrows `map`).
+    let (mut tail, mut cached_head) = (0, 0);
+    let rep = move || {
+        gate.open_next();
+        let mut tx = Producer {
+            ring: Ring::<SLOT>::new(&map, capacity),
+            tail,
+            cached_head,
+        };
         let elapsed = time(|| {
             for _ in 0..n {
                 msg[..8].copy_from_slice(&tx.tail.to_ne_bytes());
@@ -308,10 +318,10 @@ fn ring_msgs_per_sec<const SLOT: usize>(capacity: usize, full_count: u64) -> f64
             }
             tx.wait_drained();
         });
-        per_sec(elapsed, n)
-    });
-    reap(child);
-    per_sec
+        (tail, cached_head) = (tx.tail, tx.cached_head);
+        per_sec(elapsed, n) * scale
+    };
+    Session::new(row, rep, move || reap(child))
 }
 
 /// A heap array of `N` bytes (built on the heap: N may be too big for a stack).
@@ -319,25 +329,25 @@ fn boxed_array<const N: usize>(fill: u8) -> Box<[u8; N]> {
     vec![fill; N].into_boxed_slice().try_into().unwrap()
 }
 
-pub fn ring_64b_msgs_per_sec() -> f64 {
-    ring_msgs_per_sec::<64>(1024, 5_000_000)
+pub fn ring_64b_msgs_per_sec(row: Row) -> Session {
+    ring_stream::<64>(row, 1024, 5_000_000, 1.0)
 }
 
-/// Four slots of 1 MiB.
-pub fn ring_1mib_bytes_per_sec() -> f64 {
-    ring_msgs_per_sec::<MIB>(4, 2_000) * MIB as f64
+/// Four slots of 1 MiB; bytes per second.
+pub fn ring_1mib_bytes_per_sec(row: Row) -> Session {
+    ring_stream::<MIB>(row, 4, 2_000, MIB as f64)
 }
 
 /// Copies 1 MiB between two buffers of this process: the ceiling for a transfer that copies
 /// once (zero-copy IPC), and the unit for one that copies twice.
-pub fn memcpy_1mib_bytes_per_sec() -> f64 {
+pub fn memcpy_1mib_bytes_per_sec(row: Row) -> Session {
     pin_to_cpu(PARENT_CPU);
     let n = iters(3_000);
     // Filled, not zeroed, so every page is really mapped (calloc'd zero pages would all alias
     // the kernel's zero page and read unrealistically fast).
     let src = vec![0xa5u8; MIB];
     let mut dst = vec![0x5au8; MIB];
-    median_of_rounds(|| {
+    let rep = move || {
         let elapsed = time(|| {
             for _ in 0..n {
                 dst.copy_from_slice(black_box(&src));
@@ -345,28 +355,36 @@ pub fn memcpy_1mib_bytes_per_sec() -> f64 {
             }
         });
         per_sec(elapsed, n) * MIB as f64
-    })
+    };
+    Session::new(row, rep, || {})
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pipes and Unix sockets
 
 /// Ping-pong of 8-byte counters: the parent writes to `p_tx` and reads the echo from `p_rx`;
-/// the child reads from `c_rx` and echoes to `c_tx`.
-fn fd_pingpong_rtt(p_tx: &File, p_rx: &File, c_rx: &File, c_tx: &File) -> f64 {
+/// the child reads from `c_rx` and echoes to `c_tx`. The session owns the parent's ends; the
+/// child's are dropped in the parent once it has forked.
+fn fd_pingpong_rtt(row: Row, (p_tx, p_rx): (File, File), (c_rx, c_tx): (File, File)) -> Session {
     let n = iters(3_000);
+    let gate = Gate::new();
     let child = fork_pinned(CHILD_CPU, || {
-        let (mut rx, mut tx) = (c_rx, c_tx);
+        let (mut rx, mut tx) = (&c_rx, &c_tx);
         let mut buf = [0u8; 8];
-        for _ in 0..rounds() as u64 * n {
-            rx.read_exact(&mut buf).expect("child read");
-            tx.write_all(&buf).expect("child write");
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                rx.read_exact(&mut buf).expect("child read");
+                tx.write_all(&buf).expect("child write");
+            }
         }
     });
-    let (mut tx, mut rx) = (p_tx, p_rx);
+    drop((c_rx, c_tx));
     let mut buf = [0u8; 8];
     let mut i = 0u64;
-    let rtt = median_of_rounds(|| {
+    let rep = move || {
+        gate.open_next();
+        let (mut tx, mut rx) = (&p_tx, &p_rx);
         let elapsed = time(|| {
             for _ in 0..n {
                 i += 1;
@@ -376,45 +394,49 @@ fn fd_pingpong_rtt(p_tx: &File, p_rx: &File, c_rx: &File, c_tx: &File) -> f64 {
             }
         });
         ns_per_op(elapsed, n)
-    });
-    reap(child);
-    rtt
+    };
+    Session::new(row, rep, move || reap(child))
 }
 
 /// Streams `iters(full_count)` messages of `size` bytes per repetition, one `write` (or as
 /// many as the kernel needs) per message, from `p_tx` to the child's `c_rx`, which reads each
 /// message whole; after the last one the child acknowledges with one byte from `c_ack` to
-/// `p_ack`, which ends the timed repetition. Returns messages per second.
-fn fd_stream_msgs_per_sec(
-    (p_tx, p_ack): (&File, &File),
-    (c_rx, c_ack): (&File, &File),
+/// `p_ack`, which ends the timed repetition. The figure is messages per second times `scale`.
+fn fd_stream(
+    row: Row,
+    (p_tx, p_ack): (File, File),
+    (c_rx, c_ack): (File, File),
     size: usize,
     full_count: u64,
-) -> f64 {
+    scale: f64,
+) -> Session {
     let n = iters(full_count);
+    let gate = Gate::new();
     let child = fork_pinned(CHILD_CPU, || {
-        let (mut rx, mut ack) = (c_rx, c_ack);
+        let (mut rx, mut ack) = (&c_rx, &c_ack);
         let mut msg = vec![0x5au8; size];
-        for _ in 0..rounds() {
+        for round in 0..rounds() {
+            gate.enter(round);
             for _ in 0..n {
                 rx.read_exact(&mut msg).expect("child read");
             }
             ack.write_all(&[1]).expect("child ack");
         }
     });
-    let (mut tx, mut ack) = (p_tx, p_ack);
+    drop((c_rx, c_ack));
     let msg = vec![0xa5u8; size];
-    let per_sec = median_of_rounds(|| {
+    let rep = move || {
+        gate.open_next();
+        let (mut tx, mut ack) = (&p_tx, &p_ack);
         let elapsed = time(|| {
             for _ in 0..n {
                 tx.write_all(&msg).expect("parent write");
             }
             ack.read_exact(&mut [0]).expect("parent ack");
         });
-        per_sec(elapsed, n)
-    });
-    reap(child);
-    per_sec
+        per_sec(elapsed, n) * scale
+    };
+    Session::new(row, rep, move || reap(child))
 }
 
 /// A pipe as (read end, write end), optionally with its buffer resized (F_SETPIPE_SZ).
@@ -445,42 +467,50 @@ fn new_socketpair() -> (File, File) {
     (File::from(a), File::from(b))
 }
 
-pub fn pipe_pingpong_rtt() -> f64 {
+pub fn pipe_pingpong_rtt(row: Row) -> Session {
     let (down_rd, down_wr) = new_pipe(None);
     let (up_rd, up_wr) = new_pipe(None);
-    fd_pingpong_rtt(&down_wr, &up_rd, &down_rd, &up_wr)
+    fd_pingpong_rtt(row, (down_wr, up_rd), (down_rd, up_wr))
 }
 
-pub fn socketpair_pingpong_rtt() -> f64 {
+pub fn socketpair_pingpong_rtt(row: Row) -> Session {
     let (parent, child) = new_socketpair();
-    fd_pingpong_rtt(&parent, &parent, &child, &child)
+    let (parent2, child2) = (clone(&parent), clone(&child));
+    fd_pingpong_rtt(row, (parent, parent2), (child, child2))
 }
 
-fn pipe_stream_msgs_per_sec(buffer: Option<usize>, size: usize, full_count: u64) -> f64 {
+fn pipe_stream(row: Row, buffer: Option<usize>, size: usize, count: u64, scale: f64) -> Session {
     let (down_rd, down_wr) = new_pipe(buffer);
     let (up_rd, up_wr) = new_pipe(None);
-    fd_stream_msgs_per_sec((&down_wr, &up_rd), (&down_rd, &up_wr), size, full_count)
+    fd_stream(row, (down_wr, up_rd), (down_rd, up_wr), size, count, scale)
 }
 
-fn socketpair_stream_msgs_per_sec(size: usize, full_count: u64) -> f64 {
+fn socketpair_stream(row: Row, size: usize, count: u64, scale: f64) -> Session {
     let (parent, child) = new_socketpair();
-    fd_stream_msgs_per_sec((&parent, &parent), (&child, &child), size, full_count)
+    let (parent2, child2) = (clone(&parent), clone(&child));
+    fd_stream(row, (parent, parent2), (child, child2), size, count, scale)
 }
 
-pub fn pipe_64b_msgs_per_sec() -> f64 {
-    pipe_stream_msgs_per_sec(None, 64, 300_000)
+/// A second descriptor for the same open file (both ends of a socket are one file).
+fn clone(file: &File) -> File {
+    file.try_clone().expect("dup")
 }
 
-pub fn socketpair_64b_msgs_per_sec() -> f64 {
-    socketpair_stream_msgs_per_sec(64, 100_000)
+pub fn pipe_64b_msgs_per_sec(row: Row) -> Session {
+    pipe_stream(row, None, 64, 300_000, 1.0)
 }
 
-/// With the default 64 KiB pipe buffer, or `buffer` bytes.
-pub fn pipe_1mib_bytes_per_sec(buffer: Option<usize>) -> f64 {
+pub fn socketpair_64b_msgs_per_sec(row: Row) -> Session {
+    socketpair_stream(row, 64, 100_000, 1.0)
+}
+
+/// With the default 64 KiB pipe buffer, or `buffer` bytes; bytes per second.
+pub fn pipe_1mib_bytes_per_sec(row: Row, buffer: Option<usize>) -> Session {
     let count = if buffer.is_some() { 150 } else { 100 };
-    pipe_stream_msgs_per_sec(buffer, MIB, count) * MIB as f64
+    pipe_stream(row, buffer, MIB, count, MIB as f64)
 }
 
-pub fn socketpair_1mib_bytes_per_sec() -> f64 {
-    socketpair_stream_msgs_per_sec(MIB, 500) * MIB as f64
+/// Bytes per second.
+pub fn socketpair_1mib_bytes_per_sec(row: Row) -> Session {
+    socketpair_stream(row, MIB, 500, MIB as f64)
 }

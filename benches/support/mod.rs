@@ -1,22 +1,36 @@
 //! Helpers shared by forkipc's benchmarks: CPU pinning, forking a pinned child that can never
-//! outlive or hang the bench, a shared anonymous mapping, repetition counts and the result table.
+//! outlive or hang the bench, a shared anonymous mapping, a gate that parks a child between
+//! repetitions, repetition counts, interleaved measurement and the result table.
 //!
-//! Every measurement follows one pattern:
+//! Every measurement is a [`Session`]: a forked peer serving `iters(..)` operations per
+//! repetition, parked on a [`Gate`] in between, and a closure that times one repetition:
 //!
 //! ```text
 //! let n = iters(FULL_COUNT);                 // operations per repetition (÷10 in quick mode)
-//! let child = fork_pinned(CHILD_CPU, || { /* serve rounds() * n operations */ });
-//! let figure = median_of_rounds(|| { /* time n operations */ ns_per_op(elapsed, n) });
-//! reap(child);
-//! rows.push(Row::new("name", figure, Unit::Nanos).vs(baselines::SPIN_RTT));
+//! let gate = Gate::new();
+//! let child = fork_pinned(CHILD_CPU, || {
+//!     for r in 0..rounds() { gate.enter(r); /* serve n operations */ }
+//! });
+//! Session::new(Row::new("name", Unit::Nanos).vs(baselines::SPIN_RTT),
+//!     move || { gate.open_next(); ns_per_op(time(|| { /* n operations */ }), n) },
+//!     move || reap(child))
 //! ```
+//!
+//! [`interleave`] runs the sessions of a group round by round, one repetition of each per
+//! round, so that every figure of a group, baseline or forkipc, is sampled over the same
+//! stretch of time: on a shared virtual machine the cost of a cache-line transfer between the
+//! two CPUs and of a wake-up changes by several times from one minute to the next (vCPUs move
+//! between host cores; host halt-polling adapts), and only figures sampled together can be
+//! compared.
 //!
 //! The bench binary is single-threaded, so forking it is safe, and the child may allocate, lock
 //! and print like any process.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
+use std::hint::spin_loop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_setaffinity};
@@ -35,7 +49,7 @@ const REPS: usize = 7;
 const WARMUP_REPS: usize = 1;
 /// How long [`reap`] waits for a child before killing it.
 const REAP_DEADLINE: Duration = Duration::from_secs(30);
-/// Longest a whole measurement (from [`fork_pinned`] to [`reap`]) may take before the bench
+/// Longest the bench may go without starting a repetition (or forking, or reaping) before it
 /// aborts: catches a parent spinning on, or blocked reading from, a child that died.
 const MEASUREMENT_DEADLINE_SECS: u32 = 60;
 
@@ -44,23 +58,81 @@ pub fn quick() -> bool {
     std::env::var_os("FORKIPC_BENCH_QUICK").is_some_and(|v| v == "1")
 }
 
+/// Whether `FORKIPC_BENCH_VERBOSE=1` asks for every repetition's figure (warm-up first) to be
+/// printed before the table: shows how much a figure drifted during the run.
+pub fn verbose() -> bool {
+    std::env::var_os("FORKIPC_BENCH_VERBOSE").is_some_and(|v| v == "1")
+}
+
 /// Operations per repetition: `full` normally, a tenth of it (at least 1) in quick mode.
 /// Choose `full` so that one repetition takes 50–200 ms on the reference machine.
 pub fn iters(full: u64) -> u64 {
     if quick() { (full / 10).max(1) } else { full }
 }
 
-/// How many times [`median_of_rounds`] calls its closure (warm-up included): a forked child that
-/// serves a measurement must serve `rounds() as u64 * iters(..)` operations.
+/// How many rounds [`interleave`] runs, warm-up included: a forked peer serves `rounds()`
+/// repetitions of `iters(..)` operations, entering its [`Gate`] before each.
 pub fn rounds() -> usize {
     WARMUP_REPS + REPS
 }
 
-/// Calls `rep` [`rounds()`] times and returns the median of the figures it returned, warm-up
-/// rounds excluded.
-pub fn median_of_rounds(mut rep: impl FnMut() -> f64) -> f64 {
-    let mut samples: Vec<f64> = (0..rounds()).map(|_| rep()).collect();
-    median(&mut samples[WARMUP_REPS..])
+/// One measurement: the row it fills, a closure that times one repetition (its forked peer,
+/// if any, already running) and returns the figure, and a closure that ends it (reaps the
+/// peer).
+pub struct Session {
+    row: Row,
+    rep: Box<dyn FnMut() -> f64>,
+    finish: Box<dyn FnOnce()>,
+}
+
+impl Session {
+    /// `row`'s value is ignored: [`interleave`] fills it in.
+    pub fn new(
+        row: Row,
+        rep: impl FnMut() -> f64 + 'static,
+        finish: impl FnOnce() + 'static,
+    ) -> Session {
+        Session {
+            row,
+            rep: Box::new(rep),
+            finish: Box::new(finish),
+        }
+    }
+}
+
+/// Runs [`rounds()`] rounds; round `k` runs one repetition of every session, starting with
+/// session `k mod len` (so that no session always follows the same one). Then finishes every
+/// session, and returns their rows, each with the median of its figures, warm-up round
+/// excluded. The watchdog is re-armed before each repetition: one repetition taking a minute
+/// means a dead peer.
+pub fn interleave(mut sessions: Vec<Session>) -> Vec<Row> {
+    let k = sessions.len();
+    let mut samples = vec![Vec::with_capacity(rounds()); k];
+    for round in 0..rounds() {
+        for i in (0..k).map(|i| (i + round) % k) {
+            arm_watchdog();
+            samples[i].push((sessions[i].rep)());
+        }
+    }
+    alarm::cancel();
+    sessions
+        .into_iter()
+        .zip(&mut samples)
+        .map(|(session, samples)| {
+            (session.finish)();
+            if verbose() {
+                let all: Vec<String> = samples
+                    .iter()
+                    .map(|v| session.row.unit.format(*v))
+                    .collect();
+                println!("{}: {}", session.row.name, all.join(", "));
+            }
+            Row {
+                value: median(&mut samples[WARMUP_REPS..]),
+                ..session.row
+            }
+        })
+        .collect()
 }
 
 /// The median of `samples` (the mean of the middle two for an even count). Panics if empty or
@@ -105,7 +177,8 @@ pub fn pin_to_cpu(cpu: usize) {
 /// panicked); the parent pins itself to [`PARENT_CPU`] and gets the child's pid back.
 ///
 /// The child is killed if the parent dies, and the parent arms a watchdog that aborts the bench
-/// if [`reap`] is not reached within a minute, so a child that crashed cannot hang the bench.
+/// unless the next repetition starts (see [`interleave`]) or [`reap`] is reached within a
+/// minute, so a child that crashed cannot hang the bench.
 /// Call only while the process is single-threaded (the bench's `main` is).
 pub fn fork_pinned(child_cpu: usize, f: impl FnOnce()) -> Pid {
     pin_to_cpu(PARENT_CPU);
@@ -162,6 +235,55 @@ pub fn reap(pid: Pid) {
     );
 }
 
+/// As [`fork_pinned`], through [`forkipc::fork`]: hands `ends` (channel endpoints) to a child
+/// pinned to `child_cpu` that runs `f` on them. The child exits with status 0 if `f` returns
+/// `Ok`, 1 (after printing the error) if it returns `Err`, 101 if it panics; it dies with the
+/// parent, and the same one-minute watchdog guards the parent until [`reap_child`].
+pub fn fork_ipc<E: forkipc::Transfer>(
+    child_cpu: usize,
+    ends: E,
+    f: impl FnOnce(E) -> Result<(), String>,
+) -> forkipc::Child {
+    pin_to_cpu(PARENT_CPU);
+    arm_watchdog();
+    let parent = std::process::id();
+    let child = forkipc::fork(ends, move |ends| {
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+            eprintln!("forkipc bench child: PR_SET_PDEATHSIG: {e}");
+            return 1;
+        }
+        // The parent may have died before the line above took effect.
+        if std::os::unix::process::parent_id() != parent {
+            return 1;
+        }
+        pin_to_cpu(child_cpu);
+        match f(ends) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("forkipc bench child: {e}");
+                1
+            }
+        }
+    });
+    child.unwrap_or_else(|e| panic!("forkipc::fork: {e}"))
+}
+
+/// As [`reap`], for a child from [`fork_ipc`]: disarms the watchdog, waits up to 30 s (then
+/// kills), and panics unless the child exited with status 0.
+pub fn reap_child(mut child: forkipc::Child) {
+    alarm::cancel();
+    let pid = child.id();
+    match child.wait_timeout(REAP_DEADLINE) {
+        Ok(Some(status)) => assert!(status.success(), "child {pid} failed: {status}"),
+        Ok(None) => {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("child {pid} still running after {REAP_DEADLINE:?}: killed ({status:?})");
+        }
+        Err(e) => panic!("waiting for child {pid}: {e}"),
+    }
+}
+
 /// Aborts the bench with a message if the current measurement outlives its deadline.
 fn arm_watchdog() {
     extern "C" fn on_alarm(_: libc::c_int) {
@@ -182,6 +304,89 @@ fn arm_watchdog() {
     // bench installs a SIGALRM handler it could replace.
     unsafe { signal::sigaction(Signal::SIGALRM, &action) }.expect("sigaction(SIGALRM)");
     alarm::set(MEASUREMENT_DEADLINE_SECS);
+}
+
+/// Cache-line distance that keeps two hot words from sharing a line or an adjacent-line
+/// prefetch pair (what `crossbeam_utils::CachePadded` uses on x86-64).
+pub const LINE: usize = 128;
+
+/// Blocks until `word` is woken or no longer holds `expected` (returns at once if it does not).
+/// Spurious returns are possible: callers re-check in a loop.
+pub fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned u32 for the whole call; FUTEX_WAIT without
+    // FUTEX_PRIVATE_FLAG keys the wait on the shared page, so a waker in another process
+    // finds it; a null timeout means no deadline; the extra arguments are ignored.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes one waiter on `word`, in any process that maps the same page.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only uses its address as a key.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
+
+/// Parks a forked peer between repetitions: the peer sleeps (uses no CPU) until the parent
+/// opens its next round, so the sessions of a group can take turns on the child CPU.
+///
+/// ```text
+/// offset 0     opened: AtomicU32    rounds opened by the parent (futex word the peer sleeps on)
+/// offset 128   entered: AtomicU32   rounds the peer has entered
+/// ```
+pub struct Gate {
+    map: SharedMap,
+    /// Parent side: rounds opened so far.
+    opened: Cell<u32>,
+}
+
+impl Gate {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Gate {
+        Gate {
+            map: SharedMap::new(2 * LINE),
+            opened: Cell::new(0),
+        }
+    }
+
+    /// Peer: sleeps until the parent opens round `round` (counting from 0), then reports that
+    /// it has entered it.
+    pub fn enter(&self, round: usize) {
+        let round = u32::try_from(round).expect("round count");
+        let opened = self.map.atomic_u32(0);
+        loop {
+            // Acquire: pairs with the Release in `open_next` (nothing is published with it,
+            // but it keeps the peer's round from starting early).
+            let seen = opened.load(Ordering::Acquire);
+            if seen > round {
+                break;
+            }
+            futex_wait(opened, seen);
+        }
+        self.map
+            .atomic_u32(LINE)
+            .store(round + 1, Ordering::Release);
+    }
+
+    /// Parent: opens the next round and spins until the peer has entered it, so that the
+    /// peer's wake-up is not part of the timed repetition.
+    pub fn open_next(&self) {
+        let round = self.opened.get() + 1;
+        self.opened.set(round);
+        let (opened, entered) = (self.map.atomic_u32(0), self.map.atomic_u32(LINE));
+        opened.store(round, Ordering::Release);
+        futex_wake(opened);
+        // A dead peer never enters: the watchdog ends the bench.
+        while entered.load(Ordering::Acquire) != round {
+            spin_loop();
+        }
+    }
 }
 
 /// A `MAP_SHARED | MAP_ANONYMOUS` mapping, zero-filled, shared with children forked while it
@@ -298,10 +503,11 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: impl Into<String>, value: f64, unit: Unit) -> Row {
+    /// A row with no value yet (see [`Session`]).
+    pub fn new(name: impl Into<String>, unit: Unit) -> Row {
         Row {
             name: name.into(),
-            value,
+            value: f64::NAN,
             unit,
             ratio_to: Vec::new(),
         }
@@ -315,13 +521,46 @@ impl Row {
     }
 }
 
-/// Prints `rows` as one aligned table, with each row's ratios to its baselines. Panics if a row
-/// names a baseline that is not in `rows` or has another unit.
-pub fn print_table(rows: &[Row]) {
-    print!("{}", format_table(rows));
+/// A titled run of rows, printed together in the table.
+pub struct Group {
+    pub title: &'static str,
+    pub rows: Vec<Row>,
 }
 
-fn format_table(rows: &[Row]) -> String {
+/// Finds the row named `name` in any group.
+pub fn find_row<'a>(groups: &'a [Group], name: &str) -> Option<&'a Row> {
+    groups.iter().flat_map(|g| &g.rows).find(|r| r.name == name)
+}
+
+/// Prints all groups as one aligned table, each under its title, with each row's ratios to
+/// its baselines (which may be in any group). Panics if a row names a baseline that is not in
+/// the table or has another unit.
+pub fn print_table(groups: &[Group]) {
+    print!("{}", format_table(groups));
+}
+
+fn format_table(groups: &[Group]) -> String {
+    let all: Vec<Row> = groups.iter().flat_map(|g| g.rows.iter().cloned()).collect();
+    let lines = format_rows(&all);
+    let width = lines.get(1).map_or(0, |l| l.chars().count());
+    let mut out = String::new();
+    let mut lines = lines.into_iter();
+    for line in lines.by_ref().take(2) {
+        let _ = writeln!(out, "{line}");
+    }
+    for group in groups {
+        let title = format!("-- {} ", group.title);
+        let fill = width.max(40).saturating_sub(title.chars().count());
+        let _ = writeln!(out, "{title}{}", "-".repeat(fill));
+        for line in lines.by_ref().take(group.rows.len()) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+/// The table's lines: a heading, a rule, then one line per row.
+fn format_rows(rows: &[Row]) -> Vec<String> {
     let ratios: Vec<String> = rows
         .iter()
         .map(|row| {
@@ -357,12 +596,13 @@ fn format_table(rows: &[Row]) -> String {
         .unwrap_or(0)
         .max(5);
 
-    let mut out = String::new();
-    let _ = writeln!(out, "{:name_w$}  {:>value_w$}  ratio", "name", "value");
-    let _ = writeln!(out, "{}", "-".repeat(name_w + value_w + 4 + 30));
+    let mut out = vec![
+        format!("{:name_w$}  {:>value_w$}  ratio", "name", "value"),
+        "-".repeat(name_w + value_w + 4 + 30),
+    ];
     for ((row, value), ratio) in rows.iter().zip(&values).zip(&ratios) {
         let line = format!("{:name_w$}  {value:>value_w$}  {ratio}", row.name);
-        let _ = writeln!(out, "{}", line.trim_end());
+        out.push(line.trim_end().to_owned());
     }
     out
 }
@@ -382,7 +622,7 @@ fn format_ratio(r: f64) -> String {
 pub fn describe_run() -> String {
     format!(
         "parent on CPU {PARENT_CPU}, child on CPU {CHILD_CPU}; median of {REPS} repetitions \
-         after {WARMUP_REPS} warm-up{}",
+         after {WARMUP_REPS} warm-up, the repetitions of each group's rows interleaved{}",
         if quick() {
             "; QUICK mode (FORKIPC_BENCH_QUICK=1): 10x fewer iterations"
         } else {
