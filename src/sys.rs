@@ -274,3 +274,16 @@ pub fn at_fork_child(handler: extern "C" fn()) {
         libc::pthread_atfork(None, None, Some(handler));
     }
 }
+
+/// `membarrier(2)` commands.
+pub const MEMBARRIER_CMD_QUERY: i32 = 0;
+/// Barrier on every CPU running a thread of a process registered for it.
+pub const MEMBARRIER_CMD_GLOBAL_EXPEDITED: i32 = 1 << 1;
+/// Registers the calling process to receive `MEMBARRIER_CMD_GLOBAL_EXPEDITED` barriers.
+pub const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: i32 = 1 << 2;
+
+/// `membarrier(cmd, 0, 0)`: the result, or -1.
+pub fn membarrier(cmd: i32) -> i64 {
+    // SAFETY: membarrier takes plain integers and touches no user memory.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32, 0i32) as i64 }
+}

@@ -143,9 +143,16 @@ impl ByteReceiver {
     }
 
     fn to_vec(g: &ReadGuard<'_>) -> Vec<u8> {
-        let mut v = vec![0u8; g.len()];
-        g.read_into(&mut v);
-        v
+        #[cfg(not(loom))]
+        {
+            g.as_slice().to_vec()
+        }
+        #[cfg(loom)]
+        {
+            let mut v = vec![0u8; g.len()];
+            g.read_into(&mut v);
+            v
+        }
     }
 
     /// Receives the next message, blocking until one arrives.
@@ -178,8 +185,14 @@ impl ByteReceiver {
     pub fn recv_into(&self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
         self.take(Mode::Block(None), |g| {
             buf.clear();
-            buf.resize(g.len(), 0);
-            g.read_into(buf);
+            // One copy, straight from the ring (no zero-fill first).
+            #[cfg(not(loom))]
+            buf.extend_from_slice(g.as_slice());
+            #[cfg(loom)]
+            {
+                buf.resize(g.len(), 0);
+                g.read_into(buf);
+            }
             g.len()
         })
         .map_err(|_| RecvError)

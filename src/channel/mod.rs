@@ -99,6 +99,7 @@ pub(crate) enum Fail {
 }
 
 impl TxCore {
+    #[inline]
     fn owned(&self) -> bool {
         self.owner.get() == current_pid()
     }
@@ -167,6 +168,7 @@ impl TxCore {
 }
 
 impl RxCore {
+    #[inline]
     fn owned(&self) -> bool {
         self.owner.get() == current_pid()
     }

@@ -120,6 +120,7 @@ impl Data {
 
     /// Copies `dst.len()` bytes at `idx` out of the data area.
     #[inline]
+    #[cfg_attr(not(loom), allow(dead_code))] // natively, payloads are read in place
     pub(crate) fn read(&self, idx: usize, dst: &mut [u8]) {
         // SAFETY: `dst` is a live, writable slice of `dst.len()` bytes.
         unsafe { self.read_raw(idx, dst.as_mut_ptr(), dst.len()) }

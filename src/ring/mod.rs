@@ -56,6 +56,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::presence::{self, Liveness, PresenceRef};
+use crate::sync::barrier;
 use crate::sync::spin::Spinner;
 use crate::sync::{AtomicU32, AtomicU64, Deadline, FutexWord, Ordering, WaitPolicy, Wake, fence};
 use crate::{AnonRegion, Error};
@@ -66,6 +67,8 @@ const KIND_PAD: u64 = 2;
 const HDR: usize = 8;
 /// Smallest data area.
 pub(crate) const MIN_CAP: usize = 64;
+/// Iterations of the tight polling phase (a few microseconds).
+const TIGHT_POLLS: u32 = 256;
 /// How long a waiter sleeps at most when the kernel lacks `futex_waitv` (it then re-checks the
 /// peer's presence itself).
 const FALLBACK_POLL: Duration = Duration::from_millis(20);
@@ -345,6 +348,7 @@ impl Producer {
     }
 
     /// Reserves room for a `len`-byte message without blocking.
+    #[inline]
     pub fn try_reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
         if let Some(r) = self.broken.get() {
             return Err(RingError::Disconnected(r));
@@ -380,6 +384,7 @@ impl Producer {
     }
 
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
+    #[inline]
     pub(crate) fn reserve(
         &self,
         len: usize,
@@ -421,8 +426,9 @@ impl Producer {
                 continue;
             }
             hdr.tx.wait.store(1, Ordering::Relaxed);
-            // Dekker: our `wait = 1` before our re-check; pairs with the fence in `release`.
-            fence(Ordering::SeqCst);
+            // Dekker: our `wait = 1` before our re-check; pairs with the light barrier in
+            // `ReadGuard::drop` (and the fence in `close`).
+            barrier::heavy();
             let outcome = if ready(self)? {
                 Ok(Wake::Retry)
             } else {
@@ -473,9 +479,9 @@ impl Producer {
     #[inline]
     fn notify_consumer(&self) {
         let rx = &self.mem.hdr().rx;
-        // Dekker: our commit before our read of `wait`; pairs with the fence in the consumer's
-        // `wait_for_message`.
-        fence(Ordering::SeqCst);
+        // Dekker: our commit before our read of `wait`; pairs with the heavy barrier in the
+        // consumer's `wait_for_message` (see `sync::barrier`).
+        barrier::light();
         if rx.wait.load(Ordering::Relaxed) != 0 {
             rx.wait.store(0, Ordering::Relaxed);
             rx.wait.wake(1);
@@ -494,6 +500,7 @@ impl Reservation<'_> {
     ///
     /// # Safety
     /// `src` must be readable for `n` bytes, and `n <= self.len()`.
+    #[inline]
     pub(crate) unsafe fn write_raw(&mut self, src: *const u8, n: usize) {
         assert!(n <= self.len);
         // SAFETY: `n` fits the reserved payload (asserted); `src` is readable (caller).
@@ -516,6 +523,7 @@ impl Reservation<'_> {
     }
 
     /// Publishes the message.
+    #[inline]
     pub fn commit(self) {
         let p = self.p;
         let data = &p.mem.data;
@@ -628,6 +636,7 @@ impl Consumer {
     }
 
     /// The next message, waiting per the policy until `deadline` (`None`: forever).
+    #[inline]
     pub(crate) fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
         match self.try_read() {
             Err(RingError::WouldBlock) => {}
@@ -635,6 +644,24 @@ impl Consumer {
         }
         self.wait_for_message(deadline)?;
         self.try_read()
+    }
+
+    /// The first, tight phase of spinning: watch only the header the next message will
+    /// commit, so a message is seen within a few nanoseconds of the producer's store (the full
+    /// checks of `wait_for_message` cost tens of nanoseconds per round). Bounded to a couple of
+    /// microseconds; the caller then does the full checks whatever happened.
+    #[cfg(not(loom))]
+    #[inline]
+    fn poll_header(&self) -> bool {
+        let data = &self.mem.data;
+        let word = data.header((self.head.get() as usize) & (data.cap() - 1));
+        for _ in 0..TIGHT_POLLS {
+            if word.load(Ordering::Relaxed) != 0 {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     #[cold]
@@ -651,6 +678,10 @@ impl Consumer {
                 Ok(true)
             }
         };
+        #[cfg(not(loom))]
+        if self.policy.get() != WaitPolicy::Block && self.poll_header() {
+            return Ok(()); // the caller's `try_read` validates it
+        }
         loop {
             if ready(self)? {
                 return Ok(());
@@ -677,9 +708,9 @@ impl Consumer {
                 continue;
             }
             hdr.rx.wait.store(1, Ordering::Relaxed);
-            // Dekker: our `wait = 1` before our re-check; pairs with the fence in
-            // `notify_consumer` (and the SeqCst store in `close`).
-            fence(Ordering::SeqCst);
+            // Dekker: our `wait = 1` before our re-check; pairs with the light barrier in
+            // `notify_consumer` (and the fence in `close`).
+            barrier::heavy();
             let outcome = if ready(self)? || hdr.tx.closed.load(Ordering::SeqCst) != 0 {
                 Ok(Wake::Retry)
             } else {
@@ -739,6 +770,7 @@ impl ReadGuard<'_> {
     }
 
     /// Copies the payload's first `dst.len()` bytes out.
+    #[cfg_attr(not(loom), allow(dead_code))] // the loom models read through it
     pub fn read_into(&self, dst: &mut [u8]) {
         let n = dst.len().min(self.len);
         self.c.mem.data.read(self.at, &mut dst[..n]);
@@ -748,6 +780,7 @@ impl ReadGuard<'_> {
     ///
     /// # Safety
     /// `dst` must be writable for `n` bytes, and `n <= self.len()`.
+    #[inline]
     pub(crate) unsafe fn read_raw(&self, dst: *mut u8, n: usize) {
         assert!(n <= self.len);
         // SAFETY: `n` fits the validated payload (asserted); `dst` is writable (caller).
@@ -764,6 +797,7 @@ impl ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         let c = self.c;
         c.head.set(self.end);
@@ -771,9 +805,9 @@ impl Drop for ReadGuard<'_> {
         // Release: pairs with the producer's Acquire load of `head` in `room`: our reads of the
         // payload happen before it reuses the space.
         hdr.head.store(self.end, Ordering::Release);
-        // Dekker: `head` before our read of the producer's `wait`; pairs with the fence in
-        // `wait_for_room`.
-        fence(Ordering::SeqCst);
+        // Dekker: `head` before our read of the producer's `wait`; pairs with the heavy
+        // barrier in `wait_for_room` (see `sync::barrier`).
+        barrier::light();
         if hdr.tx.wait.load(Ordering::Relaxed) != 0 {
             hdr.tx.wait.store(0, Ordering::Relaxed);
             hdr.tx.wait.wake(1);

@@ -7,6 +7,7 @@
 //! lost), and every spin iteration is a `loom::thread::yield_now` so the model sees it.
 //! Nothing outside this module names `std::sync::atomic` or `loom` directly.
 
+pub(crate) mod barrier;
 pub(crate) mod futex;
 pub(crate) mod robust;
 pub(crate) mod spin;
