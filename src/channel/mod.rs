@@ -65,13 +65,11 @@ pub(crate) fn new_ring(cap: usize) -> Result<(TxCore, RxCore), Error> {
     Ok((
         TxCore {
             p,
-            owner: Cell::new(pid),
-            reason: Cell::new(None),
+            own: Ownership::new(pid),
         },
         RxCore {
             c,
-            owner: Cell::new(pid),
-            reason: Cell::new(None),
+            own: Ownership::new(pid),
         },
     ))
 }
@@ -79,31 +77,49 @@ pub(crate) fn new_ring(cap: usize) -> Result<(TxCore, RxCore), Error> {
 /// The sending half's process-local state: the ring producer and who owns it.
 pub(crate) struct TxCore {
     p: Producer,
-    owner: Cell<u32>,
-    reason: Cell<Option<DisconnectReason>>,
+    own: Ownership,
 }
 
 /// The receiving half's process-local state.
 pub(crate) struct RxCore {
     pub(crate) c: Consumer,
+    pub(crate) own: Ownership,
+}
+
+/// Which process owns an endpoint, and why it disconnected (process-local, never shared).
+pub(crate) struct Ownership {
+    /// Pid of the owning process; 0 once handed to a child.
     owner: Cell<u32>,
-    reason: Cell<Option<DisconnectReason>>,
+    /// Recorded when an operation reported `Disconnected`.
+    pub(crate) reason: Cell<Option<DisconnectReason>>,
 }
 
-/// Ring-level outcome of a channel operation, before each API shapes its error.
-pub(crate) enum Fail {
-    Empty,
-    Timeout,
-    Disconnected,
-    TooLarge { len: usize, max: usize },
-}
+impl Ownership {
+    fn new(pid: u32) -> Ownership {
+        Ownership {
+            owner: Cell::new(pid),
+            reason: Cell::new(None),
+        }
+    }
 
-impl TxCore {
+    /// Whether this process owns the endpoint (a cached pid compare: no system call).
     #[inline]
     fn owned(&self) -> bool {
         self.owner.get() == current_pid()
     }
 
+    /// `Err` (recording `NotOwner`) unless this process owns the endpoint.
+    #[inline]
+    fn check(&self) -> Result<(), Fail> {
+        if self.owned() {
+            Ok(())
+        } else {
+            self.reason.set(Some(DisconnectReason::NotOwner));
+            Err(Fail::Disconnected)
+        }
+    }
+
+    /// Shapes a ring error, recording why it disconnected.
     fn fail(&self, e: RingError) -> Fail {
         match e {
             RingError::WouldBlock => Fail::Empty,
@@ -115,14 +131,21 @@ impl TxCore {
             }
         }
     }
+}
 
+/// Ring-level outcome of a channel operation, before each API shapes its error.
+pub(crate) enum Fail {
+    Empty,
+    Timeout,
+    Disconnected,
+    TooLarge { len: usize, max: usize },
+}
+
+impl TxCore {
     /// Reserves room for `len` bytes, per `mode`.
     #[inline]
     pub(crate) fn reserve(&self, len: usize, mode: Mode<'_>) -> Result<Reservation<'_>, Fail> {
-        if !self.owned() {
-            self.reason.set(Some(DisconnectReason::NotOwner));
-            return Err(Fail::Disconnected);
-        }
+        self.own.check()?;
         let r = match mode {
             Mode::Try => match self.p.try_reserve(len) {
                 // Full: tell apart "no room yet" from "no room ever again".
@@ -133,7 +156,7 @@ impl TxCore {
             },
             Mode::Block(d) => self.p.reserve(len, d),
         };
-        r.map_err(|e| self.fail(e))
+        r.map_err(|e| self.own.fail(e))
     }
 
     pub(crate) fn max_message_len(&self) -> usize {
@@ -149,10 +172,10 @@ impl TxCore {
     }
 
     pub(crate) fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        if !self.owned() {
+        if !self.own.owned() {
             return Some(DisconnectReason::NotOwner);
         }
-        if let Some(r) = self.reason.get().or(self.p.broken()) {
+        if let Some(r) = self.own.reason.get().or(self.p.broken()) {
             return Some(r);
         }
         match self.p.try_reserve(0) {
@@ -168,30 +191,10 @@ impl TxCore {
 }
 
 impl RxCore {
-    #[inline]
-    fn owned(&self) -> bool {
-        self.owner.get() == current_pid()
-    }
-
-    fn fail(&self, e: RingError) -> Fail {
-        match e {
-            RingError::WouldBlock => Fail::Empty,
-            RingError::Timeout => Fail::Timeout,
-            RingError::TooLarge { len, max } => Fail::TooLarge { len, max },
-            RingError::Disconnected(r) => {
-                self.reason.set(Some(r));
-                Fail::Disconnected
-            }
-        }
-    }
-
     /// The next message, per `mode`.
     #[inline]
     pub(crate) fn read(&self, mode: Mode<'_>) -> Result<ReadGuard<'_>, Fail> {
-        if !self.owned() {
-            self.reason.set(Some(DisconnectReason::NotOwner));
-            return Err(Fail::Disconnected);
-        }
+        self.own.check()?;
         let r = match mode {
             Mode::Try => match self.c.try_read() {
                 // Empty: tell apart "nothing yet" from "nothing ever again".
@@ -211,7 +214,7 @@ impl RxCore {
             },
             Mode::Block(d) => self.c.read(d),
         };
-        r.map_err(|e| self.fail(e))
+        r.map_err(|e| self.own.fail(e))
     }
 
     pub(crate) fn max_message_len(&self) -> usize {
@@ -227,10 +230,10 @@ impl RxCore {
     }
 
     pub(crate) fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        if !self.owned() {
+        if !self.own.owned() {
             return Some(DisconnectReason::NotOwner);
         }
-        if let Some(r) = self.reason.get().or(self.c.broken()) {
+        if let Some(r) = self.own.reason.get().or(self.c.broken()) {
             return Some(r);
         }
         if self.c.peer_closed() {
@@ -245,7 +248,7 @@ impl RxCore {
 
 impl Drop for TxCore {
     fn drop(&mut self) {
-        if self.owned() {
+        if self.own.owned() {
             self.p.close();
         }
     }
@@ -253,7 +256,7 @@ impl Drop for TxCore {
 
 impl Drop for RxCore {
     fn drop(&mut self) {
-        if self.owned() {
+        if self.own.owned() {
             self.c.close();
         }
     }
@@ -273,24 +276,24 @@ pub trait EndpointCore {
 
 impl EndpointCore for TxCore {
     fn is_owned(&self) -> bool {
-        self.owned()
+        self.own.owned()
     }
     fn set_presence(&self, owner: PresenceRef) {
         self.p.mem().set_owner(true, owner);
     }
     fn set_owner_pid(&self, pid: u32) {
-        self.owner.set(pid);
+        self.own.owner.set(pid);
     }
 }
 
 impl EndpointCore for RxCore {
     fn is_owned(&self) -> bool {
-        self.owned()
+        self.own.owned()
     }
     fn set_presence(&self, owner: PresenceRef) {
         self.c.mem().set_owner(false, owner);
     }
     fn set_owner_pid(&self, pid: u32) {
-        self.owner.set(pid);
+        self.own.owner.set(pid);
     }
 }

@@ -19,6 +19,13 @@ use crate::{
 /// `size_of::<T>()` rounded up to 8, plus an 8-byte header). Hand one end to a child with
 /// [`fork`](crate::fork).
 ///
+/// Messages are copied as raw bytes. The ring's structure (lengths, positions) is validated on
+/// every read, but the payload's bits are trusted to be a `T` written by [`Sender::send`], the
+/// only way the safe API writes one. A peer that scribbles over the shared memory with unsafe
+/// code could hand the receiver bytes that are not a valid `T`; for types with invalid bit
+/// patterns (`bool`, `char`) that would be undefined behaviour, so talk to code you do not
+/// trust over [`byte_channel`](crate::byte_channel) or a serde channel instead.
+///
 /// ```no_run
 /// let (tx, rx) = forkipc::channel::<u64>(64)?;
 /// let mut child = forkipc::fork(tx, |tx| {
@@ -144,7 +151,7 @@ impl<T: Shareable + Copy> Receiver<T> {
             // Only a peer writing shared memory behind the ring's back produces this.
             drop(g);
             self.core.c.mark_corrupted();
-            self.core.reason.set(Some(DisconnectReason::Corrupted));
+            self.core.own.reason.set(Some(DisconnectReason::Corrupted));
             return Err(Fail::Disconnected);
         }
         let mut v = MaybeUninit::<T>::uninit();

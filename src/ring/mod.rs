@@ -47,18 +47,17 @@
 //! system call only when `wait` is 1.
 
 mod data;
+mod wait;
 
 use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
 use crate::presence::{self, Liveness, PresenceRef};
 use crate::sync::barrier;
-use crate::sync::spin::Spinner;
-use crate::sync::{AtomicU32, AtomicU64, Deadline, FutexWord, Ordering, WaitPolicy, Wake, fence};
+use crate::sync::{AtomicU32, AtomicU64, Deadline, FutexWord, Ordering, WaitPolicy, fence};
 use crate::{AnonRegion, Error};
 pub(crate) use data::Data;
 
@@ -68,10 +67,8 @@ const HDR: usize = 8;
 /// Smallest data area.
 pub(crate) const MIN_CAP: usize = 64;
 /// Iterations of the tight polling phase (a few microseconds).
+#[cfg(not(loom))]
 const TIGHT_POLLS: u32 = 256;
-/// How long a waiter sleeps at most when the kernel lacks `futex_waitv` (it then re-checks the
-/// peer's presence itself).
-const FALLBACK_POLL: Duration = Duration::from_millis(20);
 
 /// One side's shared state.
 #[repr(C)]
@@ -259,31 +256,6 @@ pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
         .ok_or(Error::SizeOverflow)
 }
 
-/// Sleeps on `me.wait` (expected 1) and on the peer owner's presence, if known.
-fn sleep(
-    me: &SideState,
-    peer_owner: PresenceRef,
-    deadline: Option<&Deadline>,
-) -> Result<Wake, DisconnectReason> {
-    match presence::arm(peer_owner) {
-        Some((word, val)) => {
-            let w = me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL);
-            // The kernel wakes only one sleeper when a process dies; whoever learns of the
-            // death passes it on (even if a message woke it at the same moment), so every
-            // endpoint waiting on the dead process hears of it.
-            if presence::check(peer_owner) == Liveness::Dead {
-                presence::pass_on_death(peer_owner);
-            }
-            Ok(w)
-        }
-        None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
-        None => {
-            presence::pass_on_death(peer_owner);
-            Err(DisconnectReason::PeerDied)
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Producer
 
@@ -401,62 +373,13 @@ impl Producer {
     #[cold]
     fn wait_for_room(&self, len: usize, deadline: Option<&Deadline>) -> Result<(), RingError> {
         let hdr = self.mem.hdr();
-        let mut spinner = Spinner::new(self.policy.get());
-        let ready = |p: &Producer| match p.try_reserve(len) {
+        wait::wait_until(&hdr.tx, &hdr.rx, self.policy.get(), deadline, || match self
+            .try_reserve(len)
+        {
             Err(RingError::WouldBlock) => Ok(false),
             Err(e) => Err(e),
             Ok(_) => Ok(true),
-        };
-        loop {
-            if ready(self)? {
-                return Ok(());
-            }
-            if deadline.is_some_and(Deadline::expired) {
-                return Err(RingError::Timeout);
-            }
-            if spinner.spin() {
-                // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
-                if spinner.checkpoint() && !self.peer_alive() {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
-                    };
-                }
-                continue;
-            }
-            hdr.tx.wait.store(1, Ordering::Relaxed);
-            // Dekker: our `wait = 1` before our re-check; pairs with the light barrier in
-            // `ReadGuard::drop` (and the fence in `close`).
-            barrier::heavy();
-            let outcome = if ready(self)? {
-                Ok(Wake::Retry)
-            } else {
-                sleep(
-                    &hdr.tx,
-                    PresenceRef(hdr.rx.owner.load(Ordering::SeqCst)),
-                    deadline,
-                )
-            };
-            hdr.tx.wait.store(0, Ordering::Relaxed);
-            match outcome {
-                Ok(Wake::Retry) => {}
-                Ok(Wake::TimedOut) => {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Timeout)
-                    };
-                }
-                Err(reason) => {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Disconnected(reason))
-                    };
-                }
-            }
-        }
+        })
     }
 
     /// Whether the consumer side's owner has died (a slow check; used by the channel layer).
@@ -666,79 +589,21 @@ impl Consumer {
 
     #[cold]
     fn wait_for_message(&self, deadline: Option<&Deadline>) -> Result<(), RingError> {
-        let hdr = self.mem.hdr();
-        let mut spinner = Spinner::new(self.policy.get());
-        // A message committed before the producer closed or died is still delivered: every
-        // disconnect below is reported only after one more look at the ring.
-        let ready = |c: &Consumer| match c.try_read() {
-            Err(RingError::WouldBlock) => Ok(false),
-            Err(e) => Err(e),
-            Ok(g) => {
-                std::mem::forget(g); // peeked only; the message stays
-                Ok(true)
-            }
-        };
         #[cfg(not(loom))]
         if self.policy.get() != WaitPolicy::Block && self.poll_header() {
             return Ok(()); // the caller's `try_read` validates it
         }
-        loop {
-            if ready(self)? {
-                return Ok(());
-            }
-            if hdr.tx.closed.load(Ordering::SeqCst) != 0 {
-                return if ready(self)? {
-                    Ok(())
-                } else {
-                    Err(RingError::Disconnected(DisconnectReason::PeerDropped))
-                };
-            }
-            if deadline.is_some_and(Deadline::expired) {
-                return Err(RingError::Timeout);
-            }
-            if spinner.spin() {
-                // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
-                if spinner.checkpoint() && !self.peer_alive() {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
-                    };
-                }
-                continue;
-            }
-            hdr.rx.wait.store(1, Ordering::Relaxed);
-            // Dekker: our `wait = 1` before our re-check; pairs with the light barrier in
-            // `notify_consumer` (and the fence in `close`).
-            barrier::heavy();
-            let outcome = if ready(self)? || hdr.tx.closed.load(Ordering::SeqCst) != 0 {
-                Ok(Wake::Retry)
-            } else {
-                sleep(
-                    &hdr.rx,
-                    PresenceRef(hdr.tx.owner.load(Ordering::SeqCst)),
-                    deadline,
-                )
-            };
-            hdr.rx.wait.store(0, Ordering::Relaxed);
-            match outcome {
-                Ok(Wake::Retry) => {}
-                Ok(Wake::TimedOut) => {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Timeout)
-                    };
-                }
-                Err(reason) => {
-                    return if ready(self)? {
-                        Ok(())
-                    } else {
-                        Err(RingError::Disconnected(reason))
-                    };
+        let hdr = self.mem.hdr();
+        wait::wait_until(&hdr.rx, &hdr.tx, self.policy.get(), deadline, || {
+            match self.try_read() {
+                Err(RingError::WouldBlock) => Ok(false),
+                Err(e) => Err(e),
+                Ok(g) => {
+                    std::mem::forget(g); // peeked only: the message stays for the caller
+                    Ok(true)
                 }
             }
-        }
+        })
     }
 
     /// Marks the consumer side closed and wakes the producer.

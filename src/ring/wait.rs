@@ -1,0 +1,103 @@
+//! How a side that cannot proceed waits: spin per its policy, then announce itself asleep
+//! (Dekker's handshake with the publishing side, see `sync::barrier`) and sleep on its `wait`
+//! word and on the peer owner's presence word at once, so that a message, free space, the
+//! peer's close and the peer's death all wake it.
+
+use std::time::Duration;
+
+use super::{DisconnectReason, RingError, SideState};
+use crate::presence::{self, Liveness, PresenceRef};
+use crate::sync::spin::Spinner;
+use crate::sync::{Deadline, Ordering, WaitPolicy, Wake, barrier};
+
+/// How long a waiter sleeps at most when the kernel lacks `futex_waitv` (it then re-checks the
+/// peer's presence itself).
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `ready` returns `Ok(true)`; `me` is the waiting side's shared state, `peer` the
+/// other side's. A disconnect (the peer closed or died) is reported only after one more
+/// `ready`, so whatever was committed before it is still delivered.
+pub(super) fn wait_until(
+    me: &SideState,
+    peer: &SideState,
+    policy: WaitPolicy,
+    deadline: Option<&Deadline>,
+    mut ready: impl FnMut() -> Result<bool, RingError>,
+) -> Result<(), RingError> {
+    let mut spinner = Spinner::new(policy);
+    let peer_owner = || PresenceRef(peer.owner.load(Ordering::SeqCst));
+    let peer_closed = || peer.closed.load(Ordering::SeqCst) != 0;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if peer_closed() {
+            return last_look(
+                &mut ready,
+                RingError::Disconnected(DisconnectReason::PeerDropped),
+            );
+        }
+        if deadline.is_some_and(Deadline::expired) {
+            return Err(RingError::Timeout);
+        }
+        if spinner.spin() {
+            // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
+            if spinner.checkpoint() && presence::check(peer_owner()) == Liveness::Dead {
+                return last_look(
+                    &mut ready,
+                    RingError::Disconnected(DisconnectReason::PeerDied),
+                );
+            }
+            continue;
+        }
+        me.wait.store(1, Ordering::Relaxed);
+        // Dekker: our `wait = 1` before our re-check; pairs with the publisher's light barrier
+        // (`notify_consumer`, `ReadGuard::drop`) and the fence in `close`/`set_owner`.
+        barrier::heavy();
+        let outcome = if ready()? || peer_closed() {
+            Ok(Wake::Retry)
+        } else {
+            sleep(me, peer_owner(), deadline)
+        };
+        me.wait.store(0, Ordering::Relaxed);
+        match outcome {
+            Ok(Wake::Retry) => {}
+            Ok(Wake::TimedOut) => return last_look(&mut ready, RingError::Timeout),
+            Err(reason) => return last_look(&mut ready, RingError::Disconnected(reason)),
+        }
+    }
+}
+
+/// One more look before reporting `e`.
+fn last_look(
+    ready: &mut impl FnMut() -> Result<bool, RingError>,
+    e: RingError,
+) -> Result<(), RingError> {
+    if ready()? { Ok(()) } else { Err(e) }
+}
+
+/// Sleeps on `me.wait` (expected 1) and on the peer owner's presence, if known.
+///
+/// The kernel wakes only one sleeper when a process dies; whoever learns of the death passes
+/// it on (even if a message woke it at the same moment), so every endpoint waiting on the dead
+/// process hears of it.
+fn sleep(
+    me: &SideState,
+    peer_owner: PresenceRef,
+    deadline: Option<&Deadline>,
+) -> Result<Wake, DisconnectReason> {
+    match presence::arm(peer_owner) {
+        Some((word, val)) => {
+            let w = me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL);
+            if presence::check(peer_owner) == Liveness::Dead {
+                presence::pass_on_death(peer_owner);
+            }
+            Ok(w)
+        }
+        None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
+        None => {
+            presence::pass_on_death(peer_owner);
+            Err(DisconnectReason::PeerDied)
+        }
+    }
+}
