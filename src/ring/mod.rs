@@ -82,6 +82,16 @@ pub(crate) struct SideState {
 }
 
 impl SideState {
+    /// The publishing half of the Dekker handshake, after the caller's barrier: wake this side
+    /// if (and only if) it said it is asleep.
+    #[inline]
+    fn wake_if_asleep(&self) {
+        if self.wait.load(Ordering::Relaxed) != 0 {
+            self.wait.store(0, Ordering::Relaxed);
+            self.wait.wake(1);
+        }
+    }
+
     fn new() -> SideState {
         SideState {
             wait: FutexWord::new(0),
@@ -180,8 +190,7 @@ impl RingMem {
         } else {
             &self.hdr().tx
         };
-        peer.wait.store(0, Ordering::SeqCst);
-        peer.wait.wake(1);
+        peer.wake_if_asleep();
     }
 }
 
@@ -392,11 +401,9 @@ impl Producer {
     pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.tx.closed.store(1, Ordering::SeqCst);
-        // Dekker with the sleeper's `wait = 1; fence; check closed` (a fence, not only
-        // SeqCst stores, so that loom can check it).
+        // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
-        hdr.rx.wait.store(0, Ordering::SeqCst);
-        hdr.rx.wait.wake(1);
+        hdr.rx.wake_if_asleep();
     }
 
     #[inline]
@@ -405,10 +412,7 @@ impl Producer {
         // Dekker: our commit before our read of `wait`; pairs with the heavy barrier in the
         // consumer's `wait_for_message` (see `sync::barrier`).
         barrier::light();
-        if rx.wait.load(Ordering::Relaxed) != 0 {
-            rx.wait.store(0, Ordering::Relaxed);
-            rx.wait.wake(1);
-        }
+        rx.wake_if_asleep();
     }
 }
 
@@ -610,11 +614,9 @@ impl Consumer {
     pub fn close(&self) {
         let hdr = self.mem.hdr();
         hdr.rx.closed.store(1, Ordering::SeqCst);
-        // Dekker with the sleeper's `wait = 1; fence; check closed` (a fence, not only
-        // SeqCst stores, so that loom can check it).
+        // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
-        hdr.tx.wait.store(0, Ordering::SeqCst);
-        hdr.tx.wait.wake(1);
+        hdr.tx.wake_if_asleep();
     }
 
     /// Whether the producer side's owner is alive (a slow check).
@@ -673,9 +675,6 @@ impl Drop for ReadGuard<'_> {
         // Dekker: `head` before our read of the producer's `wait`; pairs with the heavy
         // barrier in `wait_for_room` (see `sync::barrier`).
         barrier::light();
-        if hdr.tx.wait.load(Ordering::Relaxed) != 0 {
-            hdr.tx.wait.store(0, Ordering::Relaxed);
-            hdr.tx.wait.wake(1);
-        }
+        hdr.tx.wake_if_asleep();
     }
 }
