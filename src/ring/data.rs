@@ -86,7 +86,8 @@ impl Data {
     /// Copies `src` into the data area at `idx`. The caller owns those bytes (a reservation).
     #[inline]
     pub(crate) fn write(&self, idx: usize, src: &[u8]) {
-        // SAFETY: `src` is a live slice of `src.len()` bytes.
+        assert!(idx <= self.cap && src.len() <= self.cap - idx);
+        // SAFETY: `src` is a live slice of `src.len()` bytes; bounds checked above.
         unsafe { self.write_raw(idx, src.as_ptr(), src.len()) }
     }
 
@@ -94,10 +95,11 @@ impl Data {
     /// contain padding bytes).
     ///
     /// # Safety
-    /// `src` must be valid for reading `n` bytes.
+    /// `src` must be valid for reading `n` bytes, and `idx + n <= cap` (a validated
+    /// reservation).
     #[inline]
     pub(crate) unsafe fn write_raw(&self, idx: usize, src: *const u8, n: usize) {
-        assert!(idx <= self.cap && n <= self.cap - idx);
+        debug_assert!(idx <= self.cap && n <= self.cap - idx);
         #[cfg(not(loom))]
         {
             // SAFETY: bounds checked above; the producer owns reserved bytes exclusively (the
@@ -122,17 +124,18 @@ impl Data {
     #[inline]
     #[cfg_attr(not(loom), allow(dead_code))] // natively, payloads are read in place
     pub(crate) fn read(&self, idx: usize, dst: &mut [u8]) {
-        // SAFETY: `dst` is a live, writable slice of `dst.len()` bytes.
+        assert!(idx <= self.cap && dst.len() <= self.cap - idx);
+        // SAFETY: `dst` is a live, writable slice of `dst.len()` bytes; bounds checked above.
         unsafe { self.read_raw(idx, dst.as_mut_ptr(), dst.len()) }
     }
 
     /// Copies `n` bytes at `idx` out of the data area to `dst`.
     ///
     /// # Safety
-    /// `dst` must be valid for writing `n` bytes.
+    /// `dst` must be valid for writing `n` bytes, and `idx + n <= cap` (a validated record).
     #[inline]
     pub(crate) unsafe fn read_raw(&self, idx: usize, dst: *mut u8, n: usize) {
-        assert!(idx <= self.cap && n <= self.cap - idx);
+        debug_assert!(idx <= self.cap && n <= self.cap - idx);
         #[cfg(not(loom))]
         {
             // SAFETY: bounds checked above; the bytes belong to a committed record that the

@@ -220,6 +220,8 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
     });
     Ok((
         Producer {
+            data: mem.data,
+            hdr: mem.hdr,
             mem: mem.clone(),
             tail: Cell::new(0),
             head_seen: Cell::new(0),
@@ -227,6 +229,8 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
             broken: Cell::new(None),
         },
         Consumer {
+            data: mem.data,
+            hdr: mem.hdr,
             mem,
             head: Cell::new(0),
             policy: Cell::new(WaitPolicy::default()),
@@ -270,7 +274,11 @@ pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
 
 /// The writing end of a ring. `Send`, not `Sync`.
 pub struct Producer {
+    /// Keeps the mapping alive; `data` and `hdr` point into it (copied here so the fast path
+    /// does not chase the `Arc`).
     mem: Arc<RingMem>,
+    data: Data,
+    hdr: NonNull<RingHeader>,
     /// Our position: where the next record goes. Private; never read back from shared memory.
     tail: Cell<u64>,
     /// The consumer's position as last read: always `<= tail`, a multiple of 8.
@@ -290,12 +298,24 @@ pub struct Reservation<'a> {
     new_tail: u64,
 }
 
+// SAFETY: `hdr` points into the mapping that `mem` keeps alive; the header is atomics only.
+// The producer is `Send` (one thread at a time uses it), not `Sync` (its `Cell`s).
+unsafe impl Send for Producer {}
+// SAFETY: as for `Producer`.
+unsafe impl Send for Consumer {}
+
 impl Producer {
+    #[inline]
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `hdr` points into the mapping owned by `mem`, initialised in `ring`.
+        unsafe { self.hdr.as_ref() }
+    }
+
     pub(crate) fn mem(&self) -> &Arc<RingMem> {
         &self.mem
     }
     pub(crate) fn max_message_len(&self) -> usize {
-        max_message_len(self.mem.data.cap())
+        max_message_len(self.data.cap())
     }
     pub fn set_policy(&self, p: WaitPolicy) {
         self.policy.set(p);
@@ -311,7 +331,7 @@ impl Producer {
     /// fit. `Err` if the position read from shared memory is impossible.
     #[inline]
     fn room(&self, need: usize) -> Result<bool, DisconnectReason> {
-        let cap = self.mem.data.cap() as u64;
+        let cap = self.data.cap() as u64;
         let tail = self.tail.get();
         // `need` already includes the 8 bytes kept free after the last record.
         if tail - self.head_seen.get() + need as u64 <= cap {
@@ -319,7 +339,7 @@ impl Producer {
         }
         // Acquire: pairs with the consumer's Release store of `head` in `release`, so its reads
         // of the records it consumed are done before we overwrite them.
-        let head = self.mem.hdr().head.load(Ordering::Acquire);
+        let head = self.hdr().head.load(Ordering::Acquire);
         if !head.is_multiple_of(8) || head < self.head_seen.get() || head > tail {
             self.broken.set(Some(DisconnectReason::Corrupted));
             return Err(DisconnectReason::Corrupted);
@@ -334,12 +354,12 @@ impl Producer {
         if let Some(r) = self.broken.get() {
             return Err(RingError::Disconnected(r));
         }
-        let cap = self.mem.data.cap();
+        let cap = self.data.cap();
         let max = max_message_len(cap);
         if len > max {
             return Err(RingError::TooLarge { len, max });
         }
-        if self.mem.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
+        if self.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
             return Err(RingError::Disconnected(DisconnectReason::PeerDropped));
         }
         let rec = record_size(len);
@@ -381,7 +401,7 @@ impl Producer {
 
     #[cold]
     fn wait_for_room(&self, len: usize, deadline: Option<&Deadline>) -> Result<(), RingError> {
-        let hdr = self.mem.hdr();
+        let hdr = self.hdr();
         wait::wait_until(&hdr.tx, &hdr.rx, self.policy.get(), deadline, || match self
             .try_reserve(len)
         {
@@ -393,13 +413,12 @@ impl Producer {
 
     /// Whether the consumer side's owner has died (a slow check; used by the channel layer).
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.mem.hdr().rx.owner.load(Ordering::SeqCst)))
-            == Liveness::Alive
+        presence::check(PresenceRef(self.hdr().rx.owner.load(Ordering::SeqCst))) == Liveness::Alive
     }
 
     /// Marks the producer side closed and wakes the consumer.
     pub fn close(&self) {
-        let hdr = self.mem.hdr();
+        let hdr = self.hdr();
         hdr.tx.closed.store(1, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
@@ -408,7 +427,7 @@ impl Producer {
 
     #[inline]
     fn notify_consumer(&self) {
-        let rx = &self.mem.hdr().rx;
+        let rx = &self.hdr().rx;
         // Dekker: our commit before our read of `wait`; pairs with the heavy barrier in the
         // consumer's `wait_for_message` (see `sync::barrier`).
         barrier::light();
@@ -420,7 +439,7 @@ impl Reservation<'_> {
     /// Copies `src` (at most `len` bytes) to the start of the payload.
     pub fn write(&mut self, src: &[u8]) {
         let n = src.len().min(self.len);
-        self.p.mem.data.write(self.rec + HDR, &src[..n]);
+        self.p.data.write(self.rec + HDR, &src[..n]);
     }
 
     /// Copies `n` bytes from `src` to the start of the payload (an untyped copy).
@@ -429,9 +448,9 @@ impl Reservation<'_> {
     /// `src` must be readable for `n` bytes, and `n <= self.len()`.
     #[inline]
     pub(crate) unsafe fn write_raw(&mut self, src: *const u8, n: usize) {
-        assert!(n <= self.len);
+        debug_assert!(n <= self.len);
         // SAFETY: `n` fits the reserved payload (asserted); `src` is readable (caller).
-        unsafe { self.p.mem.data.write_raw(self.rec + HDR, src, n) }
+        unsafe { self.p.data.write_raw(self.rec + HDR, src, n) }
     }
 
     /// The payload as a writable slice (native only: loom has no byte view).
@@ -439,21 +458,21 @@ impl Reservation<'_> {
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the payload lies inside the data area (`rec + HDR + len <= cap`, checked by
         // `try_reserve`), is reserved for us, and the consumer does not read it before commit.
-        unsafe { std::slice::from_raw_parts_mut(self.p.mem.data.ptr(self.rec + HDR), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.p.data.ptr(self.rec + HDR), self.len) }
     }
 
     /// The payload as a slice (native only).
     #[cfg(not(loom))]
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: as in `as_mut_slice`; shared access to bytes reserved for us.
-        unsafe { std::slice::from_raw_parts(self.p.mem.data.ptr(self.rec + HDR), self.len) }
+        unsafe { std::slice::from_raw_parts(self.p.data.ptr(self.rec + HDR), self.len) }
     }
 
     /// Publishes the message.
     #[inline]
     pub fn commit(self) {
         let p = self.p;
-        let data = &p.mem.data;
+        let data = &p.data;
         let cap = data.cap();
         let next = (self.rec + record_size(self.len)) & (cap - 1);
         // The slot after our record must read "empty" before the record becomes visible.
@@ -477,7 +496,10 @@ impl Reservation<'_> {
 
 /// The reading end of a ring. `Send`, not `Sync`.
 pub struct Consumer {
+    /// Keeps the mapping alive; `data` and `hdr` point into it.
     mem: Arc<RingMem>,
+    data: Data,
+    hdr: NonNull<RingHeader>,
     /// Our position. Private; published to `RingHeader::head` after each message.
     head: Cell<u64>,
     policy: Cell<WaitPolicy>,
@@ -494,11 +516,17 @@ pub struct ReadGuard<'a> {
 }
 
 impl Consumer {
+    #[inline]
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `hdr` points into the mapping owned by `mem`, initialised in `ring`.
+        unsafe { self.hdr.as_ref() }
+    }
+
     pub(crate) fn mem(&self) -> &Arc<RingMem> {
         &self.mem
     }
     pub(crate) fn max_message_len(&self) -> usize {
-        max_message_len(self.mem.data.cap())
+        max_message_len(self.data.cap())
     }
     pub fn set_policy(&self, p: WaitPolicy) {
         self.policy.set(p);
@@ -526,7 +554,7 @@ impl Consumer {
         if let Some(r) = self.broken.get() {
             return Err(RingError::Disconnected(r));
         }
-        let data = &self.mem.data;
+        let data = &self.data;
         let cap = data.cap();
         let mut skipped_pad = false;
         loop {
@@ -555,7 +583,7 @@ impl Consumer {
                     let next = pos + (cap - idx) as u64;
                     self.head.set(next);
                     // Release: pairs with the producer's Acquire load of `head` in `room`.
-                    self.mem.hdr().head.store(next, Ordering::Release);
+                    self.hdr().head.store(next, Ordering::Release);
                 }
                 _ => return Err(self.corrupted()),
             }
@@ -580,7 +608,7 @@ impl Consumer {
     #[cfg(not(loom))]
     #[inline]
     fn poll_header(&self) -> bool {
-        let data = &self.mem.data;
+        let data = &self.data;
         let word = data.header((self.head.get() as usize) & (data.cap() - 1));
         for _ in 0..TIGHT_POLLS {
             if word.load(Ordering::Relaxed) != 0 {
@@ -597,7 +625,7 @@ impl Consumer {
         if self.policy.get() != WaitPolicy::Block && self.poll_header() {
             return Ok(()); // the caller's `try_read` validates it
         }
-        let hdr = self.mem.hdr();
+        let hdr = self.hdr();
         wait::wait_until(&hdr.rx, &hdr.tx, self.policy.get(), deadline, || {
             match self.try_read() {
                 Err(RingError::WouldBlock) => Ok(false),
@@ -612,7 +640,7 @@ impl Consumer {
 
     /// Marks the consumer side closed and wakes the producer.
     pub fn close(&self) {
-        let hdr = self.mem.hdr();
+        let hdr = self.hdr();
         hdr.rx.closed.store(1, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
@@ -621,13 +649,12 @@ impl Consumer {
 
     /// Whether the producer side's owner is alive (a slow check).
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.mem.hdr().tx.owner.load(Ordering::SeqCst)))
-            == Liveness::Alive
+        presence::check(PresenceRef(self.hdr().tx.owner.load(Ordering::SeqCst))) == Liveness::Alive
     }
 
     /// Whether the producer closed its side.
     pub(crate) fn peer_closed(&self) -> bool {
-        self.mem.hdr().tx.closed.load(Ordering::SeqCst) != 0
+        self.hdr().tx.closed.load(Ordering::SeqCst) != 0
     }
 }
 
@@ -640,7 +667,7 @@ impl ReadGuard<'_> {
     #[cfg_attr(not(loom), allow(dead_code))] // the loom models read through it
     pub fn read_into(&self, dst: &mut [u8]) {
         let n = dst.len().min(self.len);
-        self.c.mem.data.read(self.at, &mut dst[..n]);
+        self.c.data.read(self.at, &mut dst[..n]);
     }
 
     /// Copies `n` payload bytes to `dst` (an untyped copy).
@@ -649,9 +676,9 @@ impl ReadGuard<'_> {
     /// `dst` must be writable for `n` bytes, and `n <= self.len()`.
     #[inline]
     pub(crate) unsafe fn read_raw(&self, dst: *mut u8, n: usize) {
-        assert!(n <= self.len);
+        debug_assert!(n <= self.len);
         // SAFETY: `n` fits the validated payload (asserted); `dst` is writable (caller).
-        unsafe { self.c.mem.data.read_raw(self.at, dst, n) }
+        unsafe { self.c.data.read_raw(self.at, dst, n) }
     }
 
     /// The payload in place (native only).
@@ -659,7 +686,7 @@ impl ReadGuard<'_> {
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: the record was validated to lie inside the data area; the producer does not
         // write it until we release it (publish a `head` past it).
-        unsafe { std::slice::from_raw_parts(self.c.mem.data.ptr(self.at), self.len) }
+        unsafe { std::slice::from_raw_parts(self.c.data.ptr(self.at), self.len) }
     }
 }
 
@@ -668,7 +695,7 @@ impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         let c = self.c;
         c.head.set(self.end);
-        let hdr = c.mem.hdr();
+        let hdr = c.hdr();
         // Release: pairs with the producer's Acquire load of `head` in `room`: our reads of the
         // payload happen before it reuses the space.
         hdr.head.store(self.end, Ordering::Release);
