@@ -76,7 +76,7 @@ pub(crate) fn new_ring(cap: usize) -> Result<(TxCore, RxCore), Error> {
 
 /// The sending half's process-local state: the ring producer and who owns it.
 pub(crate) struct TxCore {
-    p: Producer,
+    pub(crate) p: Producer,
     own: Ownership,
 }
 
@@ -142,6 +142,12 @@ pub(crate) enum Fail {
 }
 
 impl TxCore {
+    /// Whether this process owns the endpoint.
+    #[inline]
+    pub(crate) fn owned(&self) -> bool {
+        self.own.owned()
+    }
+
     /// Reserves room for `len` bytes, per `mode`.
     #[inline]
     pub(crate) fn reserve(&self, len: usize, mode: Mode<'_>) -> Result<Reservation<'_>, Fail> {
@@ -219,6 +225,16 @@ impl RxCore {
 
     pub(crate) fn max_message_len(&self) -> usize {
         self.c.max_message_len()
+    }
+
+    /// Waits (per `mode`) until a record is committed, without consuming it.
+    #[inline]
+    pub(crate) fn wait_readable(&self, mode: Mode<'_>) -> Result<(), Fail> {
+        self.own.check()?;
+        match mode {
+            Mode::Try => Ok(()),
+            Mode::Block(d) => self.c.wait_readable(d).map_err(|e| self.own.fail(e)),
+        }
     }
 
     pub(crate) fn set_wait_policy(&self, p: WaitPolicy) {

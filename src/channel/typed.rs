@@ -79,7 +79,21 @@ pub struct Receiver<T> {
 }
 
 impl<T: Shareable + Copy> Sender<T> {
+    #[inline]
     fn put(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
+        let src: *const u8 = (&msg as *const T).cast();
+        // SAFETY: `src` points at `msg`, a live `T` of `size_of::<T>()` bytes (an untyped copy,
+        // so padding bytes inside `T` are fine).
+        if self.core.owned() && unsafe { self.core.p.try_push_contiguous(src, size_of::<T>()) } {
+            return Ok(());
+        }
+        self.put_slow(msg, mode)
+    }
+
+    /// The general path: wrap-around, a full ring, a disconnect, this process not the owner.
+    #[cold]
+    #[inline(never)]
+    fn put_slow(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
         match self.core.reserve(size_of::<T>(), mode) {
             Ok(mut r) => {
                 // SAFETY: `msg` is a live `T` of `size_of::<T>()` bytes; the reservation is that
@@ -145,7 +159,39 @@ impl<T> Sender<T> {
 }
 
 impl<T: Shareable + Copy> Receiver<T> {
+    /// The fast path: the next record is a committed `T`.
+    #[inline]
+    fn take_fast(&self) -> Option<T> {
+        let mut v = MaybeUninit::<T>::uninit();
+        // SAFETY: `v` is writable for `size_of::<T>()` bytes.
+        let got = self.core.own.owned()
+            && unsafe {
+                self.core
+                    .c
+                    .try_pop_exact(v.as_mut_ptr().cast(), size_of::<T>())
+            };
+        // SAFETY: `try_pop_exact` copied a record of exactly `size_of::<T>()` bytes, written by
+        // `Sender::send` (the only way to produce one through the safe API).
+        got.then(|| unsafe { v.assume_init() })
+    }
+
+    #[inline]
     fn take(&self, mode: Mode<'_>) -> Result<T, Fail> {
+        match self.take_fast() {
+            Some(v) => Ok(v),
+            None => self.take_slow(mode),
+        }
+    }
+
+    /// Waits, then takes the next message by the fast path or the general, validating one.
+    #[cold]
+    #[inline(never)]
+    fn take_slow(&self, mode: Mode<'_>) -> Result<T, Fail> {
+        self.core.wait_readable(mode)?;
+        if let Some(v) = self.take_fast() {
+            return Ok(v);
+        }
+        // Padding, another length, a closed or broken ring: the general, validating path.
         let g = self.core.read(mode)?;
         if g.len() != size_of::<T>() {
             // Only a peer writing shared memory behind the ring's back produces this.

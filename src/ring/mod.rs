@@ -384,6 +384,41 @@ impl Producer {
         }
     }
 
+    /// The fast path of fixed-size messages: if a `len`-byte record fits before the end of
+    /// the data area and there is room, copies `src` in, commits and returns `true`. Otherwise
+    /// (wrap-around, full, closed, broken) returns `false` having changed nothing; the caller
+    /// takes the general path, which pads, waits and reports.
+    ///
+    /// # Safety
+    /// `src` must be readable for `len` bytes.
+    #[inline]
+    pub(crate) unsafe fn try_push_contiguous(&self, src: *const u8, len: usize) -> bool {
+        let cap = self.data.cap();
+        let tail = self.tail.get();
+        let idx = (tail as usize) & (cap - 1);
+        let rec = record_size(len);
+        if rec > cap - idx
+            || len > max_message_len(cap)
+            || tail - self.head_seen.get() + (rec + HDR) as u64 > cap as u64
+            || self.broken.get().is_some()
+            || self.hdr().rx.closed.load(Ordering::Relaxed) != 0
+        {
+            return false;
+        }
+        // SAFETY: `idx + HDR + len <= idx + rec <= cap` (checked above), and the space is free
+        // (`room` accounting); `src` is readable for `len` bytes (caller).
+        unsafe { self.data.write_raw(idx + HDR, src, len) };
+        // As in `commit`: clear the following header, then publish with one Release store.
+        self.data.clear_header((idx + rec) & (cap - 1));
+        // Release: pairs with the consumer's Acquire load of this header.
+        self.data
+            .header(idx)
+            .store(KIND_MSG << 32 | len as u64, Ordering::Release);
+        self.tail.set(tail + rec as u64);
+        self.notify_consumer();
+        true
+    }
+
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
     #[inline]
     pub(crate) fn reserve(
@@ -590,6 +625,61 @@ impl Consumer {
         }
     }
 
+    /// Frees everything before `end` for the producer.
+    #[inline]
+    fn release(&self, end: u64) {
+        self.head.set(end);
+        let hdr = self.hdr();
+        // Release: pairs with the producer's Acquire load of `head` in `room`: our reads of the
+        // payload happen before it reuses the space.
+        hdr.head.store(end, Ordering::Release);
+        // Dekker: `head` before our read of the producer's `wait`; pairs with the heavy
+        // barrier in `wait_for_room` (see `sync::barrier`).
+        barrier::light();
+        hdr.tx.wake_if_asleep();
+    }
+
+    /// The fast path of fixed-size messages: if the next record is a committed message of
+    /// exactly `len` bytes, copies it to `dst`, releases it and returns `true`. Anything else
+    /// (empty, padding, another length, a broken ring) returns `false` and changes nothing;
+    /// the caller then takes the general path, which validates and reports.
+    ///
+    /// # Safety
+    /// `dst` must be writable for `len` bytes.
+    #[inline]
+    pub(crate) unsafe fn try_pop_exact(&self, dst: *mut u8, len: usize) -> bool {
+        let cap = self.data.cap();
+        let pos = self.head.get();
+        let idx = (pos as usize) & (cap - 1);
+        let rec = record_size(len);
+        // Acquire: pairs with the producer's Release store in `commit` / `try_push_contiguous`.
+        let h = self.data.header(idx).load(Ordering::Acquire);
+        if h != (KIND_MSG << 32 | len as u64)
+            || rec > cap - idx
+            || len > max_message_len(cap)
+            || self.broken.get().is_some()
+        {
+            return false;
+        }
+        // SAFETY: the record lies inside the data area (`idx + rec <= cap`, checked above) and
+        // is committed; `dst` is writable for `len` bytes (caller).
+        unsafe { self.data.read_raw(idx + HDR, dst, len) };
+        self.release(pos + rec as u64);
+        true
+    }
+
+    /// Waits until the next record is committed (or the ring is closed, the peer dies, or the
+    /// deadline passes); does not consume it.
+    #[inline]
+    pub(crate) fn wait_readable(&self, deadline: Option<&Deadline>) -> Result<(), RingError> {
+        let data = &self.data;
+        let idx = (self.head.get() as usize) & (data.cap() - 1);
+        if data.header(idx).load(Ordering::Relaxed) != 0 {
+            return Ok(());
+        }
+        self.wait_for_message(deadline)
+    }
+
     /// The next message, waiting per the policy until `deadline` (`None`: forever).
     #[inline]
     pub(crate) fn read(&self, deadline: Option<&Deadline>) -> Result<ReadGuard<'_>, RingError> {
@@ -693,15 +783,6 @@ impl ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        let c = self.c;
-        c.head.set(self.end);
-        let hdr = c.hdr();
-        // Release: pairs with the producer's Acquire load of `head` in `room`: our reads of the
-        // payload happen before it reuses the space.
-        hdr.head.store(self.end, Ordering::Release);
-        // Dekker: `head` before our read of the producer's `wait`; pairs with the heavy
-        // barrier in `wait_for_room` (see `sync::barrier`).
-        barrier::light();
-        hdr.tx.wake_if_asleep();
+        self.c.release(self.end);
     }
 }
