@@ -132,6 +132,19 @@ impl<T> ShmMutex<T> {
     }
 
     /// Blocks for at most `timeout` (any duration, `Duration::MAX` included).
+    ///
+    /// ```
+    /// use forkipc::{AnonRegion, ShmMutex, TryLockError};
+    /// use std::time::Duration;
+    /// let region = AnonRegion::new(4096)?;
+    /// let m = region.alloc(ShmMutex::new(0u32))?;
+    /// let held = m.lock().unwrap();
+    /// assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+    /// assert!(matches!(m.lock_timeout(Duration::from_millis(5)), Err(TryLockError::TimedOut)));
+    /// drop(held);
+    /// assert!(m.lock_timeout(Duration::MAX).is_ok());
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn lock_timeout(
         &self,
         timeout: Duration,

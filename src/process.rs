@@ -24,6 +24,21 @@ use sealed::Token;
 
 /// Values that `fork` can hand to the child: `()`, every channel endpoint, and tuples of them.
 ///
+/// # How ownership works across `fork`
+///
+/// Every endpoint records the pid of the process that owns it (process-local memory, not the
+/// shared ring). Creating a channel makes the calling process the owner of both ends. `fork`
+/// hands the ends you pass it to the child: before forking it records, in the ring's shared
+/// header, that the side now belongs to a presence slot reserved for the child; in the child it
+/// sets the endpoints' owner to the child's pid; in the parent it disowns its copies (owner 0),
+/// so dropping them closes nothing. Every other copy a process inherits through `fork` names
+/// another process as its owner and is inert there: each operation first compares the owner
+/// with the current pid (cached, so no system call) and returns `Disconnected` with reason
+/// [`DisconnectReason::NotOwner`](crate::DisconnectReason::NotOwner) without touching the
+/// ring, and its drop closes nothing. An end moves only by being moved into `fork`, and
+/// endpoints are `Send` but not `Sync`, so at most one process, and one thread in it, uses each
+/// end of a ring through the safe API.
+///
 /// The trait is sealed; its methods are this crate's business.
 pub trait Transfer: sealed::Sealed {
     #[doc(hidden)]
@@ -247,6 +262,17 @@ impl Child {
 
     /// Waits at most `timeout` for the child to exit (any duration, `Duration::MAX`
     /// included). `Ok(None)`: still running.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let mut child = forkipc::fork((), |()| loop {
+    ///     std::thread::sleep(Duration::from_secs(1));
+    /// })?;
+    /// assert!(child.wait_timeout(Duration::from_millis(50))?.is_none()); // still running
+    /// child.kill()?;
+    /// assert!(child.wait()?.code().is_none()); // killed by a signal
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
         let start = Instant::now();
         let mut nap = Duration::from_micros(100);

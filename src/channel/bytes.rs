@@ -182,6 +182,17 @@ impl ByteReceiver {
 
     /// Receives the next message into `buf`, replacing its contents (reusing its allocation),
     /// and returns the message's length.
+    ///
+    /// ```
+    /// let (tx, rx) = forkipc::byte_channel(4096)?;
+    /// tx.send(b"first").unwrap();
+    /// tx.send(b"2nd").unwrap();
+    /// let mut buf = Vec::with_capacity(64);
+    /// assert_eq!(rx.recv_into(&mut buf), Ok(5));
+    /// assert_eq!(rx.recv_into(&mut buf), Ok(3));
+    /// assert_eq!(buf, b"2nd");
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn recv_into(&self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
         self.take(Mode::Block(None), |g| {
             buf.clear();
@@ -200,6 +211,15 @@ impl ByteReceiver {
 
     /// Receives the next message and lends it in place (zero-copy), blocking until one
     /// arrives. Its space is released when the returned guard is dropped.
+    ///
+    /// ```
+    /// let (tx, mut rx) = forkipc::byte_channel(4096)?;
+    /// tx.send(&[1, 2, 3, 4]).unwrap();
+    /// let msg = rx.recv_ref().unwrap();
+    /// assert_eq!(msg.iter().map(|&b| u32::from(b)).sum::<u32>(), 10); // read in the ring
+    /// drop(msg); // frees its space
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn recv_ref(&mut self) -> Result<ByteMessage<'_>, RecvError> {
         let g = self.core.read(Mode::Block(None)).map_err(|_| RecvError)?;
         Ok(ByteMessage { g })

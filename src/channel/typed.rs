@@ -116,6 +116,15 @@ impl<T: Shareable + Copy> Sender<T> {
     }
 
     /// Sends `msg` if there is room right now.
+    ///
+    /// ```
+    /// use forkipc::TrySendError;
+    /// let (tx, rx) = forkipc::channel::<u32>(1)?;
+    /// while tx.try_send(7).is_ok() {} // fill the ring (it holds at least 1)
+    /// assert_eq!(tx.try_send(8), Err(TrySendError::Full(8))); // the value comes back
+    /// assert_eq!(rx.try_recv(), Ok(7));
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     #[inline]
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.put(msg, Mode::Try).map_err(|(m, f)| match f {
@@ -226,6 +235,19 @@ impl<T: Shareable + Copy> Receiver<T> {
     }
 
     /// Receives a message, waiting at most `timeout`.
+    ///
+    /// ```
+    /// use forkipc::{DisconnectReason, RecvTimeoutError};
+    /// use std::time::Duration;
+    /// let (tx, rx) = forkipc::channel::<u64>(4)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
+    /// tx.send(1).unwrap();
+    /// drop(tx);
+    /// assert_eq!(rx.recv_timeout(Duration::MAX), Ok(1)); // drained first...
+    /// assert_eq!(rx.recv_timeout(Duration::MAX), Err(RecvTimeoutError::Disconnected)); // ...then
+    /// assert_eq!(rx.disconnect_reason(), Some(DisconnectReason::PeerDropped));
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let d = Deadline::after(timeout);
         self.take(Mode::Block(Some(&d))).map_err(|f| match f {
@@ -240,6 +262,15 @@ impl<T: Shareable + Copy> Receiver<T> {
     }
 
     /// A non-blocking iterator over the messages ready now.
+    ///
+    /// ```
+    /// let (tx, rx) = forkipc::channel::<u8>(8)?;
+    /// for b in [1, 2, 3] {
+    ///     tx.send(b).unwrap();
+    /// }
+    /// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2, 3]);
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
     pub fn try_iter(&self) -> TryIter<'_, T> {
         TryIter { rx: self }
     }

@@ -4,6 +4,15 @@ use std::time::Duration;
 
 /// How a blocked operation waits for its peer.
 ///
+/// ```
+/// use forkipc::WaitPolicy;
+/// use std::time::Duration;
+/// let (tx, rx) = forkipc::channel::<u64>(16)?;
+/// rx.set_wait_policy(WaitPolicy::Block); // a rarely-busy receiver: never spin
+/// tx.set_wait_policy(WaitPolicy::Adaptive(Duration::from_micros(200)));
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+///
 /// Waking a sleeping process costs tens of microseconds on a virtual machine (an idle vCPU
 /// halts), so a waiter that spins for a while first answers at close to the speed of the
 /// cache-coherence protocol while the conversation is active, and still sleeps (using no CPU)
