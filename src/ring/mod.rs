@@ -174,7 +174,8 @@ impl RingMem {
         (self.hdr.as_ptr().cast(), self.data.ptr(0), self.data.cap())
     }
 
-    /// Sets the owner presence of both sides (at creation, and when a side is handed over).
+    /// Records `owner` as the owning process of one side (at creation, and when the side is
+    /// handed to a fork child), and wakes the peer if it sleeps on the previous owner.
     pub(crate) fn set_owner(&self, producer_side: bool, owner: PresenceRef) {
         let side = if producer_side {
             &self.hdr().tx
