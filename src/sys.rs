@@ -287,3 +287,33 @@ pub fn membarrier(cmd: i32) -> i64 {
     // SAFETY: membarrier takes plain integers and touches no user memory.
     unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32, 0i32) as i64 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_and_expire() {
+        assert!(!Deadline::after(Duration::MAX).expired());
+        let d = Deadline::after(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(d.expired());
+    }
+
+    #[test]
+    fn futex_wait_times_out_and_sees_changed_values() {
+        let w = AtomicU32::new(5);
+        // Value differs: returns at once.
+        assert_eq!(futex_wait(&w, 4, None), Wake::Retry);
+        let d = Deadline::after(Duration::from_millis(5));
+        assert_eq!(futex_wait(&w, 5, Some(&d)), Wake::TimedOut);
+    }
+
+    #[test]
+    fn identities_and_thread_count() {
+        assert!(thread_count().unwrap() >= 1);
+        assert_eq!(getpid(), std::process::id());
+        assert!(gettid() > 0 && gettid() & !FUTEX_TID_MASK == 0);
+        assert!(page_size().is_power_of_two());
+    }
+}

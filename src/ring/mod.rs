@@ -787,3 +787,65 @@ impl Drop for ReadGuard<'_> {
         self.c.release(self.end);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_for_messages_holds_the_count_and_the_largest_message() {
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 100, 4096] {
+            for n in [1usize, 2, 3, 15, 16, 100, 1000] {
+                let cap = cap_for_messages(n, len).unwrap();
+                assert!(cap.is_power_of_two() && cap >= MIN_CAP);
+                // n records plus a padding record's worst waste plus the kept-free header.
+                assert!(
+                    (n + 1) * record_size(len) + HDR <= cap,
+                    "n={n} len={len} cap={cap}"
+                );
+                assert!(len <= max_message_len(cap));
+            }
+        }
+    }
+
+    #[test]
+    fn overflowing_capacities_are_errors() {
+        assert!(matches!(
+            cap_for_messages(usize::MAX, 8),
+            Err(Error::SizeOverflow)
+        ));
+        assert!(matches!(
+            cap_for_messages(1, usize::MAX - 4),
+            Err(Error::SizeOverflow)
+        ));
+        assert!(ring(48).is_err() && ring(100).is_err());
+    }
+
+    #[test]
+    fn records_are_padded_to_eight_bytes() {
+        assert_eq!(record_size(0), 8);
+        assert_eq!(record_size(1), 16);
+        assert_eq!(record_size(8), 16);
+        assert_eq!(record_size(9), 24);
+        assert_eq!(max_message_len(64), 16);
+    }
+
+    #[test]
+    fn wrap_writes_a_padding_record_and_keeps_order() {
+        let (p, c) = ring(64).unwrap();
+        let mut out = [0u8; 16];
+        // 24-byte records at 0 and 24; the third (at 48) does not fit before 64: padding.
+        for round in 0u8..10 {
+            let msg = [round; 16];
+            let mut r = p.try_reserve(16).unwrap();
+            r.write(&msg);
+            r.commit();
+            let g = c.try_read().unwrap();
+            assert_eq!(g.len(), 16);
+            g.read_into(&mut out);
+            drop(g);
+            assert_eq!(out, msg);
+        }
+        assert!(matches!(c.try_read(), Err(RingError::WouldBlock)));
+    }
+}
