@@ -171,3 +171,29 @@ fn close_wakes_sleeper_on_empty_ring() {
         producer.join().expect("producer panicked");
     });
 }
+
+/// The producer zeroes the cache line after the one its tail is in, when that line is free, so
+/// that later commits find their following header slot already empty. In a 128-byte ring (two
+/// lines) three 40-byte messages (48-byte records at 0 and 48, then padding at 96 and the third
+/// record at 0 once the ring has drained) exercise that zeroing, and its interplay with
+/// reservations and the wrap, while the consumer reads concurrently: every message must
+/// arrive whole and in order.
+#[test]
+fn zero_ahead_keeps_fifo_across_the_wrap() {
+    const LEN: usize = 40;
+    common::model("zero_ahead_keeps_fifo_across_the_wrap", || {
+        let (p, c) = match ring(128) {
+            Ok(pair) => pair,
+            Err(e) => panic!("ring(128) failed: {e:?}"),
+        };
+        let producer = thread::spawn(move || {
+            for i in 0..3 {
+                send(&p, i, LEN);
+            }
+        });
+        for i in 0..3 {
+            expect_recv(&c, i, LEN);
+        }
+        producer.join().unwrap();
+    });
+}

@@ -226,6 +226,8 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
             mem: mem.clone(),
             tail: Cell::new(0),
             head_seen: Cell::new(0),
+            // A fresh data area is all zeros.
+            zeroed_until: Cell::new(cap as u64),
             policy: Cell::new(WaitPolicy::default()),
             broken: Cell::new(None),
         },
@@ -284,6 +286,9 @@ pub struct Producer {
     tail: Cell<u64>,
     /// The consumer's position as last read: always `<= tail`, a multiple of 8.
     head_seen: Cell<u64>,
+    /// Every byte at a position in `tail..zeroed_until` is known to be zero (we zeroed it ahead
+    /// of time, in free space), so a commit need not clear its following header slot there.
+    zeroed_until: Cell<u64>,
     policy: Cell<WaitPolicy>,
     broken: Cell<Option<DisconnectReason>>,
 }
@@ -373,13 +378,18 @@ impl Producer {
             (0, Some(idx), to_end + rec)
         };
         match self.room(used + HDR) {
-            Ok(true) => Ok(Reservation {
-                p: self,
-                rec: rec_idx,
-                len,
-                pad,
-                new_tail: tail + used as u64,
-            }),
+            Ok(true) => {
+                // The caller may write anything into the reservation and then drop it: nothing
+                // ahead of `tail` is known to be zero any more.
+                self.zeroed_until.set(0);
+                Ok(Reservation {
+                    p: self,
+                    rec: rec_idx,
+                    len,
+                    pad,
+                    new_tail: tail + used as u64,
+                })
+            }
             Ok(false) => Err(RingError::WouldBlock),
             Err(r) => Err(RingError::Disconnected(r)),
         }
@@ -410,14 +420,49 @@ impl Producer {
         // (`room` accounting); `src` is readable for `len` bytes (caller).
         unsafe { self.data.write_raw(idx + HDR, src, len) };
         // As in `commit`: clear the following header, then publish with one Release store.
-        self.data.clear_header((idx + rec) & (cap - 1));
+        self.clear_slot(tail + rec as u64);
         // Release: pairs with the consumer's Acquire load of this header.
         self.data
             .header(idx)
             .store(KIND_MSG << 32 | len as u64, Ordering::Release);
         self.tail.set(tail + rec as u64);
         self.notify_consumer();
+        self.zero_ahead();
         true
+    }
+
+    /// Makes the header slot at position `pos` read "empty", unless it is known to already.
+    #[inline]
+    fn clear_slot(&self, pos: u64) {
+        if pos + HDR as u64 > self.zeroed_until.get() {
+            self.data
+                .clear_header((pos as usize) & (self.data.cap() - 1));
+        }
+    }
+
+    /// After a commit: zero the cache line after the one `tail` is in, if it is free and not
+    /// yet zeroed. A later commit whose following header falls there then needs no store into
+    /// a line the consumer may still hold, which (stores becoming visible in order) would
+    /// delay the commit by a cross-core ownership transfer; this store happens now, off the
+    /// critical path. Ordered before that later commit by its Release store.
+    #[inline]
+    fn zero_ahead(&self) {
+        let cap = self.data.cap();
+        let tail = self.tail.get();
+        // The end of the line after the one `tail` is in.
+        let to = (tail | 63) + 1 + 64;
+        // Free: everything the bytes held in the previous lap has been consumed (`head_seen` is
+        // a lower bound of the consumer's position).
+        if to <= self.zeroed_until.get() || to - self.head_seen.get() > cap as u64 {
+            return;
+        }
+        // Extend the zeroed range contiguously (normally by one line).
+        let mut pos = self.zeroed_until.get().max(tail);
+        while pos < to {
+            self.data.clear_header((pos as usize) & (cap - 1));
+            pos += HDR as u64;
+        }
+        self.zeroed_until.set(to);
     }
 
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
@@ -510,9 +555,8 @@ impl Reservation<'_> {
         let p = self.p;
         let data = &p.data;
         let cap = data.cap();
-        let next = (self.rec + record_size(self.len)) & (cap - 1);
         // The slot after our record must read "empty" before the record becomes visible.
-        data.clear_header(next);
+        p.clear_slot(self.new_tail);
         // Release: pairs with the consumer's Acquire load of this header in `try_read`; makes
         // the payload and the cleared next header visible first.
         data.header(self.rec)
@@ -524,6 +568,7 @@ impl Reservation<'_> {
         }
         p.tail.set(self.new_tail);
         p.notify_consumer();
+        p.zero_ahead();
     }
 }
 
