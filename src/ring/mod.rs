@@ -226,8 +226,7 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
             mem: mem.clone(),
             tail: Cell::new(0),
             head_seen: Cell::new(0),
-            // A fresh data area is all zeros.
-            zeroed_until: Cell::new(cap as u64),
+            zeroed_slot: Cell::new(u64::MAX),
             policy: Cell::new(WaitPolicy::default()),
             broken: Cell::new(None),
         },
@@ -286,9 +285,10 @@ pub struct Producer {
     tail: Cell<u64>,
     /// The consumer's position as last read: always `<= tail`, a multiple of 8.
     head_seen: Cell<u64>,
-    /// Every byte at a position in `tail..zeroed_until` is known to be zero (we zeroed it ahead
-    /// of time, in free space), so a commit need not clear its following header slot there.
-    zeroed_until: Cell<u64>,
+    /// A header slot, beyond `tail`, that we cleared ahead of time (in free space) and nobody
+    /// has written since; `u64::MAX` when none. A commit whose following slot is this one need
+    /// not clear it.
+    zeroed_slot: Cell<u64>,
     policy: Cell<WaitPolicy>,
     broken: Cell<Option<DisconnectReason>>,
 }
@@ -379,9 +379,9 @@ impl Producer {
         };
         match self.room(used + HDR) {
             Ok(true) => {
-                // The caller may write anything into the reservation and then drop it: nothing
-                // ahead of `tail` is known to be zero any more.
-                self.zeroed_until.set(0);
+                // The caller may write anything into the reservation and then drop it: the
+                // slot cleared ahead may not be clear any more.
+                self.zeroed_slot.set(u64::MAX);
                 Ok(Reservation {
                     p: self,
                     rec: rec_idx,
@@ -427,42 +427,34 @@ impl Producer {
             .store(KIND_MSG << 32 | len as u64, Ordering::Release);
         self.tail.set(tail + rec as u64);
         self.notify_consumer();
-        self.zero_ahead();
+        self.clear_ahead(tail + 2 * rec as u64);
         true
     }
 
     /// Makes the header slot at position `pos` read "empty", unless it is known to already.
     #[inline]
     fn clear_slot(&self, pos: u64) {
-        if pos + HDR as u64 > self.zeroed_until.get() {
+        if pos != self.zeroed_slot.get() {
             self.data
                 .clear_header((pos as usize) & (self.data.cap() - 1));
         }
     }
 
-    /// After a commit: zero the cache line after the one `tail` is in, if it is free and not
-    /// yet zeroed. A later commit whose following header falls there then needs no store into
-    /// a line the consumer may still hold, which (stores becoming visible in order) would
-    /// delay the commit by a cross-core ownership transfer; this store happens now, off the
-    /// critical path. Ordered before that later commit by its Release store.
+    /// After a fixed-size commit: clear the slot that will follow the *next* record of the same
+    /// size, if it is free. Stores become visible in order, so clearing it at the next commit,
+    /// when it lies in a cache line the consumer still holds, would hold that commit back by a
+    /// cross-core ownership transfer; done one message early, the transfer is off the critical
+    /// path. (One store per message either way.) Ordered before the next commit by its Release
+    /// store.
     #[inline]
-    fn zero_ahead(&self) {
+    fn clear_ahead(&self, pos: u64) {
         let cap = self.data.cap();
-        let tail = self.tail.get();
-        // The end of the line after the one `tail` is in.
-        let to = (tail | 63) + 1 + 64;
-        // Free: everything the bytes held in the previous lap has been consumed (`head_seen` is
-        // a lower bound of the consumer's position).
-        if to <= self.zeroed_until.get() || to - self.head_seen.get() > cap as u64 {
-            return;
-        }
-        // Extend the zeroed range contiguously (normally by one line).
-        let mut pos = self.zeroed_until.get().max(tail);
-        while pos < to {
+        // Free: what the slot held in the previous lap has been consumed (`head_seen` is a lower
+        // bound of the consumer's position).
+        if pos + HDR as u64 - self.head_seen.get() <= cap as u64 {
             self.data.clear_header((pos as usize) & (cap - 1));
-            pos += HDR as u64;
+            self.zeroed_slot.set(pos);
         }
-        self.zeroed_until.set(to);
     }
 
     /// Reserves room, waiting per the policy until `deadline` (`None`: forever).
@@ -552,23 +544,23 @@ impl Reservation<'_> {
     /// Publishes the message.
     #[inline]
     pub fn commit(self) {
-        let p = self.p;
+        let this = self;
+        let p = this.p;
         let data = &p.data;
         let cap = data.cap();
         // The slot after our record must read "empty" before the record becomes visible.
-        p.clear_slot(self.new_tail);
+        p.clear_slot(this.new_tail);
         // Release: pairs with the consumer's Acquire load of this header in `try_read`; makes
         // the payload and the cleared next header visible first.
-        data.header(self.rec)
-            .store(KIND_MSG << 32 | self.len as u64, Ordering::Release);
-        if let Some(pad) = self.pad {
+        data.header(this.rec)
+            .store(KIND_MSG << 32 | this.len as u64, Ordering::Release);
+        if let Some(pad) = this.pad {
             // Published last: the consumer reaches the record only through the padding.
             data.header(pad)
                 .store(KIND_PAD << 32 | (cap - pad - HDR) as u64, Ordering::Release);
         }
-        p.tail.set(self.new_tail);
+        p.tail.set(this.new_tail);
         p.notify_consumer();
-        p.zero_ahead();
     }
 }
 
