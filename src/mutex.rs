@@ -35,10 +35,10 @@
 //! so this takes a `mem::forget`): the kernel's walk of the list would stop there.
 //!
 //! Lock: announce the operation in `list_op_pending`, CAS `0 → tid` (Acquire), link the entry,
-//! clear `list_op_pending`. Unlock: announce, unlink, one `swap` to 0 (Release), wake a sleeper if
-//! `WAITERS` was set, clear the announcement. A death at any step leaves either a word the kernel
+//! clear `list_op_pending`. Unlock: announce, unlink, one CAS from our TID (with whatever
+//! `WAITERS` bit) to 0 (Release), wake a sleeper if `WAITERS` was set, clear the announcement. A death at any step leaves either a word the kernel
 //! fixes (it names the dead TID and the entry is listed or pending) or an unlocked word (and the
-//! kernel wakes a sleeper for a pending entry whose word is 0). Unlock is one atomic swap, not
+//! kernel wakes a sleeper for a pending entry whose word is 0). Unlock is one atomic CAS, not
 //! "clear TID, then clear WAITERS", which is the bug glibc had (BZ #20985).
 
 use std::cell::UnsafeCell;
@@ -177,7 +177,7 @@ impl<T> ShmMutex<T> {
         // If we slept, others may sleep too: keep WAITERS set so our unlock wakes them.
         let new = tid | (cur & FUTEX_WAITERS) | if waited { FUTEX_WAITERS } else { 0 };
         self.word.begin_op();
-        // Acquire: pairs with the Release swap in `unlock`, so the previous holder's writes to
+        // Acquire: pairs with the Release CAS in `unlock`, so the previous holder's writes to
         // the data are visible to us.
         let taken = self
             .word

@@ -21,9 +21,10 @@
 //!   fit before the end, the producer writes a padding record (`len` = bytes to the end minus
 //!   its 8-byte header) and puts the record at index 0.
 //! * `head <= tail` and `tail - head <= cap - 8`: the producer always keeps 8 free bytes after
-//!   its last record, because it zeroes the header slot that follows each record *before*
-//!   committing it. So the header at `tail` is always 0 (empty) when the consumer reaches it,
-//!   and the consumer never writes the data area.
+//!   its last record, because the header slot that follows each record must read 0 *before*
+//!   the record is committed: the producer clears it then, or (fixed-size fast path) already
+//!   cleared it after the previous commit, when it was free. So the header at `tail` is always 0
+//!   (empty) when the consumer reaches it, and the consumer never writes the data area.
 //! * Commit is one Release store of the record's header (for a wrapped record: the record's
 //!   header, then the padding's header). The consumer polls the header at `head` with Acquire:
 //!   one cache line per message, no separate tail index to bounce.
@@ -40,11 +41,12 @@
 //!
 //! # Waiting
 //!
-//! A side that cannot proceed spins (per its `WaitPolicy`), then sets its `wait` word to 1,
-//! issues a full barrier and re-checks (Dekker's handshake: the other side publishes, barriers,
-//! then reads `wait`), then sleeps on its `wait` word together with the peer owner's presence
-//! word (`futex_waitv`), so the peer's death wakes it too. The publishing side makes a wake-up
-//! system call only when `wait` is 1.
+//! A side that cannot proceed first polls the one header it waits for, then spins (per its
+//! `WaitPolicy`), then sets its `wait` word to 1, issues the heavy barrier and re-checks
+//! (Dekker's handshake: the other side publishes, issues the light barrier, then reads `wait`;
+//! see `sync::barrier`), then sleeps on its `wait` word together with the peer owner's presence
+//! word (`futex_waitv`), so the peer's death wakes it too (`ring::wait`). The publishing side
+//! makes a wake-up system call only when `wait` is 1.
 
 mod data;
 mod wait;
