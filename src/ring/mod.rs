@@ -223,22 +223,14 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
     });
     Ok((
         Producer {
-            data: mem.data,
-            hdr: mem.hdr,
-            mem: mem.clone(),
+            end: End::new(&mem),
             tail: Cell::new(0),
             head_seen: Cell::new(0),
             zeroed_slot: Cell::new(u64::MAX),
-            policy: Cell::new(WaitPolicy::default()),
-            broken: Cell::new(None),
         },
         Consumer {
-            data: mem.data,
-            hdr: mem.hdr,
-            mem,
+            end: End::new(&mem),
             head: Cell::new(0),
-            policy: Cell::new(WaitPolicy::default()),
-            broken: Cell::new(None),
         },
     ))
 }
@@ -278,11 +270,7 @@ pub(crate) fn cap_for_messages(n: usize, len: usize) -> Result<usize, Error> {
 
 /// The writing end of a ring. `Send`, not `Sync`.
 pub struct Producer {
-    /// Keeps the mapping alive; `data` and `hdr` point into it (copied here so the fast path
-    /// does not chase the `Arc`).
-    mem: Arc<RingMem>,
-    data: Data,
-    hdr: NonNull<RingHeader>,
+    end: End,
     /// Our position: where the next record goes. Private; never read back from shared memory.
     tail: Cell<u64>,
     /// The consumer's position as last read: always `<= tail`, a multiple of 8.
@@ -291,8 +279,6 @@ pub struct Producer {
     /// has written since; `u64::MAX` when none. A commit whose following slot is this one need
     /// not clear it.
     zeroed_slot: Cell<u64>,
-    policy: Cell<WaitPolicy>,
-    broken: Cell<Option<DisconnectReason>>,
 }
 
 /// Reserved, not yet committed space for one message. Dropping it commits nothing.
@@ -306,13 +292,33 @@ pub struct Reservation<'a> {
     new_tail: u64,
 }
 
-// SAFETY: `hdr` points into the mapping that `mem` keeps alive; the header is atomics only.
-// The producer is `Send` (one thread at a time uses it), not `Sync` (its `Cell`s).
-unsafe impl Send for Producer {}
-// SAFETY: as for `Producer`.
-unsafe impl Send for Consumer {}
+/// What both ends of a ring hold: the mapping, the addresses in it, the wait policy, and
+/// whether this end has given up on the ring.
+pub struct End {
+    /// Keeps the mapping alive; `data` and `hdr` point into it (copied here so the fast path
+    /// does not chase the `Arc`).
+    mem: Arc<RingMem>,
+    data: Data,
+    hdr: NonNull<RingHeader>,
+    policy: Cell<WaitPolicy>,
+    broken: Cell<Option<DisconnectReason>>,
+}
 
-impl Producer {
+// SAFETY: `hdr` points into the mapping that `mem` keeps alive; the header is atomics only.
+// An end is `Send` (one thread at a time uses it), not `Sync` (its `Cell`s).
+unsafe impl Send for End {}
+
+impl End {
+    fn new(mem: &Arc<RingMem>) -> End {
+        End {
+            mem: mem.clone(),
+            data: mem.data,
+            hdr: mem.hdr,
+            policy: Cell::new(WaitPolicy::default()),
+            broken: Cell::new(None),
+        }
+    }
+
     #[inline]
     fn hdr(&self) -> &RingHeader {
         // SAFETY: `hdr` points into the mapping owned by `mem`, initialised in `ring`.
@@ -322,19 +328,43 @@ impl Producer {
     pub(crate) fn mem(&self) -> &Arc<RingMem> {
         &self.mem
     }
+
     pub(crate) fn max_message_len(&self) -> usize {
         max_message_len(self.data.cap())
     }
+
+    /// Chooses how this end waits.
     pub fn set_policy(&self, p: WaitPolicy) {
         self.policy.set(p);
     }
+
     pub(crate) fn policy(&self) -> WaitPolicy {
         self.policy.get()
     }
+
+    /// Why this end gave up on the ring, if it did.
     pub(crate) fn broken(&self) -> Option<DisconnectReason> {
         self.broken.get()
     }
+}
 
+impl std::ops::Deref for Producer {
+    type Target = End;
+    #[inline]
+    fn deref(&self) -> &End {
+        &self.end
+    }
+}
+
+impl std::ops::Deref for Consumer {
+    type Target = End;
+    #[inline]
+    fn deref(&self) -> &End {
+        &self.end
+    }
+}
+
+impl Producer {
     /// Free bytes as far as we know, after refreshing the consumer's position if `need` does not
     /// fit. `Err` if the position read from shared memory is impossible.
     #[inline]
@@ -571,14 +601,9 @@ impl Reservation<'_> {
 
 /// The reading end of a ring. `Send`, not `Sync`.
 pub struct Consumer {
-    /// Keeps the mapping alive; `data` and `hdr` point into it.
-    mem: Arc<RingMem>,
-    data: Data,
-    hdr: NonNull<RingHeader>,
+    end: End,
     /// Our position. Private; published to `RingHeader::head` after each message.
     head: Cell<u64>,
-    policy: Cell<WaitPolicy>,
-    broken: Cell<Option<DisconnectReason>>,
 }
 
 /// A committed message, readable in place until dropped (which releases its space).
@@ -591,28 +616,6 @@ pub struct ReadGuard<'a> {
 }
 
 impl Consumer {
-    #[inline]
-    fn hdr(&self) -> &RingHeader {
-        // SAFETY: `hdr` points into the mapping owned by `mem`, initialised in `ring`.
-        unsafe { self.hdr.as_ref() }
-    }
-
-    pub(crate) fn mem(&self) -> &Arc<RingMem> {
-        &self.mem
-    }
-    pub(crate) fn max_message_len(&self) -> usize {
-        max_message_len(self.data.cap())
-    }
-    pub fn set_policy(&self, p: WaitPolicy) {
-        self.policy.set(p);
-    }
-    pub(crate) fn policy(&self) -> WaitPolicy {
-        self.policy.get()
-    }
-    pub(crate) fn broken(&self) -> Option<DisconnectReason> {
-        self.broken.get()
-    }
-
     /// Disconnects this side for good: its ring held something impossible.
     pub(crate) fn mark_corrupted(&self) {
         self.broken.set(Some(DisconnectReason::Corrupted));
