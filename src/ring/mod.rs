@@ -588,6 +588,8 @@ impl Reservation<'_> {
             .store(KIND_MSG << 32 | this.len as u64, Ordering::Release);
         if let Some(pad) = this.pad {
             // Published last: the consumer reaches the record only through the padding.
+            // Release: pairs with the consumer's Acquire load of this header in `try_read`,
+            // which then finds the record (stored before) committed.
             data.header(pad)
                 .store(KIND_PAD << 32 | (cap - pad - HDR) as u64, Ordering::Release);
         }
