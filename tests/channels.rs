@@ -70,18 +70,6 @@ fn cleanup(child: &mut Child, r: Outcome) -> Outcome {
     r
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: comparable across processes (unlike an `Instant`, which
-/// cannot be sent through a channel).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a writable timespec; CLOCK_MONOTONIC is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
@@ -94,7 +82,7 @@ fn spawn_killer(victim: u32, delay: Duration) -> Result<(Child, Receiver<u64>), 
     let child = fork(ktx, move |ktx| {
         child_main(|| {
             std::thread::sleep(delay);
-            let t = mono_ns();
+            let t = support::mono_ns();
             // SAFETY: kill has no memory-safety preconditions; `victim` is our parent's
             // unreaped child, so the pid cannot have been reused.
             let r = unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
@@ -654,7 +642,7 @@ fn blocked_recv_sees_peer_killed_by_sibling() -> Outcome {
         let (mut killer, krx) = spawn_killer(victim.id(), Duration::from_millis(100))?;
         let t0 = Instant::now();
         let res = rx.recv();
-        let t_err = mono_ns();
+        let t_err = support::mono_ns();
         let blocked = t0.elapsed();
         let r = (|| {
             ensure!(res == Err(RecvError), "recv while blocked: {res:?}");
@@ -743,7 +731,7 @@ fn grandchild(rx: Receiver<u64>, report: Sender<[u64; 4]>) -> Outcome {
             .send([READY, u64::from(std::process::id()), 0, 0])
             .ctx("G: report ready")?;
         let res = rx.recv_timeout(RECV);
-        let t = mono_ns();
+        let t = support::mono_ns();
         ensure!(
             res == Err(RecvTimeoutError::Disconnected),
             "G: after its parent's death: {res:?}"
@@ -793,7 +781,7 @@ fn parent_death_seen_by_child() -> Outcome {
         let g_pid = m[1] as libc::pid_t;
         // Let G block in recv_timeout before its parent dies.
         std::thread::sleep(Duration::from_millis(50));
-        let t_kill = mono_ns();
+        let t_kill = support::mono_ns();
         c.kill().ctx("kill C")?;
         expect_killed(c)?;
         // C is reaped, so G has been reparented to us (the subreaper).
@@ -849,7 +837,7 @@ fn blocked_sender_sees_receiver_death() -> Outcome {
         let (mut killer, krx) = spawn_killer(victim.id(), Duration::from_millis(100))?;
         let t0 = Instant::now();
         let res = tx.send(0xdead);
-        let t_err = mono_ns();
+        let t_err = support::mono_ns();
         let blocked = t0.elapsed();
         let r = (|| {
             match res {

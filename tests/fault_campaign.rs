@@ -448,18 +448,6 @@ fn spawn<E: Transfer, F: FnOnce(E) -> Outcome>(what: &str, ends: E, f: F) -> Res
     Ok(Reap(child))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: one clock for all processes, so a kill time stored in
-/// shared memory by one process can be compared with another process's detection time.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn spin_for(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
@@ -1018,7 +1006,7 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
         ready,
         "the grandchild made no progress within {LONG:?} ({plan:?})"
     );
-    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
     s.0.kill().ctx("kill S")?;
     s.expect_killed("the streamer S")?;
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
@@ -1055,7 +1043,7 @@ fn grandchild_receiver(
             match check.step(trx, brx, LONG)? {
                 Step::Msg => ctl.progress.store(check.next, Ordering::SeqCst),
                 Step::Disconnected { typed } => {
-                    let now = mono_ns();
+                    let now = support::mono_ns();
                     let t_kill = ctl.t_kill.load(Ordering::SeqCst);
                     ensure!(
                         t_kill != 0,
@@ -1135,7 +1123,8 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
             let mut buf = Vec::new();
             for seq in 0.. {
                 byte_msg(tseed, seq, &mut buf);
-                ctl.last_send_start.store(mono_ns(), Ordering::SeqCst);
+                ctl.last_send_start
+                    .store(support::mono_ns(), Ordering::SeqCst);
                 match tx.send_timeout(&buf, LONG) {
                     Ok(()) => {}
                     Err(forkipc::ByteSendError::Disconnected) => {
@@ -1168,7 +1157,8 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
         })?;
         let s = spawn("sender S", tx, move |tx| {
             for seq in 0.. {
-                ctl.last_send_start.store(mono_ns(), Ordering::SeqCst);
+                ctl.last_send_start
+                    .store(support::mono_ns(), Ordering::SeqCst);
                 match tx.send_timeout(typed_msg(tseed, seq), LONG) {
                     Ok(()) => {}
                     Err(SendTimeoutError::Disconnected(_)) => {
@@ -1187,7 +1177,7 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
         "the receiver made no progress"
     );
     spin_for(delay);
-    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
     r.0.kill().ctx("kill R")?;
     r.expect_killed("the receiver R")?;
     s.expect_success("the sender S")?;
@@ -1200,7 +1190,7 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
 }
 
 fn sender_saw_disconnect(ctl: &Ctl, reason: Option<DisconnectReason>) -> Outcome {
-    let now = mono_ns();
+    let now = support::mono_ns();
     let t_kill = ctl.t_kill.load(Ordering::SeqCst);
     ensure!(
         t_kill != 0,
@@ -1305,7 +1295,7 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
                 if died {
                     let t_kill = ctl.t_kill.load(Ordering::SeqCst);
                     ensure!(t_kill != 0, "contender: OwnerDied while the holder lives");
-                    record_mutex_detect(mono_ns().saturating_sub(t_kill));
+                    record_mutex_detect(support::mono_ns().saturating_sub(t_kill));
                     ctl.owner_died_seen.fetch_add(1, Ordering::SeqCst);
                 }
                 g[2] += 1;
@@ -1323,7 +1313,7 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
         "the holder made no progress"
     );
     spin_for(Duration::from_micros(rng.below(1000)));
-    ctl.t_kill.store(mono_ns(), Ordering::SeqCst);
+    ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
     a.0.kill().ctx("kill A")?;
     a.expect_killed("the holder A")?;
     let (g, parent_died) = lock_checked(m, "parent after the kill")?;

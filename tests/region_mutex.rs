@@ -83,17 +83,6 @@ fn expect_ok(child: &mut Reap, what: &str) -> Outcome {
     support::expect_success(&mut child.0, LONG).map_err(|e| format!("{what}: {e}"))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: comparable between processes.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Waits until `a >= want`, napping briefly; false on timeout.
 fn wait_for(a: &AtomicU32, want: u32, timeout: Duration) -> bool {
     let start = Instant::now();
@@ -388,16 +377,16 @@ fn mutex_counter_exact() -> Outcome {
         .ctx("alloc")?;
     let mut child = spawn("counter child", move || {
         start_line(&c.ready, &c.go)?;
-        c.child_span[0].store(mono_ns(), Ordering::Relaxed);
+        c.child_span[0].store(support::mono_ns(), Ordering::Relaxed);
         let v = hammer(c, N)?;
-        c.child_span[1].store(mono_ns(), Ordering::Relaxed);
+        c.child_span[1].store(support::mono_ns(), Ordering::Relaxed);
         ensure!(v == 0, "child saw the pair invariant broken {v} times");
         Ok(())
     })?;
     fire(&c.ready, 1, &c.go)?;
-    let (p0, start) = (mono_ns(), Instant::now());
+    let (p0, start) = (support::mono_ns(), Instant::now());
     let v = hammer(c, N)?;
-    let p1 = mono_ns();
+    let p1 = support::mono_ns();
     expect_ok(&mut child, "counter child")?;
     let ms = start.elapsed().as_millis();
     let (c0, c1) = (
@@ -441,7 +430,7 @@ impl Contention {
         n: u64,
         mut take: impl FnMut() -> Result<Option<forkipc::ShmMutexGuard<'a, Pair>>, String>,
     ) -> Outcome {
-        self.spans[who][0].store(mono_ns(), Ordering::Relaxed);
+        self.spans[who][0].store(support::mono_ns(), Ordering::Relaxed);
         let mut done = 0;
         while done < n {
             if let Some(mut g) = take()? {
@@ -449,7 +438,7 @@ impl Contention {
                 done += 1;
             }
         }
-        self.spans[who][1].store(mono_ns(), Ordering::Relaxed);
+        self.spans[who][1].store(support::mono_ns(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -572,7 +561,7 @@ fn spawn_holder(d: &Deathbed, mark: u64, stage: u32) -> Result<Reap, String> {
 fn spawn_killer(d: &Deathbed, victim: u32, delay: Duration) -> Result<Reap, String> {
     spawn("killer", move || {
         std::thread::sleep(delay);
-        d.kill_ns.store(mono_ns(), Ordering::Release);
+        d.kill_ns.store(support::mono_ns(), Ordering::Release);
         // SAFETY: kill has no memory-safety preconditions; `victim` is our sibling, unreaped
         // (the parent is blocked in `lock` and reaps it only afterwards).
         let r = unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
@@ -602,7 +591,7 @@ fn holder_sigkilled_owner_died() -> Outcome {
     let mut killer = spawn_killer(d, holder.id(), Duration::from_millis(100))?;
     let start = Instant::now();
     let r = d.m.lock();
-    let back_ns = mono_ns();
+    let back_ns = support::mono_ns();
     let blocked = start.elapsed();
     let latency = Duration::from_nanos(back_ns.saturating_sub(d.kill_ns.load(Ordering::Acquire)));
     let mut g = match r {
@@ -697,7 +686,8 @@ fn owner_death_reported_by_try_lock_and_lock_timeout() -> Outcome {
     await_stage(&d.stage, 2, "holder 2")?;
     let mut killer = spawn_killer(d, h2.id(), Duration::from_millis(100))?;
     let r = d.m.lock_timeout(Duration::from_secs(10));
-    let latency = Duration::from_nanos(mono_ns().saturating_sub(d.kill_ns.load(Ordering::Acquire)));
+    let latency =
+        Duration::from_nanos(support::mono_ns().saturating_sub(d.kill_ns.load(Ordering::Acquire)));
     match r {
         Err(TryLockError::OwnerDied(mut g)) => {
             ensure!(g.a == 2, "holder 2's write not visible: {:?}", *g);
@@ -904,14 +894,14 @@ fn not_recoverable_seen_by_third_process() -> Outcome {
         };
         d.stage.store(2, Ordering::Release);
         await_stage(&d.stage, 3, "the parent's go")?;
-        d.released_ns.store(mono_ns(), Ordering::Release);
+        d.released_ns.store(support::mono_ns(), Ordering::Release);
         drop(g); // without mark_consistent
         Ok(())
     })?;
     await_stage(&d.stage, 2, "the abandoner to hold")?;
     let mut w = spawn("sleeping waiter", move || {
         let r = d.m.lock();
-        d.woke_ns.store(mono_ns(), Ordering::Release);
+        d.woke_ns.store(support::mono_ns(), Ordering::Release);
         match r {
             Err(LockError::NotRecoverable) => Ok(()),
             other => Err(format!(
@@ -1400,12 +1390,12 @@ fn mutex_holder_thread_exit_reports_owner_died() -> Outcome {
                 flag.store(1, Ordering::Release);
                 std::thread::sleep(Duration::from_millis(100));
                 std::mem::forget(g);
-                exit_ns.store(mono_ns(), Ordering::Release);
+                exit_ns.store(support::mono_ns(), Ordering::Release);
             }
         });
         await_stage(flag, 1, "the holder thread")?;
         let r = m.lock();
-        let back = mono_ns();
+        let back = support::mono_ns();
         match r {
             Err(LockError::OwnerDied(mut g)) => {
                 ensure!(*g == 6, "thread's write not visible: {}", *g);
