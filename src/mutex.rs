@@ -36,9 +36,10 @@
 //!
 //! Lock: announce the operation in `list_op_pending`, CAS `0 → tid` (Acquire), link the entry,
 //! clear `list_op_pending`. Unlock: announce, unlink, one CAS from our TID (with whatever
-//! `WAITERS` bit) to 0 (Release), wake a sleeper if `WAITERS` was set, clear the announcement. A death at any step leaves either a word the kernel
-//! fixes (it names the dead TID and the entry is listed or pending) or an unlocked word (and the
-//! kernel wakes a sleeper for a pending entry whose word is 0). Unlock is one atomic CAS, not
+//! `WAITERS` bit) to 0 (Release), wake a sleeper if `WAITERS` was set, clear the announcement.
+//! A death at any step leaves either a word the kernel fixes (it names the dead TID and the
+//! entry is listed or pending) or an unlocked word (and the kernel wakes a sleeper for a
+//! pending entry whose word is 0). Unlock is one atomic CAS, not
 //! "clear TID, then clear WAITERS", which is the bug glibc had (BZ #20985).
 
 use std::cell::UnsafeCell;

@@ -72,7 +72,12 @@ fn serde_too_large_and_empty_are_reported() -> Outcome {
     let (tx, rx) = serde_channel::<Vec<u8>>(256).ctx("serde_channel")?;
     let big = vec![7u8; 1000];
     ensure!(
-        matches!(tx.send(&big), Err(SerdeSendError::TooLarge { .. })),
+        matches!(
+            tx.send(&big),
+            Err(SerdeSendError::Send(
+                forkipc::ByteSendError::TooLarge { .. }
+            ))
+        ),
         "a 1000-byte value must not fit a 256-byte ring"
     );
     ensure!(

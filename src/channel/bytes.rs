@@ -48,7 +48,9 @@ pub struct ByteReceiver {
     pub(crate) core: RxCore,
 }
 
-fn send_err(f: Fail, timeout_is_full: bool) -> ByteSendError {
+/// Shapes a ring outcome as a byte-send error; `timeout_is_full`: a full ring at the deadline
+/// is a `Timeout` (the `_timeout` variants), not `Full`.
+pub(super) fn send_err(f: Fail, timeout_is_full: bool) -> ByteSendError {
     match f {
         Fail::Empty if timeout_is_full => ByteSendError::Timeout,
         Fail::Empty => ByteSendError::Full,

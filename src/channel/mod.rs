@@ -227,14 +227,11 @@ impl RxCore {
         self.c.max_message_len()
     }
 
-    /// Waits (per `mode`) until a record is committed, without consuming it.
+    /// Waits until a record is committed, without consuming it.
     #[inline]
-    pub(crate) fn wait_readable(&self, mode: Mode<'_>) -> Result<(), Fail> {
+    pub(crate) fn wait_readable(&self, deadline: Option<&Deadline>) -> Result<(), Fail> {
         self.own.check()?;
-        match mode {
-            Mode::Try => Ok(()),
-            Mode::Block(d) => self.c.wait_readable(d).map_err(|e| self.own.fail(e)),
-        }
+        self.c.wait_readable(deadline).map_err(|e| self.own.fail(e))
     }
 
     pub(crate) fn set_wait_policy(&self, p: WaitPolicy) {

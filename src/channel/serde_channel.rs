@@ -9,9 +9,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::bytes::send_err;
 use super::{Fail, Mode};
 use crate::sync::Deadline;
-use crate::{ByteReceiver, ByteSender, DisconnectReason, Error, WaitPolicy, byte_channel};
+use crate::{
+    ByteReceiver, ByteSendError, ByteSender, DisconnectReason, Error, WaitPolicy, byte_channel,
+};
 
 /// Creates a channel of serde messages over a byte ring of `capacity_bytes` (rounded up to a
 /// power of two; the largest encoded message is half of it minus 16 bytes).
@@ -56,22 +59,12 @@ pub struct SerdeReceiver<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-/// Why sending a serde message failed.
+/// Why sending a serde message failed: the byte channel's reason, or the encoder's.
 #[derive(Debug)]
 pub enum SerdeSendError {
-    /// The channel is disconnected.
-    Disconnected,
-    /// The ring is full (`try_send`).
-    Full,
-    /// The ring stayed full until the timeout (`send_timeout`).
-    Timeout,
-    /// The encoded message is larger than the ring can hold.
-    TooLarge {
-        /// Encoded length.
-        len: usize,
-        /// Largest accepted length.
-        max: usize,
-    },
+    /// As for a byte message: `Disconnected`, `Full` (`try_send`), `Timeout` (`send_timeout`)
+    /// or `TooLarge` (the encoded length exceeds the ring's maximum).
+    Send(ByteSendError),
     /// The value could not be encoded.
     Encode(postcard::Error),
 }
@@ -92,15 +85,7 @@ pub enum SerdeRecvError {
 impl std::fmt::Display for SerdeSendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SerdeSendError::Disconnected => f.write_str("sending on a disconnected channel"),
-            SerdeSendError::Full => f.write_str("sending on a full channel"),
-            SerdeSendError::Timeout => f.write_str("timed out waiting on send operation"),
-            SerdeSendError::TooLarge { len, max } => {
-                write!(
-                    f,
-                    "encoded message of {len} bytes exceeds the maximum of {max}"
-                )
-            }
+            SerdeSendError::Send(e) => e.fmt(f),
             SerdeSendError::Encode(e) => write!(f, "encoding failed: {e}"),
         }
     }
@@ -123,12 +108,12 @@ impl std::error::Error for SerdeRecvError {}
 impl<T: Serialize + DeserializeOwned> SerdeSender<T> {
     fn put(&self, value: &T, mode: Mode<'_>) -> Result<(), SerdeSendError> {
         let len = postcard::experimental::serialized_size(value).map_err(SerdeSendError::Encode)?;
-        let mut r = self.inner.core.reserve(len, mode).map_err(|f| match f {
-            Fail::Empty => SerdeSendError::Full,
-            Fail::Timeout => SerdeSendError::Timeout,
-            Fail::Disconnected => SerdeSendError::Disconnected,
-            Fail::TooLarge { len, max } => SerdeSendError::TooLarge { len, max },
-        })?;
+        let timeout_is_full = matches!(mode, Mode::Block(Some(_)));
+        let mut r = self
+            .inner
+            .core
+            .reserve(len, mode)
+            .map_err(|f| SerdeSendError::Send(send_err(f, timeout_is_full)))?;
         postcard::to_slice(value, r.as_mut_slice()).map_err(SerdeSendError::Encode)?;
         r.commit();
         Ok(())
@@ -147,10 +132,7 @@ impl<T: Serialize + DeserializeOwned> SerdeSender<T> {
     /// Encodes and sends `value`, waiting at most `timeout` for room.
     pub fn send_timeout(&self, value: &T, timeout: Duration) -> Result<(), SerdeSendError> {
         let d = Deadline::after(timeout);
-        self.put(value, Mode::Block(Some(&d))).map_err(|e| match e {
-            SerdeSendError::Full => SerdeSendError::Timeout,
-            e => e,
-        })
+        self.put(value, Mode::Block(Some(&d)))
     }
 
     /// Why this end is disconnected, if it is.

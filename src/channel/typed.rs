@@ -196,9 +196,12 @@ impl<T: Shareable + Copy> Receiver<T> {
     #[cold]
     #[inline(never)]
     fn take_slow(&self, mode: Mode<'_>) -> Result<T, Fail> {
-        self.core.wait_readable(mode)?;
-        if let Some(v) = self.take_fast() {
-            return Ok(v);
+        if let Mode::Block(deadline) = mode {
+            // Something may have arrived while we waited: the fast path first.
+            self.core.wait_readable(deadline)?;
+            if let Some(v) = self.take_fast() {
+                return Ok(v);
+            }
         }
         // Padding, another length, a closed or broken ring: the general, validating path.
         let g = self.core.read(mode)?;

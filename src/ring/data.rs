@@ -102,7 +102,8 @@ impl Data {
         debug_assert!(idx <= self.cap && n <= self.cap - idx);
         #[cfg(not(loom))]
         {
-            // SAFETY: bounds checked above; the producer owns reserved bytes exclusively (the
+            // SAFETY: `idx + n <= cap` (caller; debug-asserted above); the producer owns reserved
+            // bytes exclusively (the
             // consumer never writes the data area, and reads only committed records); `src` is
             // readable for `n` bytes (caller).
             unsafe { std::ptr::copy_nonoverlapping(src, self.base.as_ptr().add(idx), n) }
@@ -138,7 +139,8 @@ impl Data {
         debug_assert!(idx <= self.cap && n <= self.cap - idx);
         #[cfg(not(loom))]
         {
-            // SAFETY: bounds checked above; the bytes belong to a committed record that the
+            // SAFETY: `idx + n <= cap` (caller; debug-asserted above); the bytes belong to a
+            // committed record that the
             // producer will not touch until the consumer releases it; `dst` is writable (caller).
             unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(idx), dst, n) }
         }

@@ -554,7 +554,8 @@ impl Reservation<'_> {
     #[inline]
     pub(crate) unsafe fn write_raw(&mut self, src: *const u8, n: usize) {
         debug_assert!(n <= self.len);
-        // SAFETY: `n` fits the reserved payload (asserted); `src` is readable (caller).
+        // SAFETY: `n <= len` (caller; debug-asserted), so the copy stays in the reserved
+        // payload; `src` is readable (caller).
         unsafe { self.p.data.write_raw(self.rec + HDR, src, n) }
     }
 
@@ -576,24 +577,23 @@ impl Reservation<'_> {
     /// Publishes the message.
     #[inline]
     pub fn commit(self) {
-        let this = self;
-        let p = this.p;
+        let p = self.p;
         let data = &p.data;
         let cap = data.cap();
         // The slot after our record must read "empty" before the record becomes visible.
-        p.clear_slot(this.new_tail);
+        p.clear_slot(self.new_tail);
         // Release: pairs with the consumer's Acquire load of this header in `try_read`; makes
         // the payload and the cleared next header visible first.
-        data.header(this.rec)
-            .store(KIND_MSG << 32 | this.len as u64, Ordering::Release);
-        if let Some(pad) = this.pad {
+        data.header(self.rec)
+            .store(KIND_MSG << 32 | self.len as u64, Ordering::Release);
+        if let Some(pad) = self.pad {
             // Published last: the consumer reaches the record only through the padding.
             // Release: pairs with the consumer's Acquire load of this header in `try_read`,
             // which then finds the record (stored before) committed.
             data.header(pad)
                 .store(KIND_PAD << 32 | (cap - pad - HDR) as u64, Ordering::Release);
         }
-        p.tail.set(this.new_tail);
+        p.tail.set(self.new_tail);
         p.notify_consumer();
     }
 }
@@ -812,7 +812,8 @@ impl ReadGuard<'_> {
     #[inline]
     pub(crate) unsafe fn read_raw(&self, dst: *mut u8, n: usize) {
         debug_assert!(n <= self.len);
-        // SAFETY: `n` fits the validated payload (asserted); `dst` is writable (caller).
+        // SAFETY: `n <= len` (caller; debug-asserted), so the copy stays in the validated
+        // payload; `dst` is writable (caller).
         unsafe { self.c.data.read_raw(self.at, dst, n) }
     }
 
