@@ -27,7 +27,11 @@ pub enum Error {
     Corrupted,
     /// `fork` was called in a process with more than one thread.
     MultiThreaded,
-    /// The process table that tracks live endpoint owners is full.
+    /// `AnonRegion::alloc` was called in a process other than the one that created the
+    /// region (a fork child): its objects would overlap the creator's.
+    NotCreator,
+    /// The process table that tracks live endpoint owners is full (4 096 live processes that
+    /// own endpoints in one process tree).
     TooManyProcesses,
     /// An operating-system call failed.
     Io(std::io::Error),
@@ -49,7 +53,12 @@ impl fmt::Display for Error {
             Error::MultiThreaded => {
                 f.write_str("refusing to fork a process that has more than one thread")
             }
-            Error::TooManyProcesses => f.write_str("too many live processes own endpoints"),
+            Error::NotCreator => f.write_str(
+                "only the process that created an AnonRegion may allocate in it: allocate before forking",
+            ),
+            Error::TooManyProcesses => f.write_str(
+                "too many live processes own endpoints (the limit is 4096 per process tree)",
+            ),
             Error::Io(e) => write!(f, "system call failed: {e}"),
         }
     }

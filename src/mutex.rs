@@ -30,9 +30,16 @@
 //!
 //! Consequences: the owner is a *thread*. If the holding thread exits (or calls `execve`)
 //! while its process lives, the lock is reported as owner-died, exactly as for a POSIX robust
-//! mutex. A guard is not `Send`, so a lock is always released by the thread that took it. A
-//! region must not be unmapped while one of its mutexes is held (the guard borrows the region,
-//! so this takes a `mem::forget`): the kernel's walk of the list would stop there.
+//! mutex. A guard is not `Send`, so a lock is always released by the thread that took it.
+//!
+//! Robustness needs the word to stay mapped while it is linked, including after a guard is
+//! leaked with `mem::forget` (safe code). So a word is linked only if it lies in a live
+//! [`AnonRegion`](crate::AnonRegion), and a region does not unmap itself while any word of its
+//! process is linked (it leaks its mapping instead). A `ShmMutex` anywhere else (on the stack,
+//! in a `Box`) is an ordinary lock between the threads of one process: memory outside a shared
+//! mapping is never seen by another process. A thread keeps at most 32 words linked at once;
+//! a 33rd lock held at the same time is not robust. The robust-list code never reads a link
+//! back from shared memory (a peer may scribble it): see `sync::robust`.
 //!
 //! Lock: announce the operation in `list_op_pending`, CAS `0 → tid` (Acquire), link the entry,
 //! clear `list_op_pending`. Unlock: announce, unlink, one CAS from our TID (with whatever
@@ -41,6 +48,13 @@
 //! entry is listed or pending) or an unlocked word (and the kernel wakes a sleeper for a
 //! pending entry whose word is 0). Unlock is one atomic CAS, not
 //! "clear TID, then clear WAITERS", which is the bug glibc had (BZ #20985).
+//!
+//! A waiter keeps the word in `list_op_pending` while it sleeps (glibc does the same): the
+//! kernel wakes only one waiter per death or unlock, and if that waiter is killed before it
+//! takes the lock, the kernel's handling of its pending word (owner bits 0) wakes the next.
+//!
+//! The lock is not fair: a thread that unlocks and locks again at once usually wins over a
+//! sleeping waiter (no hand-off), which is what makes the uncontended path cheap.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -49,7 +63,8 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use crate::region::Shareable;
-use crate::sync::robust::{RobustWord, current_tid};
+use crate::sync::ident::{Ident, current_ident, current_tid};
+use crate::sync::robust::{Link, Placement, RobustWord, unlink};
 use crate::sync::spin::Spinner;
 use crate::sync::{Deadline, Ordering, WaitPolicy, Wake};
 use crate::sys::{FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS};
@@ -169,38 +184,51 @@ impl<T> ShmMutex<T> {
         self.data.into_inner()
     }
 
-    /// Tries to take the word once. `Ok(true)`: taken from a dead owner.
+    /// Tries to take the word once, linking it into this thread's robust list if taken.
+    /// `Some(owner_died)` if taken. The caller has announced the word in `list_op_pending`.
     #[inline]
-    fn try_take(&self, cur: u32, tid: u32, waited: bool) -> Option<bool> {
+    fn try_take(&self, cur: u32, tid: u32, waited: bool) -> Option<(bool, Option<Link>)> {
         if cur & FUTEX_TID_MASK != 0 {
             return None;
         }
         // If we slept, others may sleep too: keep WAITERS set so our unlock wakes them.
         let new = tid | (cur & FUTEX_WAITERS) | if waited { FUTEX_WAITERS } else { 0 };
-        self.word.begin_op();
         // Acquire: pairs with the Release CAS in `unlock`, so the previous holder's writes to
         // the data are visible to us.
-        let taken = self
-            .word
+        self.word
             .compare_exchange(cur, new, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok();
-        if taken {
-            // SAFETY: we just took the word, and the entry is in no live list (its last holder
-            // unlinked it, or died and its list is gone).
-            unsafe { self.word.link() };
+            .ok()?;
+        Some((cur & FUTEX_OWNER_DIED != 0, self.link()))
+    }
+
+    /// Links the (just taken) word into this thread's robust list, if it lies in a live
+    /// `AnonRegion`: only such memory is known to stay mapped while linked (a region does not
+    /// unmap itself while any word of this process is linked). A mutex elsewhere (stack, heap)
+    /// is private to one process, whose threads see each other's unwinding; it is not linked.
+    #[inline]
+    fn link(&self) -> Option<Link> {
+        #[cfg(not(loom))]
+        if !crate::region::holds(
+            std::ptr::from_ref(&self.word) as usize,
+            std::mem::size_of::<RobustWord>(),
+        ) {
+            return None;
         }
-        self.word.end_op();
-        taken.then_some(cur & FUTEX_OWNER_DIED != 0)
+        // SAFETY: we just took the word; it lies in a live region, which stays mapped while
+        // the link lasts (`AnonRegion::drop` checks `linked_count`).
+        unsafe { self.word.link(Placement::Next) }
     }
 
     fn guard(
         &self,
         tid: u32,
-        owner_died: bool,
+        (owner_died, link): (bool, Option<Link>),
     ) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
         let g = ShmMutexGuard {
             mutex: self,
             tid,
+            process: current_ident(),
+            link,
             inconsistent: owner_died,
             _not_send: PhantomData,
         };
@@ -217,13 +245,22 @@ impl<T> ShmMutex<T> {
         block: bool,
     ) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
         let tid = current_tid();
-        // Fast path: uncontended, no system call.
-        if let Some(died) = self.try_take(0, tid, false) {
-            return self.guard(tid, died);
+        // Fast path: uncontended, no system call. `list_op_pending` covers the window between
+        // taking the word and linking it.
+        self.word.begin_op();
+        let taken = self.try_take(0, tid, false);
+        self.word.end_op();
+        if let Some(t) = taken {
+            return self.guard(tid, t);
         }
         self.lock_slow(tid, deadline, block)
     }
 
+    /// The contended path. The word stays announced in `list_op_pending` for the whole wait,
+    /// as glibc does for its robust mutexes: the kernel wakes *one* waiter when a holder dies
+    /// (or an unlock wakes one), and if that waiter is killed before it takes the lock, the
+    /// kernel's handling of its pending operation (owner bits 0: wake one waiter) passes the
+    /// wake-up on. No single death can leave the others asleep on a free lock.
     #[cold]
     fn lock_slow(
         &self,
@@ -231,6 +268,21 @@ impl<T> ShmMutex<T> {
         deadline: Option<&Deadline>,
         block: bool,
     ) -> Result<ShmMutexGuard<'_, T>, TryLockError<'_, T>> {
+        self.word.begin_op();
+        let r = self.lock_wait(tid, deadline, block);
+        self.word.end_op();
+        match r {
+            Ok(t) => self.guard(tid, t),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock_wait(
+        &self,
+        tid: u32,
+        deadline: Option<&Deadline>,
+        block: bool,
+    ) -> Result<(bool, Option<Link>), TryLockError<'_, T>> {
         let mut spinner = Spinner::new(WaitPolicy::Adaptive(Duration::from_micros(20)));
         let mut waited = false;
         loop {
@@ -238,8 +290,8 @@ impl<T> ShmMutex<T> {
             if cur & FUTEX_TID_MASK == NOT_RECOVERABLE {
                 return Err(TryLockError::NotRecoverable);
             }
-            if let Some(died) = self.try_take(cur, tid, waited) {
-                return self.guard(tid, died);
+            if let Some(t) = self.try_take(cur, tid, waited) {
+                return Ok(t);
             }
             if cur & FUTEX_TID_MASK == 0 {
                 continue; // lost a race for a free word: look again
@@ -270,20 +322,20 @@ impl<T> ShmMutex<T> {
         }
     }
 
-    fn unlock(&self, tid: u32, inconsistent: bool) {
-        if current_tid() != tid {
+    fn unlock(&self, g: &ShmMutexGuard<'_, T>) {
+        if current_ident() != g.process || current_tid() != g.tid {
             // A guard copied into a fork child: the lock (and the robust-list entry) belong to
             // the parent's thread. Touch nothing.
             return;
         }
-        let new = if inconsistent { NOT_RECOVERABLE } else { 0 };
+        let tid = g.tid;
+        let new = if g.inconsistent { NOT_RECOVERABLE } else { 0 };
         self.word.begin_op();
-        // Always unlink: this thread linked the entry when it took the word, whatever has
-        // happened to the word since (a peer may have scribbled over it); an entry left in the
-        // list after the guard is gone would corrupt the list later.
-        // SAFETY: we linked the entry in this thread when we took the word (the guard is not
-        // Send, and a guard copied into a fork child returned above).
-        unsafe { self.word.unlink() };
+        if let Some(l) = g.link {
+            // SAFETY: this thread linked it when it took the word (the guard is not Send, and
+            // a guard copied into a fork child returned above).
+            unsafe { unlink(l) };
+        }
         // Release the word only if it still names us (one CAS, never "clear TID then clear
         // WAITERS" in two steps).
         let mut cur = self.word.load(Ordering::Relaxed);
@@ -295,7 +347,7 @@ impl<T> ShmMutex<T> {
                 .compare_exchange(cur, new, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    if inconsistent {
+                    if g.inconsistent {
                         self.word.wake(i32::MAX);
                     } else if cur & FUTEX_WAITERS != 0 {
                         self.word.wake(1);
@@ -329,7 +381,11 @@ impl<T> fmt::Debug for ShmMutex<T> {
 /// Holds the lock; releases it on drop. Not `Send`: the thread that locked unlocks.
 pub struct ShmMutexGuard<'a, T> {
     mutex: &'a ShmMutex<T>,
+    /// The locking thread, and its process (a copy carried into a fork child is inert).
     tid: u32,
+    process: Ident,
+    /// This thread's robust-list link, if the word was linked.
+    link: Option<Link>,
     inconsistent: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -376,12 +432,13 @@ impl<T> ShmMutexGuard<'_, T> {
 }
 
 impl<T> ShmMutexGuard<'_, T> {
-    /// A guard is usable only by the thread that locked; the one way to break that through the
-    /// safe API is to carry it into a fork child, where it must not touch the parent's data.
+    /// A guard is usable only in the process that locked (by any of its threads, as the guard
+    /// is `Sync`); the one way to break that through the safe API is to carry it into a fork
+    /// child, where it must not touch the data the parent's thread holds.
     #[inline]
     fn check_holder(&self) {
         assert!(
-            current_tid() == self.tid,
+            current_ident() == self.process,
             "ShmMutexGuard used in a forked child: the lock is held by the parent"
         );
     }
@@ -406,7 +463,7 @@ impl<T> DerefMut for ShmMutexGuard<'_, T> {
 
 impl<T> Drop for ShmMutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.mutex.unlock(self.tid, self.inconsistent);
+        self.mutex.unlock(self);
     }
 }
 

@@ -13,16 +13,28 @@
 //! that needs it (before it forks) and inherited by every descendant; never unmapped.
 //! slot (64 bytes, repr(C))
 //!   0  word   robust word: 0 free | RESERVED | tid | OWNER_DIED, plus WAITERS (bit 31)
-//!  24  prev   \ robust-list entry, meaningful only to the holding thread
-//!  32  next   /
+//!  24  prev   unused (glibc's layout)
+//!  32  next   robust-list entry, written by the holder, never read back (see `sync::robust`)
 //!  40  gen    bumped each time the slot is claimed; references carry (slot, gen)
 //! ```
 //!
-//! `RESERVED` (TID value `0x3fff_fffe`, impossible for a thread) marks a slot that a parent
-//! claimed for a child it is forking: the child takes it over with its own TID before running
-//! the user's code, and the parent waits for that (or for the child's exit, in which case it
-//! marks the slot dead itself). Reserving before the fork means the endpoints handed to the
-//! child point at the child's slot from the first instant.
+//! A forking parent claims a slot for the child *with its own TID* and names it in its
+//! thread's `list_op_pending` (not in the list, which the child's copy of the slot will join):
+//! if the parent dies before the child has taken the slot (before, during or right after the
+//! fork) the kernel marks the slot dead. The child takes it over with its own TID before
+//! running the user's code (or, if the parent is already dead, exits at once), and the parent
+//! waits for that, or for the child's exit (then it marks the slot dead itself). Reserving
+//! before the fork means the endpoints handed to the child point at the child's slot from the
+//! first instant. `RESERVED` (TID value `0x3fff_fffe`, impossible for a thread) is only the
+//! short state of a slot a process claims for itself, before it takes it.
+//!
+//! The kernel wakes *one* sleeper on a presence word when its owner dies. Every sleeper names
+//! the word in its own `list_op_pending` while it sleeps, so if the woken one is killed before
+//! it passes the news on (`pass_on_death`), the kernel's handling of its pending word wakes the
+//! next one.
+//!
+//! Trust: the table is shared by the whole process tree, so a compromised process can forge the
+//! liveness of any slot (keep a dead process looking alive). Timeouts bound what that costs.
 //!
 //! The slot is held by a thread: the one that first needed presence in this process (for a fork
 //! child, its only thread). If that thread exits while the process lives, the process looks dead
@@ -69,13 +81,23 @@ mod loom_stub {
         None
     }
     pub(crate) fn pass_on_death(_: PresenceRef) {}
+    pub(crate) fn announce_waiter(_: PresenceRef) {}
+    pub(crate) fn waiter_done() {}
     // `fork` is never called under loom; these keep `process.rs` compiling.
-    pub(crate) fn reserve_for_child() -> Result<PresenceRef, Error> {
-        Ok(PresenceRef::NONE)
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Reservation {
+        pub(crate) r: PresenceRef,
     }
-    pub(crate) fn adopt(_: PresenceRef) {}
-    pub(crate) fn await_adoption(_: PresenceRef, _pid: u32) {}
-    pub(crate) fn release_reservation(_: PresenceRef) {}
+    pub(crate) fn reserve_for_child() -> Result<Reservation, Error> {
+        Ok(Reservation {
+            r: PresenceRef::NONE,
+        })
+    }
+    pub(crate) fn adopt(_: Reservation) -> bool {
+        true
+    }
+    pub(crate) fn await_adoption(_: Reservation, _pid: u32) {}
+    pub(crate) fn release_reservation(_: Reservation) {}
 }
 #[cfg(loom)]
 pub(crate) use loom_stub::*;
@@ -84,11 +106,12 @@ pub(crate) use loom_stub::*;
 mod native {
     use super::*;
     use crate::sync::Ordering;
-    use crate::sync::robust::{current_pid, current_tid};
+    use crate::sync::ident::{current_pid, current_tid};
+    use crate::sync::robust::Placement;
     use std::sync::OnceLock;
     use std::sync::atomic::AtomicU64;
 
-    const SLOTS: usize = 4096;
+    pub(crate) const SLOTS: usize = 4096;
     const RESERVED: u32 = FUTEX_TID_MASK - 1;
 
     #[repr(C, align(64))]
@@ -101,48 +124,68 @@ mod native {
     static TABLE: OnceLock<usize> = OnceLock::new();
     /// This process's own slot reference (0: none yet). Reset in a fork child.
     static MINE: AtomicU64 = AtomicU64::new(0);
-    /// Serialises claiming within the process.
+    /// Serialises claiming (and the table's creation) within the process.
     static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
 
-    pub(crate) fn after_fork_in_child() {
+    /// Runs in the child of every libc fork: the child's presence is not the parent's.
+    extern "C" fn after_fork_in_child() {
+        // Relaxed: the child has one thread.
         MINE.store(0, Ordering::Relaxed);
     }
 
-    fn table() -> Result<&'static [Slot], Error> {
+    /// The table, if this process tree has made it.
+    fn table() -> Option<&'static [Slot]> {
+        let base = *TABLE.get()?;
+        // SAFETY: `base` is a live, never-unmapped, zero-filled mapping of SLOTS slots; a
+        // zeroed `Slot` is a valid free slot (atomics and plain integers).
+        Some(unsafe { std::slice::from_raw_parts(base as *const Slot, SLOTS) })
+    }
+
+    /// The table, made on first use. The caller holds `CLAIM`, so two threads never both make
+    /// one (and leak the loser's mapping).
+    fn table_or_create() -> Result<&'static [Slot], Error> {
         if TABLE.get().is_none() {
-            let region = crate::AnonRegion::new(SLOTS * std::mem::size_of::<Slot>())?;
-            let base = region.as_ptr() as usize;
+            AT_FORK.call_once(|| crate::sys::at_fork_child(after_fork_in_child));
+            let region = crate::AnonRegion::new_unregistered(SLOTS * std::mem::size_of::<Slot>())?;
             // The table lives as long as the process; its pages are freed with the last process
             // that maps it.
+            let base = region.as_ptr() as usize;
             std::mem::forget(region);
             let _ = TABLE.set(base);
         }
-        let base = *TABLE.get().ok_or(Error::TooManyProcesses)?;
-        // SAFETY: `base` is a live, never-unmapped, zero-filled mapping of SLOTS slots; a
-        // zeroed `Slot` is a valid free slot (atomics and plain integers).
-        Ok(unsafe { std::slice::from_raw_parts(base as *const Slot, SLOTS) })
+        table().ok_or(Error::TooManyProcesses)
     }
 
     fn split(r: PresenceRef) -> Option<(&'static Slot, u32)> {
         let idx = (r.0 >> 32).checked_sub(1)? as usize;
-        let slots = table().ok()?;
-        Some((slots.get(idx)?, r.0 as u32))
+        Some((table()?.get(idx)?, r.0 as u32))
     }
 
-    /// Claims a free or dead slot, leaving it `RESERVED`. Returns the new reference.
-    fn claim() -> Result<PresenceRef, Error> {
-        let slots = table()?;
+    /// Claims a free or dead slot, leaving `value` (a TID or `RESERVED`) in its word.
+    /// Returns the new reference. The caller holds `CLAIM`.
+    fn claim(value: u32) -> Result<PresenceRef, Error> {
+        let slots = table_or_create()?;
         let start = current_pid() as usize % SLOTS;
         for k in 0..SLOTS {
             let i = (start + k) % SLOTS;
             let s = &slots[i];
+            // SeqCst on the presence words and generations: claim, take, check and arm form
+            // one protocol across processes (a word read before a generation, a recycle that
+            // changes the word before the generation); total order keeps the argument simple,
+            // and none of these is on a per-message path except `check`'s loads, which are
+            // plain `mov`s on x86 anyway.
             let w = s.word.load(Ordering::SeqCst);
             if w & FUTEX_TID_MASK != 0 {
                 continue;
             }
-            let reserved = RESERVED | (w & FUTEX_WAITERS);
             if s.word
-                .compare_exchange(w, reserved, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(
+                    w,
+                    value | (w & FUTEX_WAITERS),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
                 .is_err()
             {
                 continue;
@@ -157,14 +200,15 @@ mod native {
         Err(Error::TooManyProcesses)
     }
 
-    /// Takes a `RESERVED` slot with the calling thread's TID and links it into its robust list.
-    fn take(r: PresenceRef) -> bool {
+    /// Takes slot `r`, whose word holds `from` (plus `WAITERS`), with the calling thread's TID
+    /// and links it first into its robust list. `false` if the word holds anything else.
+    fn take(r: PresenceRef, from: u32) -> bool {
         let Some((s, _)) = split(r) else { return false };
         let tid = current_tid();
         s.word.begin_op();
         let mut cur = s.word.load(Ordering::SeqCst);
         let taken = loop {
-            if cur & FUTEX_TID_MASK != RESERVED {
+            if cur & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != from {
                 break false;
             }
             match s.word.compare_exchange(
@@ -178,9 +222,11 @@ mod native {
             }
         };
         if taken {
-            // SAFETY: we just put our TID in the word; the entry is in no live list (the slot was
-            // free, dead, or reserved).
-            unsafe { s.word.link() };
+            // SAFETY: we just put our TID in the word; the table is never unmapped. Kept
+            // first in the list, so the kernel reaches it through private memory only.
+            // (`None` means the list is unusable: death is then noticed only by the 20 ms
+            // fallback checks of `check`'s callers... which cannot see it either; documented.)
+            let _ = unsafe { s.word.link(Placement::First) };
         }
         s.word.end_op();
         if taken && cur & FUTEX_WAITERS != 0 {
@@ -201,8 +247,10 @@ mod native {
         if mine.0 != 0 && check(mine) == Liveness::Alive {
             return Ok(mine);
         }
-        let r = claim()?;
-        if !take(r) {
+        // Claimed as RESERVED, then taken with our TID under `list_op_pending`: a death in
+        // between leaves a slot nobody refers to yet.
+        let r = claim(RESERVED)?;
+        if !take(r, RESERVED) {
             return Err(Error::Corrupted);
         }
         MINE.store(r.0, Ordering::Relaxed);
@@ -212,6 +260,7 @@ mod native {
     /// Whether the owner behind `r` is alive. Reads the word, then the generation: a slot being
     /// recycled changes the word first (see `claim`), so a stale generation is always caught
     /// either here or by the wake-up `take` sends.
+    #[inline]
     pub(crate) fn check(r: PresenceRef) -> Liveness {
         if r.0 == 0 {
             return Liveness::Alive;
@@ -255,6 +304,21 @@ mod native {
         }
     }
 
+    /// Before sleeping on `r`'s word: name it in this thread's `list_op_pending`. The kernel
+    /// wakes *one* sleeper when `r`'s owner dies; if that sleeper is killed before it passes
+    /// the news on, the kernel's handling of its pending word (owner bits 0 after a death)
+    /// wakes the next sleeper. Undone by [`waiter_done`], after [`pass_on_death`].
+    pub(crate) fn announce_waiter(r: PresenceRef) {
+        if let Some((s, _)) = split(r) {
+            s.word.begin_op();
+        }
+    }
+
+    /// Ends what [`announce_waiter`] began.
+    pub(crate) fn waiter_done() {
+        crate::sync::robust::end_op();
+    }
+
     /// The kernel wakes one sleeper per death; whoever sees the death wakes the rest.
     pub(crate) fn pass_on_death(r: PresenceRef) {
         if let Some((s, _)) = split(r) {
@@ -262,40 +326,56 @@ mod native {
         }
     }
 
-    /// Parent, before fork: a slot for the child, `RESERVED` until the child takes it.
-    pub(crate) fn reserve_for_child() -> Result<PresenceRef, Error> {
-        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
-        claim()
+    /// A slot reserved by a forking parent for its child. Its word holds the forking thread's
+    /// TID and is named in that thread's `list_op_pending` until the child has taken it, so
+    /// the kernel marks it dead if the parent dies first (before, during or right after the
+    /// fork); the child takes it over with its own TID.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Reservation {
+        pub(crate) r: PresenceRef,
+        parent_tid: u32,
     }
 
-    /// Child, right after fork: take the slot the parent reserved.
-    pub(crate) fn adopt(r: PresenceRef) {
-        if take(r) {
-            MINE.store(r.0, Ordering::Relaxed);
+    /// Parent, before fork: a slot for the child.
+    pub(crate) fn reserve_for_child() -> Result<Reservation, Error> {
+        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        let tid = current_tid();
+        let r = claim(tid)?;
+        if let Some((s, _)) = split(r) {
+            // Nobody refers to `r` before this returns, so a death just before this line only
+            // leaks the slot.
+            s.word.begin_op();
+        }
+        Ok(Reservation { r, parent_tid: tid })
+    }
+
+    /// Child, right after fork: take the slot the parent reserved. `false`: the parent died
+    /// before the child could (the kernel marked the slot dead).
+    pub(crate) fn adopt(res: Reservation) -> bool {
+        if take(res.r, res.parent_tid) {
+            MINE.store(res.r.0, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
     }
 
     /// Parent, after fork: wait until the child has taken its slot, or has died without doing
-    /// so (then mark the slot dead, so the peers of the child's endpoints see it).
-    pub(crate) fn await_adoption(r: PresenceRef, pid: u32) {
-        let Some((s, _)) = split(r) else { return };
+    /// so (then mark the slot dead, so the peers of the child's endpoints see it), then stop
+    /// naming it in `list_op_pending`.
+    pub(crate) fn await_adoption(res: Reservation, pid: u32) {
+        let Some((s, _)) = split(res.r) else {
+            crate::sync::robust::end_op();
+            return;
+        };
         loop {
             let w = s.word.load(Ordering::SeqCst);
-            if w & FUTEX_TID_MASK != RESERVED {
-                return;
+            if w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != res.parent_tid {
+                break; // adopted (or scribbled over: then it is not ours to fix)
             }
             if child_exited(pid) {
-                if s.word
-                    .compare_exchange(
-                        w,
-                        FUTEX_OWNER_DIED | (w & FUTEX_WAITERS),
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_ok()
-                {
-                    s.word.wake(i32::MAX);
-                    return;
+                if mark_dead(s, w) {
+                    break;
                 }
                 continue;
             }
@@ -311,22 +391,37 @@ mod native {
             let d = crate::sys::Deadline::after(std::time::Duration::from_millis(5));
             s.word.wait(armed, Some(&d));
         }
+        crate::sync::robust::end_op();
     }
 
-    /// Parent, when fork failed: give the reserved slot back (as dead, so nothing waits on it).
-    pub(crate) fn release_reservation(r: PresenceRef) {
-        if let Some((s, _)) = split(r) {
+    /// Parent, when fork failed: give the reserved slot back (as dead). The caller has already
+    /// pointed the endpoints back at its own presence, so a peer that reads the dead slot
+    /// re-reads the owner and finds the parent (see `ring`'s owner checks).
+    pub(crate) fn release_reservation(res: Reservation) {
+        if let Some((s, _)) = split(res.r) {
             let w = s.word.load(Ordering::SeqCst);
-            if w & FUTEX_TID_MASK == RESERVED {
-                let _ = s.word.compare_exchange(
-                    w,
-                    FUTEX_OWNER_DIED | (w & FUTEX_WAITERS),
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-                s.word.wake(i32::MAX);
+            if w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) == res.parent_tid {
+                mark_dead(s, w);
             }
         }
+        crate::sync::robust::end_op();
+    }
+
+    /// Marks a slot whose word still is `w` dead, as the kernel would, and wakes its sleepers.
+    fn mark_dead(s: &Slot, w: u32) -> bool {
+        let ok = s
+            .word
+            .compare_exchange(
+                w,
+                FUTEX_OWNER_DIED | (w & FUTEX_WAITERS),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if ok {
+            s.word.wake(i32::MAX);
+        }
+        ok
     }
 
     /// Whether child `pid` has exited, without reaping it.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::channel::{ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender};
-use crate::presence::{self, PresenceRef};
-use crate::sync::robust::{current_pid, ensure_fork_hook};
+use crate::presence;
+use crate::sync::ident::current_ident;
 
 mod sealed {
     /// Proof that a `Transfer` method is called by this crate.
@@ -26,16 +26,17 @@ use sealed::Token;
 ///
 /// # How ownership works across `fork`
 ///
-/// Every endpoint records the pid of the process that owns it (process-local memory, not the
-/// shared ring). Creating a channel makes the calling process the owner of both ends. `fork`
+/// Every endpoint records the identity of the process that owns it (its pid and fork depth, in
+/// process-local memory, not the shared ring). Creating a channel makes the calling process the owner of both ends. `fork`
 /// hands the ends you pass it to the child: before forking it records, in the ring's shared
 /// header, that the side now belongs to a presence slot reserved for the child; in the child it
-/// sets the endpoints' owner to the child's pid; in the parent it disowns its copies (owner 0),
+/// sets the endpoints' owner to the child's identity; in the parent it disowns its copies (owner 0),
 /// so dropping them closes nothing. Every other copy a process inherits through `fork` names
 /// another process as its owner and is inert there: each operation first compares the owner
-/// with the current pid (cached, so no system call) and returns `Disconnected` with reason
+/// with the current identity (cached, so no system call) and returns `Disconnected` with reason
 /// [`DisconnectReason::NotOwner`](crate::DisconnectReason::NotOwner) without touching the
-/// ring, and its drop closes nothing. An end moves only by being moved into `fork`, and
+/// ring, and its drop closes nothing. A process that inherits copies and later gets a dead
+/// owner's pid back is still not their owner (its fork depth differs). An end moves only by being moved into `fork`, and
 /// endpoints are `Send` but not `Sync`, so at most one process, and one thread in it, uses each
 /// end of a ring through the safe API.
 ///
@@ -100,6 +101,10 @@ transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
 /// Forks the process. The child runs `child(ends)` and exits with its return value; the parent
 /// gets a [`Child`] handle.
 ///
+/// Exit status: the closure's return value; **101** if the closure panicked (as a Rust
+/// program's `main` does); **125** if the parent died while forking, before the child could
+/// take over its endpoints (the closure then does not run).
+///
 /// `ends` (an endpoint, a tuple of them, or `()`) moves to the child: the child owns those
 /// endpoints, and the parent's copies vanish without closing anything. Endpoints not passed
 /// stay the parent's; the child's copies of them are inert (using one returns
@@ -124,8 +129,9 @@ pub fn fork<E: Transfer, F: FnOnce(E) -> i32>(ends: E, child: F) -> Result<Child
     if crate::sys::thread_count()? > 1 {
         return Err(Error::MultiThreaded);
     }
-    // SAFETY: the process has exactly one thread (checked just above).
-    unsafe { fork_unchecked(ends, child) }
+    // SAFETY: the process has exactly one thread (checked just above), so the child may do
+    // anything, including flushing stdout at exit.
+    unsafe { fork_inner(ends, child, true) }
 }
 
 /// As [`fork`], without the single-thread check.
@@ -134,14 +140,33 @@ pub fn fork<E: Transfer, F: FnOnce(E) -> i32>(ends: E, child: F) -> Result<Child
 /// If the process has other threads, the child must not touch anything they might have held
 /// locked at the moment of the fork: in practice the closure may use only async-signal-safe
 /// operations (no allocation, no stdout, no std locks). forkipc's own operations on endpoints
-/// passed in `ends` allocate nothing on the fast path, but `fork_unchecked` itself may
-/// allocate in the child on an error path; keep the closure small.
+/// passed in `ends` allocate nothing on the fast path, and the child's side of this function
+/// does only async-signal-safe work itself (it does not flush stdout when the closure returns:
+/// the child exits with `_exit`, so flush what the closure printed yourself if it may).
 pub unsafe fn fork_unchecked<E: Transfer, F: FnOnce(E) -> i32>(
     ends: E,
     child: F,
 ) -> Result<Child, Error> {
-    ensure_fork_hook();
+    // SAFETY: the caller's contract, passed on; no flush in the child.
+    unsafe { fork_inner(ends, child, false) }
+}
+
+/// Exit status of a child whose parent died while forking it, before the child could take
+/// over its endpoints: the child leaves at once instead of running the closure.
+pub(crate) const PARENT_DIED_IN_FORK: i32 = 125;
+
+/// # Safety
+/// As `fork_unchecked`; `single_threaded` promises the process had one thread at the fork.
+unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
+    ends: E,
+    child: F,
+    single_threaded: bool,
+) -> Result<Child, Error> {
+    crate::sync::ident::ensure_fork_hook();
     let token = Token(());
+    // Whatever sits in stdout's buffer would otherwise be written twice. Done first: it may
+    // block (a full pipe), and nothing is reserved yet.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     // Which of the ends this process owns (and so hands over); the rest stay inert.
     let mut owned: Vec<bool> = Vec::new();
     ends.for_each_core(&token, &mut |c| owned.push(c.is_owned()));
@@ -154,49 +179,62 @@ pub unsafe fn fork_unchecked<E: Transfer, F: FnOnce(E) -> i32>(
             i += 1;
         });
     };
-    let reservation = if owned.contains(&true) {
-        let r = presence::reserve_for_child()?;
-        for_each_owned(&mut |c| c.set_presence(r));
-        Some(r)
+    let me = if owned.contains(&true) {
+        Some(presence::current()?)
     } else {
         None
     };
-    // Whatever sits in stdout's buffer would otherwise be written twice.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let reservation = match me {
+        Some(_) => {
+            let res = presence::reserve_for_child()?;
+            for_each_owned(&mut |c| c.set_presence(res.r));
+            Some(res)
+        }
+        None => None,
+    };
 
     // SAFETY: fork has no memory-safety preconditions; what the child may do is the caller's
     // contract (single-threaded for the safe `fork`).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let err = std::io::Error::last_os_error();
-        if let Some(r) = reservation {
-            let me = presence::current().unwrap_or(PresenceRef::NONE);
+        if let (Some(res), Some(me)) = (reservation, me) {
+            // Give the ends back to this process *before* the reserved slot dies, so a peer
+            // that sees the slot dead re-reads the owner and finds us alive.
             for_each_owned(&mut |c| c.set_presence(me));
-            presence::release_reservation(r);
+            presence::release_reservation(res);
         }
         return Err(Error::Io(err));
     }
     if pid == 0 {
-        // Child. The fork hook has reset the cached pid, TID and presence.
-        if let Some(r) = reservation {
-            presence::adopt(r);
-            let me = current_pid();
+        // Child. The fork hooks have reset the cached pid, identity, TID and presence.
+        if let Some(res) = reservation {
+            if !presence::adopt(res) {
+                // The parent died before we could take our slot: its peers already see us as
+                // dead. Leave without running the closure.
+                // SAFETY: `_exit` ends the process at once; nothing of ours needs running.
+                unsafe { libc::_exit(PARENT_DIED_IN_FORK) };
+            }
+            let me = current_ident();
             // Take the ends that the parent owned; ones it did not own stay inert.
-            for_each_owned(&mut |c| c.set_owner_pid(me));
+            for_each_owned(&mut |c| c.set_owner(me));
         }
         let code = catch_unwind(AssertUnwindSafe(|| child(ends))).unwrap_or(101);
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        if single_threaded {
+            // Only safe when no other thread can have held stdout's lock at the fork.
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
         // SAFETY: `_exit` ends the process without unwinding or running the parent's atexit
         // handlers and destructors, which belong to the parent.
         unsafe { libc::_exit(code) };
     }
     // Parent: forget our copies of the handed-over ends without closing them.
     let pid = pid as u32;
-    for_each_owned(&mut |c| c.set_owner_pid(0));
+    for_each_owned(&mut |c| c.set_owner(0));
     drop(ends);
     let pidfd = crate::sys::pidfd_open(pid);
-    if let Some(r) = reservation {
-        presence::await_adoption(r, pid);
+    if let Some(res) = reservation {
+        presence::await_adoption(res, pid);
     }
     Ok(Child {
         pid,

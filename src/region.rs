@@ -5,15 +5,28 @@
 //! +-----------+---------+-----------+---------+------ ... ------+
 //! | value 0   | pad     | value 1   | pad     |  free           |
 //! +-----------+---------+-----------+---------+------ ... ------+
-//! 0                                           ^ next (bump offset, private to each process)
+//! 0                                           ^ next (bump offset, in the creator's memory)
 //! ```
 //!
 //! The mapping is made before `fork`, so parent and child see the same physical pages at the
 //! same address. Placement is a bump allocator: `alloc` rounds the offset up to the value's
-//! alignment, writes the value and returns a reference that lives as long as the region. The
-//! bump offset is process-private: after a fork each process allocates on its own, so allocate
-//! everything shared *before* forking. Values are never dropped (`Shareable` types have no
-//! drop glue); the whole mapping is unmapped when the region is dropped.
+//! alignment, writes the value and returns a reference that lives as long as the region.
+//!
+//! Only the process that created the region may `alloc` in it (`Error::NotCreator` elsewhere):
+//! the bump offset is private process memory, so a fork child that allocated from its copy
+//! would place its objects on the very bytes where the parent places its own. The creator is
+//! named by its process identity (pid and fork depth, see `sync::ident`), which no descendant
+//! can have. Allocate what the children need before forking; the parent may go on allocating
+//! afterwards (the children cannot see those objects, but nothing overlaps).
+//!
+//! Values are never dropped (`Shareable` types have no drop glue); the whole mapping is
+//! unmapped when the region is dropped, **unless** this process still has a robust lock word
+//! linked into a thread's robust list (a `ShmMutexGuard` alive on another thread, or leaked
+//! with `mem::forget`): the kernel reads those words when the thread dies, so the region then
+//! leaks its mapping instead of unmapping memory the kernel will walk.
+//!
+//! Live regions are recorded in a small process-wide registry (address ranges only), which
+//! `ShmMutex` consults to link only words that lie in a region into the robust list.
 //!
 //! Under `cfg(loom)` the region is heap memory (loom atomics cannot live in an mmap'd page), and
 //! "parent" and "child" are loom threads.
@@ -22,14 +35,22 @@ use std::cell::Cell;
 use std::ptr::NonNull;
 
 use crate::Error;
+use crate::sync::ident::{Ident, current_ident};
 
 /// Plain data that is valid in memory shared between processes.
 ///
+/// Another process can write any bytes over a shared value at any time (a buggy or
+/// compromised peer), so a `Shareable` type must be valid for **every bit pattern**: integers,
+/// floats, std atomics, arrays of them, `ShmMutex` of them. `bool` and `char` are not
+/// `Shareable` (a peer writing 7 into a shared `bool` would make every read of it undefined
+/// behaviour); share an `AtomicBool`, a `u8` or a `u32` instead. Typed channels use bytemuck's
+/// traits instead (see [`Plain`](crate::Plain)).
+///
 /// # Safety
-/// Implementors must contain no pointers or references (their values are meaningless in
-/// another process), no heap ownership, and no drop glue, and any interior mutability must be
-/// safe across processes (atomics, `ShmMutex`). Add it to `#[repr(C)]` structs whose fields
-/// are all `Shareable`.
+/// Implementors must be valid for every bit pattern, contain no pointers or references (their
+/// values are meaningless in another process), no heap ownership, and no drop glue, and any
+/// interior mutability must be safe across processes (atomics, `ShmMutex`). Add it to
+/// `#[repr(C)]` structs whose fields are all `Shareable` and that have no padding.
 pub unsafe trait Shareable: Sized {}
 
 macro_rules! shareable {
@@ -55,8 +76,6 @@ shareable!(
     isize,
     f32,
     f64,
-    bool,
-    char,
     ()
 );
 #[cfg(not(loom))]
@@ -93,6 +112,10 @@ pub struct AnonRegion {
     base: NonNull<u8>,
     len: usize,
     next: Cell<usize>,
+    /// The process that created the mapping: the only one that may place objects in it.
+    creator: Ident,
+    /// Whether the region is in the registry (public regions; not the crate's own rings).
+    registered: bool,
 }
 
 // SAFETY: the region owns its mapping; moving it to another thread moves that ownership.
@@ -114,6 +137,14 @@ impl AnonRegion {
     ///
     /// Errors: `ZeroSize` for 0, `SizeOverflow` if rounding overflows, `Io` if `mmap` fails.
     pub fn new(len: usize) -> Result<AnonRegion, Error> {
+        let mut r = Self::new_unregistered(len)?;
+        r.registered = registry::add(r.base.as_ptr() as usize, r.len);
+        Ok(r)
+    }
+
+    /// A region that is not recorded in the registry: for the crate's own mappings that hold
+    /// no lock words (rings, the presence table).
+    pub(crate) fn new_unregistered(len: usize) -> Result<AnonRegion, Error> {
         if len == 0 {
             return Err(Error::ZeroSize);
         }
@@ -127,6 +158,8 @@ impl AnonRegion {
             base,
             len,
             next: Cell::new(0),
+            creator: current_ident(),
+            registered: false,
         })
     }
 
@@ -174,6 +207,9 @@ impl AnonRegion {
     /// unless something was written there before.
     pub(crate) fn alloc_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>, Error> {
         debug_assert!(align.is_power_of_two());
+        if current_ident() != self.creator {
+            return Err(Error::NotCreator);
+        }
         let start = self
             .next
             .get()
@@ -190,7 +226,12 @@ impl AnonRegion {
     }
 
     /// Places `value` at the next suitably aligned offset and returns a reference to it in
-    /// shared memory. Returns `Error::RegionFull` when it does not fit.
+    /// shared memory.
+    ///
+    /// # Errors
+    /// `RegionFull` when it does not fit; `NotCreator` when called in a process other than the
+    /// one that created the region (a fork child: its objects would land on the bytes where the
+    /// parent places its own).
     pub fn alloc<T: Shareable>(&self, value: T) -> Result<&T, Error> {
         let p = self
             .alloc_raw(std::mem::size_of::<T>(), std::mem::align_of::<T>())?
@@ -223,8 +264,18 @@ impl AnonRegion {
 impl Drop for AnonRegion {
     #[cfg(not(loom))]
     fn drop(&mut self) {
+        if self.registered {
+            registry::remove(self.base.as_ptr() as usize, self.len);
+        }
+        if self.registered && crate::sync::robust::linked_count() != 0 {
+            // A lock word of this process may still be linked into a robust list (a guard
+            // leaked with `mem::forget`, or alive on another thread): the kernel reads it when
+            // the thread dies, and a peer may still wait on it. Leak the mapping instead.
+            return;
+        }
         // SAFETY: `base..base+len` is our own mapping and every borrow of it has ended (they
-        // borrow `self`).
+        // borrow `self`); no robust-list entry of this process points into it (checked above
+        // for public regions; the crate's own unregistered mappings hold no lock words).
         let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 
@@ -234,5 +285,86 @@ impl Drop for AnonRegion {
             // SAFETY: allocated in `map` with this layout.
             unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
         }
+    }
+}
+
+/// The process-wide record of live public regions, as packed `(first page, page count)` words,
+/// so a lock can tell whether its word lies in a region (and will stay mapped while linked).
+/// Fixed-size and lock-free: usable from a fork child of a multithreaded process.
+#[cfg(not(loom))]
+mod registry {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    const CAP: usize = 4096;
+    const PAGE_SHIFT: u32 = 12;
+    const PAGES_BITS: u32 = 28;
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: AtomicU64 = AtomicU64::new(0);
+    static RECORDS: [AtomicU64; CAP] = [FREE; CAP];
+    /// One past the highest record ever used.
+    static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+    fn pack(base: usize, len: usize) -> Option<u64> {
+        let page = base as u64 >> PAGE_SHIFT;
+        let pages = (len as u64).div_ceil(1 << PAGE_SHIFT);
+        (base as u64 % (1 << PAGE_SHIFT) == 0 && pages < 1 << PAGES_BITS && page < 1 << 36)
+            .then_some(page << PAGES_BITS | pages)
+    }
+
+    fn contains(rec: u64, addr: usize, size: usize) -> bool {
+        let start = (rec >> PAGES_BITS) << PAGE_SHIFT;
+        let end = start + ((rec & ((1 << PAGES_BITS) - 1)) << PAGE_SHIFT);
+        rec != 0 && addr as u64 >= start && (addr as u64).saturating_add(size as u64) <= end
+    }
+
+    /// Records a region; `false` if it cannot be recorded (the registry is full, or the
+    /// region is outside what a record can describe): locks in it are then not robust.
+    pub(super) fn add(base: usize, len: usize) -> bool {
+        let Some(rec) = pack(base, len) else {
+            return false;
+        };
+        for (i, slot) in RECORDS.iter().enumerate() {
+            // SeqCst: records and `HIGH` are read by `holds` on other threads; keep it simple.
+            if slot
+                .compare_exchange(0, rec, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                HIGH.fetch_max(i + 1, Ordering::SeqCst);
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(super) fn remove(base: usize, len: usize) {
+        let Some(rec) = pack(base, len) else { return };
+        let high = HIGH.load(Ordering::SeqCst);
+        for slot in &RECORDS[..high] {
+            if slot
+                .compare_exchange(rec, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Whether `size` bytes at `addr` lie inside a live public region.
+    pub(crate) fn holds(addr: usize, size: usize) -> bool {
+        let high = HIGH.load(Ordering::SeqCst);
+        RECORDS[..high]
+            .iter()
+            .any(|r| contains(r.load(Ordering::SeqCst), addr, size))
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) use registry::holds;
+
+#[cfg(loom)]
+mod registry {
+    pub(super) fn add(_: usize, _: usize) -> bool {
+        false
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! # Ownership across `fork`
 //!
-//! Every endpoint records the pid of the process that owns it. Creating a channel makes the
+//! Every endpoint records the identity of the process that owns it: its pid together with its
+//! fork depth (see `sync::ident`), so that a process that inherits a copy and later gets a dead
+//! owner's pid back (pid reuse) still is not the owner. Creating a channel makes the
 //! calling process the owner of both ends. [`fork`](crate::fork) hands the ends you pass it to
 //! the child: the child becomes their owner, and the parent's copies are *disowned* (their
 //! drop closes nothing). Every other copy that a process inherits through `fork` is inert
-//! there: each operation first compares the owner with the (cached) current pid and returns
+//! there: each operation first compares the owner with the (cached) current identity and returns
 //! `Disconnected` (reason [`DisconnectReason::NotOwner`]) without touching the ring, and its
 //! drop closes nothing. Since an end can only be handed over by moving it into `fork`, at most
 //! one process at a time can use each end of a ring through the safe API, and endpoints are
@@ -43,7 +45,7 @@ pub use typed::{Duplex, DuplexPair, IntoIter, Iter, Receiver, Sender, TryIter, c
 use crate::Error;
 use crate::presence::PresenceRef;
 use crate::ring::{Consumer, DisconnectReason, Producer, ReadGuard, Reservation, RingError};
-use crate::sync::robust::current_pid;
+use crate::sync::ident::{Ident, current_ident};
 use crate::sync::{Deadline, WaitPolicy};
 
 /// How long an operation may wait.
@@ -61,15 +63,15 @@ pub(crate) fn new_ring(cap: usize) -> Result<(TxCore, RxCore), Error> {
     let me = crate::presence::current()?;
     p.mem().set_owner(true, me);
     p.mem().set_owner(false, me);
-    let pid = current_pid();
+    let me_ident = current_ident();
     Ok((
         TxCore {
             p,
-            own: Ownership::new(pid),
+            own: Ownership::new(me_ident),
         },
         RxCore {
             c,
-            own: Ownership::new(pid),
+            own: Ownership::new(me_ident),
         },
     ))
 }
@@ -88,24 +90,24 @@ pub(crate) struct RxCore {
 
 /// Which process owns an endpoint, and why it disconnected (process-local, never shared).
 pub(crate) struct Ownership {
-    /// Pid of the owning process; 0 once handed to a child.
-    owner: Cell<u32>,
+    /// Identity of the owning process; 0 once handed to a child.
+    owner: Cell<Ident>,
     /// Recorded when an operation reported `Disconnected`.
     pub(crate) reason: Cell<Option<DisconnectReason>>,
 }
 
 impl Ownership {
-    fn new(pid: u32) -> Ownership {
+    fn new(owner: Ident) -> Ownership {
         Ownership {
-            owner: Cell::new(pid),
+            owner: Cell::new(owner),
             reason: Cell::new(None),
         }
     }
 
-    /// Whether this process owns the endpoint (a cached pid compare: no system call).
+    /// Whether this process owns the endpoint (a cached identity compare: no system call).
     #[inline]
     fn owned(&self) -> bool {
-        self.owner.get() == current_pid()
+        self.owner.get() == current_ident()
     }
 
     /// `Err` (recording `NotOwner`) unless this process owns the endpoint.
@@ -152,14 +154,9 @@ impl TxCore {
     #[inline]
     pub(crate) fn reserve(&self, len: usize, mode: Mode<'_>) -> Result<Reservation<'_>, Fail> {
         self.own.check()?;
+        // A dead receiver is a disconnect whether or not there is room (the ring checks).
         let r = match mode {
-            Mode::Try => match self.p.try_reserve(len) {
-                // Full: tell apart "no room yet" from "no room ever again".
-                Err(RingError::WouldBlock) if !self.p.peer_alive() => {
-                    Err(RingError::Disconnected(DisconnectReason::PeerDied))
-                }
-                other => other,
-            },
+            Mode::Try => self.p.try_reserve(len),
             Mode::Block(d) => self.p.reserve(len, d),
         };
         r.map_err(|e| self.own.fail(e))
@@ -186,7 +183,6 @@ impl TxCore {
         }
         match self.p.try_reserve(0) {
             Err(RingError::Disconnected(r)) => Some(r),
-            _ if !self.p.peer_alive() => Some(DisconnectReason::PeerDied),
             _ => None,
         }
     }
@@ -283,8 +279,8 @@ pub trait EndpointCore {
     /// Records `owner` as the side's owner presence in shared memory (and wakes the peer so it
     /// re-arms on it).
     fn set_presence(&self, owner: PresenceRef);
-    /// Sets the process-local owner pid (0: nobody here).
-    fn set_owner_pid(&self, pid: u32);
+    /// Sets the process-local owner identity (0: nobody here).
+    fn set_owner(&self, owner: Ident);
 }
 
 impl EndpointCore for TxCore {
@@ -294,8 +290,8 @@ impl EndpointCore for TxCore {
     fn set_presence(&self, owner: PresenceRef) {
         self.p.mem().set_owner(true, owner);
     }
-    fn set_owner_pid(&self, pid: u32) {
-        self.own.owner.set(pid);
+    fn set_owner(&self, owner: Ident) {
+        self.own.owner.set(owner);
     }
 }
 
@@ -306,7 +302,7 @@ impl EndpointCore for RxCore {
     fn set_presence(&self, owner: PresenceRef) {
         self.c.mem().set_owner(false, owner);
     }
-    fn set_owner_pid(&self, pid: u32) {
-        self.own.owner.set(pid);
+    fn set_owner(&self, owner: Ident) {
+        self.own.owner.set(owner);
     }
 }

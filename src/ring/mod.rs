@@ -94,6 +94,28 @@ impl SideState {
         }
     }
 
+    /// Whether this side's owning process is alive. A dead owner counts only if the side
+    /// still names it afterwards: a side is handed to a new owner by storing the new owner
+    /// before the old one is released (a failed fork gives the side back to the parent before
+    /// marking the child's reserved slot dead), so re-reading `owner` after seeing a death
+    /// tells a real death from a hand-over.
+    #[inline]
+    pub(crate) fn owner_alive(&self) -> bool {
+        let mut o = self.owner.load(Ordering::SeqCst);
+        loop {
+            if presence::check(PresenceRef(o)) == Liveness::Alive {
+                return true;
+            }
+            // SeqCst: the re-read must come after the load of the dead word in the total
+            // order, which the hand-over's SeqCst store of the new owner precedes.
+            let again = self.owner.load(Ordering::SeqCst);
+            if again == o {
+                return false;
+            }
+            o = again;
+        }
+    }
+
     fn new() -> SideState {
         SideState {
             wait: FutexWord::new(0),
@@ -206,7 +228,7 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
     let total = std::mem::size_of::<RingHeader>()
         .checked_add(data_len + data_align)
         .ok_or(Error::SizeOverflow)?;
-    let region = AnonRegion::new(total)?;
+    let region = AnonRegion::new_unregistered(total)?;
     let hdr = region.place(RingHeader {
         head: CachePadded::new(AtomicU64::new(0)),
         rx: CachePadded::new(SideState::new()),
@@ -400,6 +422,9 @@ impl Producer {
         if self.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
             return Err(RingError::Disconnected(DisconnectReason::PeerDropped));
         }
+        if !self.peer_alive() {
+            return Err(RingError::Disconnected(DisconnectReason::PeerDied));
+        }
         let rec = record_size(len);
         let tail = self.tail.get();
         let idx = (tail as usize) & (cap - 1);
@@ -445,6 +470,7 @@ impl Producer {
             || tail - self.head_seen.get() + (rec + HDR) as u64 > cap as u64
             || self.broken.get().is_some()
             || self.hdr().rx.closed.load(Ordering::Relaxed) != 0
+            || !self.peer_alive()
         {
             return false;
         }
@@ -516,9 +542,12 @@ impl Producer {
         })
     }
 
-    /// Whether the consumer side's owner has died (a slow check; used by the channel layer).
+    /// Whether the consumer side's owner is alive: a word in the presence table, read on every
+    /// send (a load of a line that changes only when a process dies), so that a send never
+    /// succeeds after the receiver's death has been observed.
+    #[inline]
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.hdr().rx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+        self.hdr().rx.owner_alive()
     }
 
     /// Marks the producer side closed and wakes the consumer.
@@ -782,9 +811,9 @@ impl Consumer {
         hdr.tx.wake_if_asleep();
     }
 
-    /// Whether the producer side's owner is alive (a slow check).
+    /// Whether the producer side's owner is alive (see [`SideState::owner_alive`]).
     pub(crate) fn peer_alive(&self) -> bool {
-        presence::check(PresenceRef(self.hdr().tx.owner.load(Ordering::SeqCst))) == Liveness::Alive
+        self.hdr().tx.owner_alive()
     }
 
     /// Whether the producer closed its side.

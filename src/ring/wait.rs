@@ -25,8 +25,8 @@ pub(super) fn wait_until(
     mut ready: impl FnMut() -> Result<bool, RingError>,
 ) -> Result<(), RingError> {
     let mut spinner = Spinner::new(policy);
-    let peer_owner = || PresenceRef(peer.owner.load(Ordering::SeqCst));
     let peer_closed = || peer.closed.load(Ordering::SeqCst) != 0;
+    let died = RingError::Disconnected(DisconnectReason::PeerDied);
     loop {
         if ready()? {
             return Ok(());
@@ -38,15 +38,16 @@ pub(super) fn wait_until(
             );
         }
         if deadline.is_some_and(Deadline::expired) {
+            // A dead peer is a disconnect, whatever the timeout (`Duration::ZERO` included).
+            if !peer.owner_alive() {
+                return last_look(&mut ready, died);
+            }
             return Err(RingError::Timeout);
         }
         if spinner.spin() {
             // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
-            if spinner.checkpoint() && presence::check(peer_owner()) == Liveness::Dead {
-                return last_look(
-                    &mut ready,
-                    RingError::Disconnected(DisconnectReason::PeerDied),
-                );
+            if spinner.checkpoint() && !peer.owner_alive() {
+                return last_look(&mut ready, died);
             }
             continue;
         }
@@ -57,7 +58,7 @@ pub(super) fn wait_until(
         let outcome = if ready()? || peer_closed() {
             Ok(Wake::Retry)
         } else {
-            sleep(me, peer_owner(), deadline)
+            sleep(me, peer, deadline)
         };
         me.wait.store(0, Ordering::Relaxed);
         match outcome {
@@ -80,24 +81,33 @@ fn last_look(
 ///
 /// The kernel wakes only one sleeper when a process dies; whoever learns of the death passes
 /// it on (even if a message woke it at the same moment), so every endpoint waiting on the dead
-/// process hears of it.
+/// process hears of it. While asleep, the presence word is named in this thread's
+/// `list_op_pending`, so that if this process is killed after being woken and before passing
+/// the news on, the kernel wakes the next sleeper in its place.
 fn sleep(
     me: &SideState,
-    peer_owner: PresenceRef,
+    peer: &SideState,
     deadline: Option<&Deadline>,
 ) -> Result<Wake, DisconnectReason> {
+    let peer_owner = PresenceRef(peer.owner.load(Ordering::SeqCst));
     match presence::arm(peer_owner) {
         Some((word, val)) => {
+            presence::announce_waiter(peer_owner);
             let w = me.wait.wait2(1, (word, val), deadline, FALLBACK_POLL);
             if presence::check(peer_owner) == Liveness::Dead {
                 presence::pass_on_death(peer_owner);
             }
+            presence::waiter_done();
             Ok(w)
         }
         None if peer_owner == PresenceRef::NONE => Ok(me.wait.wait(1, deadline)),
         None => {
             presence::pass_on_death(peer_owner);
-            Err(DisconnectReason::PeerDied)
+            if peer.owner_alive() {
+                Ok(Wake::Retry) // handed to a new owner meanwhile: arm on that one
+            } else {
+                Err(DisconnectReason::PeerDied)
+            }
         }
     }
 }

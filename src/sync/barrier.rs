@@ -13,8 +13,8 @@
 //!   before it returns (a CPU not running one passes a barrier at its next context switch).
 //!
 //! Together they order the publisher's store before its load of `wait` as a full fence would,
-//! relative to the sleeper. Registration is per process (the kernel's per-`mm` state), so it is
-//! redone lazily in a fork child. Where the kernel refuses registration, both sides use fences.
+//! relative to the sleeper. Registration is per process (the kernel's per-`mm` state) and is
+//! inherited across `fork` (the child's `mm` is a copy). Where the kernel refuses registration, both sides use fences.
 //! Under loom both are `fence(SeqCst)`.
 
 use super::{Ordering, fence};
@@ -27,12 +27,9 @@ mod state {
     const REGISTERED: u8 = 1;
     const UNAVAILABLE: u8 = 2;
 
-    /// This process's registration (reset in a fork child, whose `mm` is new).
+    /// This process's registration (inherited by fork children: the kernel copies the
+    /// registration with the `mm`).
     static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-    pub(crate) fn after_fork_in_child() {
-        STATE.store(UNKNOWN, Ordering::Relaxed);
-    }
 
     /// Whether this process is registered (registering on first use).
     #[inline]
@@ -50,7 +47,6 @@ mod state {
             MEMBARRIER_CMD_GLOBAL_EXPEDITED, MEMBARRIER_CMD_QUERY,
             MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, membarrier,
         };
-        crate::sync::robust::ensure_fork_hook();
         let supported = membarrier(MEMBARRIER_CMD_QUERY);
         let ok = supported >= 0
             && supported & i64::from(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0
@@ -61,7 +57,7 @@ mod state {
 }
 
 #[cfg(not(loom))]
-pub(crate) use state::{after_fork_in_child, registered};
+pub(crate) use state::registered;
 
 /// The publisher's barrier, between its publishing store and its load of the peer's `wait`.
 #[inline]

@@ -9,6 +9,7 @@
 
 pub(crate) mod barrier;
 pub(crate) mod futex;
+pub(crate) mod ident;
 pub(crate) mod robust;
 pub(crate) mod spin;
 

@@ -1,35 +1,79 @@
-//! Thread identity and the kernel's robust-futex list.
+//! The kernel's robust-futex list, used so that the kernel itself reports a thread's death.
 //!
 //! A robust word is a 32-bit futex word in the kernel's robust format (owner TID in the low 30
 //! bits, `FUTEX_WAITERS`, `FUTEX_OWNER_DIED`) that its owner links into its thread's robust
 //! list while it holds it. When a thread dies, the kernel walks that list and, for every word
 //! still naming the dead TID, replaces the word with `FUTEX_OWNER_DIED` (keeping
-//! `FUTEX_WAITERS`) and wakes one waiter. That is how a `ShmMutex` learns that its holder was
-//! SIGKILLed, and how a channel learns that its peer process is gone, with no polling and no
-//! file descriptor.
+//! `FUTEX_WAITERS`) and wakes one waiter; it also handles the one entry named by
+//! `list_op_pending` (for a word whose owner bits are 0 it just wakes one waiter). That is how a
+//! `ShmMutex` learns that its holder was SIGKILLed, and how a channel learns that its peer
+//! process is gone, with no polling and no file descriptor.
 //!
 //! There is one list per thread and glibc has already registered one (for its own robust
-//! pthread mutexes), so we do not register ours: we link our entries into glibc's list with
-//! exactly glibc's entry layout, because glibc's list code writes into neighbouring entries.
+//! pthread mutexes), so we do not register ours: we link into glibc's list, with glibc's entry
+//! layout (the list points at an entry's `next` field; the word is 32 bytes before it; `prev`
+//! is 8 bytes before `next`).
+//!
+//! # Never trusting shared memory, never outliving it
+//!
+//! Our words, and so their list fields, live in shared memory that a peer process can scribble
+//! over and that can be unmapped. So this module **never reads a link back from shared memory,
+//! and never writes into any entry but the one it is linking**. Each thread keeps a private
+//! *segment* of the list in its own thread-local storage:
+//!
+//! ```text
+//! head -> [glibc's newer entries] -> ANCHOR -> E_a -> n_a -> E_b -> n_b -> ... -> END -> [older]
+//!          (glibc inserts at head)   private   shared  private shared private      private
+//! ```
+//!
+//! `ANCHOR`, `END` and one node `n_k` per linked entry `E_k` are private dummy entries (their
+//! word reads 0, which names no thread, so the kernel skips them). `E_k.next` points at its own
+//! node `n_k`, written once when `E_k` is linked; every other link is a field of a private node.
+//! The order and the neighbours are kept in private arrays, so unlinking `E_k` rewrites only the
+//! private node before it. A peer that scribbles `E_k.next` can at worst divert the kernel's
+//! walk *after* `E_k` at our death (shared memory it can write is memory it can also lock or
+//! corrupt directly); it can never steer a write of ours. glibc's own entries only ever
+//! neighbour `ANCHOR` or `END` (it inserts at the head and unlinks its own entries), whose
+//! `prev`/`next` it may rewrite: we never read those values back.
+//!
+//! Ordering: an entry linked with [`Placement::First`] (the process's presence word) stays
+//! directly after `ANCHOR`, so the kernel reaches it through private memory only, before it
+//! follows any link that lives in shared memory: a scribbled or stale entry cannot hide the
+//! process's death from its peers.
+//!
+//! An entry stays linked until unlinked; if its guard was leaked (`mem::forget`, safe code), it
+//! stays linked for good. The memory behind it must then stay mapped: [`linked_count`] lets the
+//! region refuse to unmap itself while any entry of this process is linked, and the mutex links
+//! only words that lie in a live region (see `mutex.rs`). Each thread can keep
+//! [`SLOTS`] entries linked at once; beyond that a word is held without being linked (the
+//! caller's lock is then not robust; documented on `ShmMutex`).
 //!
 //! ```text
 //! RobustWord (40 bytes, repr(C), in shared memory)
 //! offset  field   meaning
 //!  0      word    the futex word (kernel reads it at entry + futex_offset, futex_offset = -32)
 //!  4..24  -       unused (glibc's __count/__owner/__nusers/__kind/__spins)
-//! 24      prev    previous entry's `next` field, or the list head   (glibc's __list.__prev)
-//! 32      next    next entry's `next` field, or the list head       (glibc's __list.__next)
+//! 24      prev    unused by us (kept for glibc's layout)
+//! 32      next    the entry: written once when linked, to point at our private node
 //! ```
-//!
-//! `prev`/`next` are this process's virtual addresses; they are meaningful only to the thread
-//! whose list the entry is in, and only that thread touches them while it holds the word. A
-//! thread without a registered list (a child made by a raw `SYS_fork`, a libc that keeps none)
-//! gets one registered here. Where the registered list uses another `futex_offset`, entries are
-//! not linked and owner death is not detected (documented on `ShmMutex`).
-
-use std::cell::Cell;
 
 use super::FutexWord;
+
+#[cfg(not(loom))]
+pub(crate) use native::*;
+
+/// Where a new entry goes in this thread's segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Placement {
+    /// Directly after the anchor, and kept there (the presence word).
+    First,
+    /// After the entry kept first, if any (lock words).
+    Next,
+}
+
+/// A linked entry: its slot in this thread's segment. Only the linking thread may unlink it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Link(u8);
 
 /// A robust futex word with room for its robust-list entry.
 #[repr(C, align(8))]
@@ -38,18 +82,10 @@ pub(crate) struct RobustWord {
     #[cfg(not(loom))]
     _gap: [u32; 5],
     #[cfg(not(loom))]
-    prev: std::cell::UnsafeCell<usize>,
+    prev: std::sync::atomic::AtomicUsize,
     #[cfg(not(loom))]
-    next: std::cell::UnsafeCell<usize>,
+    next: std::sync::atomic::AtomicUsize,
 }
-
-// SAFETY: `prev`/`next` are written only by the thread that holds the word (see the module
-// docs); everything else is atomic.
-unsafe impl Sync for RobustWord {}
-
-/// Distance from an entry (the `next` field) back to its word, as glibc registers it.
-#[cfg(not(loom))]
-const FUTEX_OFFSET: isize = -32;
 
 impl std::ops::Deref for RobustWord {
     type Target = FutexWord;
@@ -65,8 +101,8 @@ impl RobustWord {
         RobustWord {
             word: FutexWord::new(v),
             _gap: [0; 5],
-            prev: std::cell::UnsafeCell::new(0),
-            next: std::cell::UnsafeCell::new(0),
+            prev: std::sync::atomic::AtomicUsize::new(0),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -78,259 +114,348 @@ impl RobustWord {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Thread and process identity.
-
 #[cfg(not(loom))]
-thread_local! {
-    /// This thread's TID, 0 until looked up (and again in a fork child).
-    static TID: Cell<u32> = const { Cell::new(0) };
-    /// This thread's robust list head: null until looked up; `UNUSABLE` if it cannot be used.
-    static HEAD: Cell<*mut crate::sys::RobustListHead> = const { Cell::new(std::ptr::null_mut()) };
+mod native {
+    use std::cell::{Cell, UnsafeCell};
+    use std::sync::atomic::{AtomicUsize, Ordering, compiler_fence};
+
+    use super::{Link, Placement, RobustWord};
+    use crate::sys::RobustListHead;
+
+    /// Entries one thread can keep linked at once.
+    pub(crate) const SLOTS: usize = 32;
+    const ANCHOR: u8 = SLOTS as u8;
+    const END: u8 = SLOTS as u8 + 1;
+    const NODES: usize = SLOTS + 2;
+
+    /// Distance from an entry (the `next` field) back to its word, as glibc registers it.
+    const FUTEX_OFFSET: isize = -32;
+
+    /// A private dummy entry in glibc's layout. Its word is 0, so the kernel never acts on it.
+    #[repr(C, align(8))]
+    struct Node {
+        _word: u32,
+        _gap: [u32; 5],
+        /// Written by glibc when a neighbouring glibc entry is (un)linked; never read by us.
+        prev: UnsafeCell<usize>,
+        /// What the kernel follows after this node (or after the entry this node serves).
+        next: UnsafeCell<usize>,
+    }
+
+    const _: () = {
+        assert!(std::mem::offset_of!(Node, next) == 32);
+        assert!(std::mem::offset_of!(Node, prev) == 24);
+        assert!(std::mem::offset_of!(RobustWord, next) == 32);
+        assert!(std::mem::offset_of!(RobustWord, prev) == 24);
+        assert!(std::mem::size_of::<RobustWord>() == 40);
+    };
+
+    const STATE_NEW: u8 = 0;
+    const STATE_LINKED: u8 = 1;
+    const STATE_UNUSABLE: u8 = 2;
+
+    /// One thread's private segment of its robust list (see the module docs).
+    struct Seg {
+        state: Cell<u8>,
+        head: Cell<*mut RobustListHead>,
+        nodes: [Node; NODES],
+        /// The address of the entry (its `next` field) served by each slot; 0: slot free.
+        entry: [Cell<usize>; SLOTS],
+        /// Private order: previous and next node index of each node.
+        prv: [Cell<u8>; NODES],
+        nxt: [Cell<u8>; NODES],
+        /// The slot kept directly after the anchor, or `ANCHOR` if none.
+        first: Cell<u8>,
+    }
+
     /// A head of our own for threads that have none registered, with the word before it that
     /// glibc's layout expects (the list code writes `prev` of the head there).
-    static OWN_HEAD: std::cell::UnsafeCell<OwnHead> = const {
-        std::cell::UnsafeCell::new(OwnHead {
-            _prev_slot: 0,
-            head: crate::sys::RobustListHead {
-                list: std::ptr::null_mut(),
-                futex_offset: FUTEX_OFFSET,
-                list_op_pending: std::ptr::null_mut(),
-            },
-        })
-    };
-}
-
-#[cfg(not(loom))]
-#[repr(C)]
-struct OwnHead {
-    _prev_slot: usize,
-    head: crate::sys::RobustListHead,
-}
-
-#[cfg(not(loom))]
-const UNUSABLE: *mut crate::sys::RobustListHead = std::ptr::dangling_mut();
-
-/// This process's pid, 0 until looked up; reset in every fork child.
-#[cfg(not(loom))]
-static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-#[cfg(not(loom))]
-static AT_FORK: std::sync::Once = std::sync::Once::new();
-
-#[cfg(not(loom))]
-extern "C" fn after_fork_in_child() {
-    PID.store(0, std::sync::atomic::Ordering::Relaxed);
-    // The forking thread is the child's only thread; its cached TID and list head are stale.
-    TID.with(|t| t.set(0));
-    HEAD.with(|h| h.set(std::ptr::null_mut()));
-    crate::presence::after_fork_in_child();
-    super::barrier::after_fork_in_child();
-}
-
-/// Makes sure the caches above are refreshed after any fork, including `libc::fork` calls
-/// made outside this crate.
-#[cfg(not(loom))]
-pub(crate) fn ensure_fork_hook() {
-    AT_FORK.call_once(|| crate::sys::at_fork_child(after_fork_in_child));
-}
-
-/// The calling thread's TID (cached; no system call after the first).
-#[cfg(not(loom))]
-#[inline]
-pub(crate) fn current_tid() -> u32 {
-    TID.with(|t| {
-        let v = t.get();
-        if v != 0 {
-            return v;
-        }
-        ensure_fork_hook();
-        let v = crate::sys::gettid();
-        t.set(v);
-        v
-    })
-}
-
-/// The calling process's pid (cached; refreshed after fork).
-#[cfg(not(loom))]
-#[inline]
-pub(crate) fn current_pid() -> u32 {
-    let v = PID.load(std::sync::atomic::Ordering::Relaxed);
-    if v != 0 {
-        return v;
+    #[repr(C)]
+    struct OwnHead {
+        _prev_slot: usize,
+        head: RobustListHead,
     }
-    ensure_fork_hook();
-    let v = crate::sys::getpid();
-    PID.store(v, std::sync::atomic::Ordering::Relaxed);
-    v
-}
 
-#[cfg(loom)]
-loom::thread_local! {
-    static LOOM_TID: Cell<u32> = Cell::new(0);
-}
+    #[allow(clippy::declare_interior_mutable_const)]
+    const NODE: Node = Node {
+        _word: 0,
+        _gap: [0; 5],
+        prev: UnsafeCell::new(0),
+        next: UnsafeCell::new(0),
+    };
+    #[allow(clippy::declare_interior_mutable_const)]
+    const ZERO: Cell<usize> = Cell::new(0);
+    #[allow(clippy::declare_interior_mutable_const)]
+    const IDX: Cell<u8> = Cell::new(0);
 
-#[cfg(loom)]
-static NEXT_LOOM_TID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    thread_local! {
+        // No destructor: the storage lives exactly as long as the thread, and the kernel walks
+        // the list while the dying thread's memory is still mapped.
+        static SEG: Seg = const {
+            Seg {
+                state: Cell::new(STATE_NEW),
+                head: Cell::new(std::ptr::null_mut()),
+                nodes: [NODE; NODES],
+                entry: [ZERO; SLOTS],
+                prv: [IDX; NODES],
+                nxt: [IDX; NODES],
+                first: Cell::new(ANCHOR),
+            }
+        };
+        static OWN_HEAD: UnsafeCell<OwnHead> = const {
+            UnsafeCell::new(OwnHead {
+                _prev_slot: 0,
+                head: RobustListHead {
+                    list: std::ptr::null_mut(),
+                    futex_offset: FUTEX_OFFSET,
+                    list_op_pending: std::ptr::null_mut(),
+                },
+            })
+        };
+    }
 
-/// Under loom every model thread gets a distinct fake TID.
-#[cfg(loom)]
-pub(crate) fn current_tid() -> u32 {
-    LOOM_TID.with(|t| {
-        if t.get() == 0 {
-            let n = NEXT_LOOM_TID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            t.set(1 + n % (crate::sys::FUTEX_TID_MASK - 16));
+    /// Entries linked by all threads of this process (process-private; reset in a fork child,
+    /// whose list glibc empties).
+    static LINKED: AtomicUsize = AtomicUsize::new(0);
+
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+
+    /// Runs in the child of every libc fork, on its only thread: glibc has given the child an
+    /// empty list, so our segment is not in it any more. Async-signal-safe: stores only.
+    extern "C" fn after_fork_in_child() {
+        LINKED.store(0, Ordering::Relaxed);
+        SEG.with(|s| {
+            s.state.set(STATE_NEW);
+            s.head.set(std::ptr::null_mut());
+            s.first.set(ANCHOR);
+            for e in &s.entry {
+                e.set(0);
+            }
+        });
+    }
+
+    fn ensure_fork_hook() {
+        AT_FORK.call_once(|| crate::sys::at_fork_child(after_fork_in_child));
+    }
+
+    /// How many entries this process has linked right now (leaked guards included). While it
+    /// is not 0, no memory that might hold a linked word may be unmapped.
+    pub(crate) fn linked_count() -> usize {
+        // Relaxed: a link made by another thread is ordered before this load by whatever
+        // ended that thread's borrow of the memory in question (a join, a channel, a lock).
+        LINKED.load(Ordering::Relaxed)
+    }
+
+    impl Seg {
+        fn node_next(&self, i: u8) -> *mut usize {
+            self.nodes[usize::from(i)].next.get()
         }
-        t.get()
-    })
-}
 
-/// Under loom, parent and child are threads of one process.
-#[cfg(loom)]
-pub(crate) fn current_pid() -> u32 {
-    1
-}
-
-/// Under loom there is no fork, so no hook to install.
-#[cfg(loom)]
-pub(crate) fn ensure_fork_hook() {}
-
-// ---------------------------------------------------------------------------------------------
-// The robust list.
-
-#[cfg(not(loom))]
-fn head() -> Option<*mut crate::sys::RobustListHead> {
-    let h = HEAD.with(|h| {
-        let v = h.get();
-        if !v.is_null() {
-            return v;
+        /// The address the kernel must follow to reach node `j`: an entry for a slot, the
+        /// node itself for `END`.
+        fn kernel_addr(&self, j: u8) -> usize {
+            if j == END {
+                self.node_next(END) as usize
+            } else {
+                self.entry[usize::from(j)].get()
+            }
         }
-        let mut found = crate::sys::robust_list_head();
+
+        /// This thread's registered head, linking the anchor/end pair at its front on first
+        /// use. `None` if the thread's list cannot be used.
+        fn ready(&self) -> Option<*mut RobustListHead> {
+            match self.state.get() {
+                STATE_LINKED => return Some(self.head.get()),
+                STATE_UNUSABLE => return None,
+                _ => {}
+            }
+            ensure_fork_hook();
+            let h = find_head();
+            let Some(h) = h else {
+                self.state.set(STATE_UNUSABLE);
+                return None;
+            };
+            // SAFETY: `h` is this thread's registered head (private memory that lives as long
+            // as the thread); its first entry is the head itself or a live glibc entry (glibc
+            // keeps its own entries valid while they are listed), whose `prev` field sits 8
+            // bytes before the pointed-to `next` field, the head's before the head (glibc's
+            // `robust_prev`, or `OwnHead::_prev_slot`). That one write is what glibc's own
+            // insertion does; everything else written here is this thread's private storage.
+            unsafe {
+                let old = ((*h).list as usize) & !1;
+                *self.node_next(END) = old;
+                *self.nodes[usize::from(END)].prev.get() = self.node_next(ANCHOR) as usize;
+                *self.node_next(ANCHOR) = self.node_next(END) as usize;
+                *self.nodes[usize::from(ANCHOR)].prev.get() = h as usize;
+                *((old - 8) as *mut usize) = self.node_next(END) as usize;
+                compiler_fence(Ordering::SeqCst);
+                (*h).list = self.node_next(ANCHOR);
+            }
+            self.nxt[usize::from(ANCHOR)].set(END);
+            self.prv[usize::from(END)].set(ANCHOR);
+            self.first.set(ANCHOR);
+            self.head.set(h);
+            self.state.set(STATE_LINKED);
+            Some(h)
+        }
+    }
+
+    /// The calling thread's registered robust list head (registering one of our own if the
+    /// thread has none), or `None` if it uses another entry layout.
+    fn find_head() -> Option<*mut RobustListHead> {
+        let found = crate::sys::robust_list_head();
         if found.is_null() {
-            found = OWN_HEAD.with(|own| {
+            return OWN_HEAD.with(|own| {
                 let own = own.get();
-                // SAFETY: `own` is this thread's own storage, alive until the thread exits,
-                // and touched only by this thread. An empty list points at its own head.
+                // SAFETY: `own` is this thread's own storage, alive until the thread exits and
+                // touched only by this thread. An empty list points at its own head.
                 unsafe {
                     let head = std::ptr::addr_of_mut!((*own).head);
                     (*head).list = head.cast();
-                    if crate::sys::set_robust_list(head) {
-                        head
-                    } else {
-                        UNUSABLE
-                    }
+                    crate::sys::set_robust_list(head).then_some(head)
                 }
             });
-        } else {
-            // SAFETY: the kernel returned the head registered for this thread; it lives as long
-            // as the thread does.
-            let offset = unsafe { (*found).futex_offset };
-            if offset != FUTEX_OFFSET {
-                found = UNUSABLE;
+        }
+        // SAFETY: the kernel returned the head registered for this thread; it lives as long as
+        // the thread does.
+        let offset = unsafe { (*found).futex_offset };
+        (offset == FUTEX_OFFSET).then_some(found)
+    }
+
+    impl RobustWord {
+        fn entry(&self) -> *mut usize {
+            self.next.as_ptr()
+        }
+
+        /// Names this word in `list_op_pending`: if the thread dies before [`end_op`], the
+        /// kernel handles the word (marks it `OWNER_DIED` if it names the thread; wakes one
+        /// waiter if its owner bits are 0). Used around taking and releasing the word, and
+        /// while *sleeping* on a word, so that a waiter killed after being woken hands the
+        /// wake-up on instead of swallowing it.
+        ///
+        /// [`end_op`]: RobustWord::end_op
+        #[inline]
+        pub(crate) fn begin_op(&self) {
+            SEG.with(|s| {
+                if let Some(h) = s.ready() {
+                    // SAFETY: `h` is this thread's registered head; only this thread writes it.
+                    unsafe { (*h).list_op_pending = self.entry() };
+                    compiler_fence(Ordering::SeqCst);
+                }
+            })
+        }
+
+        /// Ends what `begin_op` announced.
+        #[inline]
+        pub(crate) fn end_op(&self) {
+            end_op();
+        }
+
+        /// Links the word into this thread's list. `None`: not linked (the list is unusable or
+        /// the thread already has `SLOTS` entries); the word is then held without robustness.
+        ///
+        /// # Safety
+        /// The calling thread must just have taken the word (its TID is in it), and the word
+        /// must stay mapped for as long as it is linked (see [`linked_count`]).
+        #[inline]
+        pub(crate) unsafe fn link(&self, at: Placement) -> Option<Link> {
+            SEG.with(|s| {
+                s.ready()?;
+                let k = s.entry.iter().position(|e| e.get() == 0)?;
+                let kk = k as u8;
+                let i = match at {
+                    Placement::First => ANCHOR,
+                    Placement::Next => s.first.get(),
+                };
+                let j = s.nxt[usize::from(i)].get();
+                let entry = self.entry() as usize;
+                s.entry[k].set(entry);
+                // The one write into shared memory: our own entry points at its private node.
+                // Relaxed: only the kernel reads it, at this thread's death.
+                self.next.store(s.node_next(kk) as usize, Ordering::Relaxed);
+                // SAFETY: the nodes are this thread's private storage; the kernel reads them
+                // only when this thread dies, i.e. between two of its instructions, and each
+                // store below is a single aligned word store, ordered by the compiler fence so
+                // that the kernel never sees a node pointing at an unready one.
+                unsafe {
+                    *s.node_next(kk) = s.kernel_addr(j);
+                    compiler_fence(Ordering::SeqCst);
+                    *s.node_next(i) = entry;
+                }
+                s.prv[k].set(i);
+                s.nxt[k].set(j);
+                s.nxt[usize::from(i)].set(kk);
+                s.prv[usize::from(j)].set(kk);
+                if at == Placement::First {
+                    s.first.set(kk);
+                }
+                // Relaxed: see `linked_count`.
+                LINKED.fetch_add(1, Ordering::Relaxed);
+                Some(Link(kk))
+            })
+        }
+    }
+
+    /// Clears `list_op_pending`.
+    #[inline]
+    pub(crate) fn end_op() {
+        SEG.with(|s| {
+            if s.state.get() == STATE_LINKED {
+                compiler_fence(Ordering::SeqCst);
+                // SAFETY: the head is this thread's registered head; only this thread writes it.
+                unsafe { (*s.head.get()).list_op_pending = std::ptr::null_mut() };
             }
-        }
-        h.set(found);
-        found
-    });
-    (h != UNUSABLE).then_some(h)
-}
-
-#[cfg(not(loom))]
-impl RobustWord {
-    fn entry(&self) -> *mut usize {
-        self.next.get()
+        })
     }
 
-    /// Announces that this thread is about to take or release the word, so a death in the
-    /// middle of the operation is still handled by the kernel (`list_op_pending`).
-    #[inline]
-    pub(crate) fn begin_op(&self) {
-        if let Some(h) = head() {
-            // SAFETY: `h` is this thread's registered head; only this thread writes it.
-            unsafe { (*h).list_op_pending = self.entry() };
-            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    /// Ends what `begin_op` announced.
-    #[inline]
-    pub(crate) fn end_op(&self) {
-        if let Some(h) = head() {
-            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-            // SAFETY: as in `begin_op`.
-            unsafe { (*h).list_op_pending = std::ptr::null_mut() };
-        }
-    }
-
-    /// Links the entry at the front of this thread's robust list.
+    /// Unlinks the entry that `link` returned `l` for. Touches only this thread's private
+    /// nodes: the entry's own memory is not read or written (it may be gone, or scribbled).
     ///
     /// # Safety
-    /// The calling thread must just have taken the word (its TID is in it), and the entry must
-    /// not be in any live list.
+    /// `l` must come from a `link` by the calling thread, not yet unlinked.
     #[inline]
-    pub(crate) unsafe fn link(&self) {
-        let Some(h) = head() else { return };
-        let entry = self.entry();
-        // SAFETY: `h` is this thread's head; reading its first entry pointer.
-        if unsafe { (*h).list } == entry {
-            return; // already first in our list: linking again would make it point at itself
-        }
-        // SAFETY: `h` is this thread's head and every entry in its list is a live glibc mutex or
-        // a word of ours (words stay mapped while held); the list's `prev` fields sit 8 bytes
-        // before each `next` field (glibc's layout), the head's `prev` slot before the head.
-        // We hold the word, so nobody else touches our `prev`/`next`.
-        unsafe {
-            let first = ((*h).list as usize) & !1;
-            *((first - 8) as *mut usize) = entry as usize;
-            *self.next.get() = (*h).list as usize;
-            *self.prev.get() = h as usize;
-            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-            (*h).list = entry;
-        }
-    }
-
-    /// Unlinks the entry from this thread's robust list.
-    ///
-    /// # Safety
-    /// The entry must have been linked by the calling thread, which still holds the word.
-    #[inline]
-    pub(crate) unsafe fn unlink(&self) {
-        if head().is_none() {
-            return;
-        }
-        // SAFETY: the entry is in this thread's list (caller's contract), so `prev` and `next`
-        // name live neighbours (another entry's `next` field or the head) in this list.
-        unsafe {
-            let next = *self.next.get();
-            let prev = *self.prev.get();
-            if next == 0 || prev == 0 {
-                return;
+    pub(crate) unsafe fn unlink(l: Link) {
+        SEG.with(|s| {
+            let k = usize::from(l.0);
+            if k >= SLOTS || s.entry[k].get() == 0 || s.state.get() != STATE_LINKED {
+                return; // a fork child's stale link, or already gone: nothing of ours to undo
             }
-            *(((next & !1) - 8) as *mut usize) = prev;
-            *((prev & !1) as *mut usize) = next;
-            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-            *self.prev.get() = 0;
-            *self.next.get() = 0;
-        }
+            let i = s.prv[k].get();
+            let j = s.nxt[k].get();
+            // SAFETY: node `i` is this thread's private storage (see `link`).
+            unsafe { *s.node_next(i) = s.kernel_addr(j) };
+            compiler_fence(Ordering::SeqCst);
+            s.nxt[usize::from(i)].set(j);
+            s.prv[usize::from(j)].set(i);
+            s.entry[k].set(0);
+            if s.first.get() == l.0 {
+                s.first.set(ANCHOR);
+            }
+            // Relaxed: see `linked_count`.
+            LINKED.fetch_sub(1, Ordering::Relaxed);
+        })
     }
 }
 
 #[cfg(loom)]
-impl RobustWord {
-    pub(crate) fn begin_op(&self) {}
-    pub(crate) fn end_op(&self) {}
+mod loom_list {
+    use super::{Link, Placement, RobustWord};
+    impl RobustWord {
+        pub(crate) fn begin_op(&self) {}
+        pub(crate) fn end_op(&self) {}
+        /// # Safety
+        /// None under loom (no list).
+        pub(crate) unsafe fn link(&self, _: Placement) -> Option<Link> {
+            None
+        }
+    }
+    pub(crate) fn end_op() {}
     /// # Safety
     /// None under loom (no list).
-    pub(crate) unsafe fn link(&self) {}
-    /// # Safety
-    /// None under loom (no list).
-    pub(crate) unsafe fn unlink(&self) {}
+    pub(crate) unsafe fn unlink(_: Link) {}
+    pub(crate) fn linked_count() -> usize {
+        0
+    }
 }
-
-// Keep the layout honest: the kernel finds the word 32 bytes before the entry.
-#[cfg(not(loom))]
-const _: () = {
-    assert!(std::mem::offset_of!(RobustWord, next) == 32);
-    assert!(std::mem::offset_of!(RobustWord, prev) == 24);
-    assert!(std::mem::size_of::<RobustWord>() == 40);
-};
+#[cfg(loom)]
+pub(crate) use loom_list::*;
