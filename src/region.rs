@@ -308,7 +308,7 @@ mod registry {
     fn pack(base: usize, len: usize) -> Option<u64> {
         let page = base as u64 >> PAGE_SHIFT;
         let pages = (len as u64).div_ceil(1 << PAGE_SHIFT);
-        (base as u64 % (1 << PAGE_SHIFT) == 0 && pages < 1 << PAGES_BITS && page < 1 << 36)
+        ((base as u64).is_multiple_of(1 << PAGE_SHIFT) && pages < 1 << PAGES_BITS && page < 1 << 36)
             .then_some(page << PAGES_BITS | pages)
     }
 
