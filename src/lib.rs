@@ -74,6 +74,12 @@ pub mod __testing {
         rx.core.c.mem().raw_parts()
     }
 
+    /// Runs `f` in `fork` between the reservation of the child's presence slot and the `fork`
+    /// system call (`None`: nothing), so a test can kill the parent exactly there.
+    pub fn set_before_fork_hook(f: Option<fn()>) {
+        crate::process::testing::set_before_fork(f)
+    }
+
     /// As [`ring_memory`], for a typed receiver.
     pub fn typed_ring_memory<T>(rx: &crate::Receiver<T>) -> (*mut u8, *mut u8, usize) {
         rx.core.c.mem().raw_parts()

@@ -134,6 +134,29 @@ pub fn fork<E: Transfer, F: FnOnce(E) -> i32>(ends: E, child: F) -> Result<Child
     unsafe { fork_inner(ends, child, true) }
 }
 
+/// A hook for this crate's tests: a function run between the reservation of the child's
+/// presence and the `fork` system call (to kill a parent exactly there).
+#[cfg(not(loom))]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static BEFORE_FORK: AtomicUsize = AtomicUsize::new(0);
+
+    pub(crate) fn set_before_fork(f: Option<fn()>) {
+        // Relaxed: set and used by the same (single) thread in the tests.
+        BEFORE_FORK.store(f.map_or(0, |f| f as usize), Ordering::Relaxed);
+    }
+
+    pub(super) fn before_fork() {
+        let f = BEFORE_FORK.load(Ordering::Relaxed);
+        if f != 0 {
+            // SAFETY: only `set_before_fork` stores here, and it stores a `fn()`.
+            let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(f) };
+            f();
+        }
+    }
+}
+
 /// As [`fork`], without the single-thread check.
 ///
 /// # Safety
@@ -141,8 +164,9 @@ pub fn fork<E: Transfer, F: FnOnce(E) -> i32>(ends: E, child: F) -> Result<Child
 /// locked at the moment of the fork: in practice the closure may use only async-signal-safe
 /// operations (no allocation, no stdout, no std locks). forkipc's own operations on endpoints
 /// passed in `ends` allocate nothing on the fast path, and the child's side of this function
-/// does only async-signal-safe work itself (it does not flush stdout when the closure returns:
-/// the child exits with `_exit`, so flush what the closure printed yourself if it may).
+/// does only async-signal-safe work itself. Neither side touches stdout: flush it yourself
+/// before calling (or buffered output is written twice), and in the child flush what the
+/// closure printed, if it may (the child exits with `_exit`).
 pub unsafe fn fork_unchecked<E: Transfer, F: FnOnce(E) -> i32>(
     ends: E,
     child: F,
@@ -164,9 +188,12 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
 ) -> Result<Child, Error> {
     crate::sync::ident::ensure_fork_hook();
     let token = Token(());
-    // Whatever sits in stdout's buffer would otherwise be written twice. Done first: it may
-    // block (a full pipe), and nothing is reserved yet.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    if single_threaded {
+        // Whatever sits in stdout's buffer would otherwise be written twice. Done first: it
+        // may block (a full pipe), and nothing is reserved yet. Not in `fork_unchecked`: a
+        // thread may hold stdout's lock there (and the child could never take it).
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
     // Which of the ends this process owns (and so hands over); the rest stay inert.
     let mut owned: Vec<bool> = Vec::new();
     ends.for_each_core(&token, &mut |c| owned.push(c.is_owned()));
@@ -193,6 +220,8 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
         None => None,
     };
 
+    #[cfg(not(loom))]
+    testing::before_fork();
     // SAFETY: fork has no memory-safety preconditions; what the child may do is the caller's
     // contract (single-threaded for the safe `fork`).
     let pid = unsafe { libc::fork() };
