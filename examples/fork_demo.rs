@@ -9,10 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use forkipc::{AnonRegion, DisconnectReason, Shareable, ShmMutex, channel, duplex, fork};
+use forkipc::bytemuck::{Pod, Zeroable};
+use forkipc::{AnonRegion, DisconnectReason, ShmMutex, channel, duplex, fork};
 
-/// A request to the worker: plain data, copied through the ring as is.
-#[derive(Clone, Copy, Debug)]
+/// A request to the worker: plain data (`Pod`: integers, no padding), copied through the ring
+/// as is.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[bytemuck(crate = "forkipc::bytemuck")]
 #[repr(C)]
 struct Request {
     id: u32,
@@ -20,19 +23,14 @@ struct Request {
     x: i64,
 }
 
-// SAFETY: integers only; no pointers, no drop glue.
-unsafe impl Shareable for Request {}
-
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[bytemuck(crate = "forkipc::bytemuck")]
 #[repr(C)]
 struct Reply {
     id: u32,
-    _pad: u32,
+    _pad: u32, // explicit: `Pod` refuses implicit padding
     value: i64,
 }
-
-// SAFETY: integers only.
-unsafe impl Shareable for Reply {}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. A shared counter, updated by both processes under a robust process-shared mutex.

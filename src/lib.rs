@@ -14,9 +14,13 @@ mod ring;
 mod sync;
 mod sys;
 
+/// The crate whose traits make a type [`Plain`] data for typed channels (derive
+/// `Pod` + `Zeroable`, or `CheckedBitPattern` + `NoUninit`), re-exported so its version always
+/// matches this crate's.
+pub use bytemuck;
 pub use channel::{
     ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, DuplexPair, IntoIter, Iter,
-    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter,
+    Plain, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter,
     TryRecvError, TrySendError, WriteGrant, byte_channel, channel, duplex,
 };
 #[cfg(feature = "serde")]

@@ -10,9 +10,10 @@ mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use forkipc::bytemuck::{CheckedBitPattern, NoUninit, Pod, Zeroable};
 use forkipc::{
-    ByteSendError, Child, DisconnectReason, Receiver, RecvError, RecvTimeoutError, SendError,
-    SendTimeoutError, Sender, Shareable, TryRecvError, TrySendError, WaitPolicy, byte_channel,
+    ByteSendError, Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError,
+    SendError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitPolicy, byte_channel,
     channel, duplex, fork,
 };
 use support::{Context, Outcome, expect_success, kill_and_reap, wait_child};
@@ -44,6 +45,7 @@ fn main() {
         two_hundred_channels_no_extra_fds,
         channel_create_drop_leaves_no_mapping,
         tuples_transfer,
+        regression_typed_bool_with_invalid_bits_is_corrupted_not_ub,
     ]);
 }
 
@@ -128,27 +130,23 @@ fn expect_sequence(rx: &Receiver<u64>, next: &mut u64, count: u64) -> Outcome {
     Ok(())
 }
 
-/// A request for the duplex worker: plain integers, fixed layout.
+/// A request for the duplex worker: plain integers, fixed layout, no padding.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 struct Request {
     id: u64,
     a: u32,
     b: u32,
 }
-// SAFETY: repr(C) struct of integers: no pointers, no heap, no Drop; any bit pattern is valid.
-unsafe impl Shareable for Request {}
 
 /// The worker's answer to a `Request`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 struct Reply {
     id: u64,
     sum: u64,
     product: u64,
 }
-// SAFETY: repr(C) struct of integers: no pointers, no heap, no Drop; any bit pattern is valid.
-unsafe impl Shareable for Reply {}
 
 fn answer(r: Request) -> Reply {
     Reply {
@@ -432,7 +430,7 @@ fn timeouts_and_empty() -> Outcome {
 /// value (`Full(v)`), `send_timeout` hands it back as `Timeout(v)`, and neither leaves anything
 /// in the ring. Same for byte channels (`Full`, `Timeout`).
 fn full_backpressure_hands_value_back() -> Outcome {
-    fn fill_and_check<T: Shareable + Copy + PartialEq + std::fmt::Debug>(
+    fn fill_and_check<T: Plain + PartialEq + std::fmt::Debug>(
         capacity: usize,
         make: impl Fn(u64) -> T,
     ) -> Outcome {
@@ -1345,4 +1343,99 @@ fn tuples_transfer() -> Outcome {
     drop(me);
     cleanup(&mut child, r)?;
     expect_success(&mut child, WAIT)
+}
+
+/// A command with invalid bit patterns (only 1 and 2 are values), validated on receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, CheckedBitPattern, NoUninit)]
+#[bytemuck(crate = "forkipc::bytemuck")]
+#[repr(u8)]
+enum Switch {
+    On = 1,
+    Off = 2,
+}
+
+/// Stores `header` at index `idx` of a ring's data area (Release, as a commit does), after
+/// copying `payload` behind it: what a peer writing the shared memory directly can do.
+fn forge_record(data: *mut u8, cap: usize, idx: usize, header: u64, payload: &[u8]) {
+    assert!(idx.is_multiple_of(8) && idx + 8 + payload.len() <= cap);
+    // SAFETY: `idx + 8 + payload.len() <= cap` (asserted): the bytes lie in the data area,
+    // mapped while the channel lives. Only this single-threaded process uses the ring now.
+    unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), data.add(idx + 8), payload.len()) };
+    // SAFETY: `idx` is 8-aligned inside the data area, which is 8-aligned; the consumer reads
+    // headers only atomically.
+    let h = unsafe { std::sync::atomic::AtomicU64::from_ptr(data.add(idx).cast::<u64>()) };
+    h.store(header, std::sync::atomic::Ordering::Release);
+}
+
+const MSG: u64 = 1 << 32;
+const PAD: u64 = 2 << 32;
+
+/// Regression (issue 8, defect 4: decoding memory the peer can still write). A typed receiver
+/// turned the ring's bytes into a `T` unchecked, so a peer that wrote byte 7 where a `bool`
+/// goes made safe code hold a `bool` that is neither `true` nor `false` (undefined behaviour).
+/// Now the bytes are copied out and validated: the receiver disconnects (`Corrupted`) and never
+/// returns the value. Checked on the fast path (the record at the head) and on the general one
+/// (a record behind a padding record), for `bool` and for a derived enum.
+fn regression_typed_bool_with_invalid_bits_is_corrupted_not_ub() -> Outcome {
+    // Fast path: a committed 1-byte record at the head holding 7.
+    let (tx, rx) = channel::<bool>(4).ctx("channel::<bool>")?;
+    let (_, data, cap) = forkipc::__testing::typed_ring_memory(&rx);
+    forge_record(data, cap, 0, MSG | 1, &[7]);
+    match rx.try_recv() {
+        Ok(b) => {
+            return Err(format!(
+                "try_recv made a bool of byte 7 (as u8: {})",
+                b as u8
+            ));
+        }
+        Err(TryRecvError::Disconnected) => {}
+        Err(e) => return Err(format!("try_recv of byte 7: {e:?}, expected Disconnected")),
+    }
+    ensure!(
+        rx.disconnect_reason() == Some(DisconnectReason::Corrupted),
+        "reason {:?}, expected Corrupted",
+        rx.disconnect_reason()
+    );
+    ensure!(
+        rx.recv_timeout(RECV) == Err(RecvTimeoutError::Disconnected),
+        "a corrupted channel must stay disconnected"
+    );
+    drop((tx, rx));
+
+    // General path: valid messages move the head to the last 16 bytes of the data area; a
+    // forged padding record there sends the consumer to a forged record at index 0.
+    for (what, forged) in [("byte 7", 7u8), ("byte 0", 0)] {
+        let (tx, rx) = channel::<Switch>(4).ctx("channel::<Switch>")?;
+        let (_, data, cap) = forkipc::__testing::typed_ring_memory(&rx);
+        for i in 0..(cap - 16) / 16 {
+            let v = if i % 2 == 0 { Switch::On } else { Switch::Off };
+            tx.send(v).ctx("send")?;
+            ensure!(rx.recv_timeout(RECV) == Ok(v), "message {i} of the warm-up");
+        }
+        forge_record(data, cap, 0, MSG | 1, &[forged]);
+        forge_record(data, cap, cap - 16, PAD | 8, &[]);
+        match rx.recv_timeout(RECV) {
+            Ok(v) => {
+                return Err(format!("recv made a Switch of {what} (as u8: {})", v as u8));
+            }
+            Err(RecvTimeoutError::Disconnected) => {}
+            Err(e) => return Err(format!("recv of {what}: {e:?}, expected Disconnected")),
+        }
+        ensure!(
+            rx.disconnect_reason() == Some(DisconnectReason::Corrupted),
+            "{what}: reason {:?}, expected Corrupted",
+            rx.disconnect_reason()
+        );
+        ensure!(
+            rx.try_recv() == Err(TryRecvError::Disconnected),
+            "{what}: a corrupted channel must stay disconnected"
+        );
+    }
+
+    // A valid forged value still arrives: only impossible bits disconnect.
+    let (_tx, rx) = channel::<bool>(4).ctx("channel::<bool>")?;
+    let (_, data, cap) = forkipc::__testing::typed_ring_memory(&rx);
+    forge_record(data, cap, 0, MSG | 1, &[1]);
+    ensure!(rx.try_recv() == Ok(true), "a forged valid bool");
+    Ok(())
 }

@@ -2,12 +2,13 @@
 
 mod support;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use forkipc::{SerdeRecvError, SerdeSendError, fork, serde_channel};
-use serde::{Deserialize, Serialize};
-use support::{Context, Outcome, expect_success};
+use forkipc::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, fork, serde_channel};
+use serde::{Deserialize, Deserializer, Serialize};
+use support::{Context, Outcome, expect_success, kill_and_reap};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
 enum Shape {
@@ -121,10 +122,211 @@ fn serde_decode_error_is_reported_not_panicked() -> Outcome {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Regression: issue 8, defect 4 ("decoding memory the peer can still write")
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    /// The ring's data area (address, size) and where the probed string's last byte lies in it.
+    static RING: Cell<(usize, usize, usize)> = const { Cell::new((0, 0, 0)) };
+}
+
+/// A string decoder that plays the peer at the worst moment: handed the `&str` postcard has just
+/// validated, it first stores 0xFF over the string's last byte in the ring (as the peer process
+/// may at any time), then looks at what it was handed.
+struct Probe {
+    /// The `&str` pointed into the ring's shared memory.
+    in_ring: bool,
+    /// The `&str` was still valid UTF-8 after the peer's store.
+    utf8_after_store: bool,
+    len: usize,
+}
+
+/// (The receiver's bound asks for it; never used.)
+impl Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("")
+    }
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Probe, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Probe;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Probe, E> {
+                let (data, cap, last) = RING.get();
+                let at = s.as_ptr() as usize;
+                let in_ring = at >= data && at < data + cap;
+                // SAFETY: `last` is an index inside the data area (checked by the caller), mapped
+                // while the channel lives. This store is the peer's, made on purpose: if `s` lies
+                // in the ring, it changes under a `&str` (the defect this test exposes).
+                unsafe { ((data + last) as *mut u8).write_volatile(0xFF) };
+                let utf8_after_store =
+                    std::str::from_utf8(std::hint::black_box(s.as_bytes())).is_ok();
+                Ok(Probe {
+                    in_ring,
+                    utf8_after_store,
+                    len: s.len(),
+                })
+            }
+        }
+        d.deserialize_string(V)
+    }
+}
+
+/// Regression: `SerdeReceiver` decoded with postcard straight out of the ring, and postcard
+/// validates a string's UTF-8 and only then copies it, so the peer could change the bytes in
+/// between and an invalid `String` reached safe code. The receiver must decode a private copy.
+/// Deterministic: the decoder itself stores over the ring right after postcard's validation.
+fn regression_serde_decodes_a_private_copy() -> Outcome {
+    let (tx, rx) = forkipc::byte_channel(4096).ctx("byte_channel")?;
+    let (_, data, cap) = forkipc::__testing::ring_memory(&rx);
+    let tx: SerdeSender<String> = tx.into();
+    let rx: SerdeReceiver<Probe> = rx.into();
+    let text = "a".repeat(100);
+    tx.send(&text).ctx("send")?;
+    // The first record sits at index 0: an 8-byte header, postcard's 1-byte length, the text.
+    let last = 8 + 1 + text.len() - 1;
+    // SAFETY: `last < cap`, inside the data area, mapped while the channel lives.
+    let before = unsafe { data.add(last).read_volatile() };
+    ensure!(
+        before == b'a',
+        "the string's last byte is not where expected"
+    );
+    RING.set((data as usize, cap, last));
+    let p = rx.recv_timeout(Duration::from_secs(1)).ctx("recv")?;
+    ensure!(
+        p.len == text.len(),
+        "decoded {} bytes, sent {}",
+        p.len,
+        text.len()
+    );
+    ensure!(
+        !p.in_ring,
+        "the decoder was handed a &str in the ring's shared memory, which the peer can write"
+    );
+    ensure!(
+        p.utf8_after_store,
+        "a &str that postcard had validated held invalid UTF-8 after the peer's store"
+    );
+    Ok(())
+}
+
+/// Regression, as the review saw it (9 492 invalid `String`s in one run): a peer process keeps
+/// flipping the last byte of a committed `String` message between `b'a'` and 0xFF while this
+/// process receives it, thousands of times. Each receive must give the valid string or a
+/// `Decode` error, never a `String` that is not UTF-8 (before the fix, postcard validated the
+/// ring's bytes and then copied them, and the flips landed in between).
+fn regression_serde_string_stays_utf8_while_peer_flips_bytes() -> Outcome {
+    const CAP: usize = 1 << 16;
+    const MIN_ROUNDS: u64 = 5000;
+    const MIN_RACES: u64 = 500;
+    let (tx, rx) = forkipc::byte_channel(CAP).ctx("byte_channel")?;
+    let (_, data, cap) = forkipc::__testing::ring_memory(&rx);
+    ensure!(cap == CAP, "data area {cap}, expected {CAP}");
+    // The longest message: a record of `8 + max` bytes, half the ring less 8. With one message
+    // in flight at a time, records then sit at index 0 and index `rec` by turns (the one after
+    // `rec` does not fit before the end and wraps to 0). The string's last byte is the record's.
+    let max = rx.max_message_len();
+    let rec = 8 + max;
+    ensure!(
+        rec.is_multiple_of(8) && 2 * rec < cap,
+        "unexpected layout: max {max}"
+    );
+    let spots = [rec - 1, 2 * rec - 1];
+    let n = max - 3; // postcard's length prefix takes 3 bytes for 16 KiB..2 MiB
+    let text = "a".repeat(n);
+    let tx: SerdeSender<String> = tx.into();
+    let rx: SerdeReceiver<String> = rx.into();
+
+    let base = data as usize;
+    let mut flipper = fork((), move |()| {
+        // The peer: flips both spots, a few hundred nanoseconds per round, until killed (or
+        // after a minute, should the parent be gone).
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            for _ in 0..1000 {
+                for v in [0xFF, b'a'] {
+                    for i in spots {
+                        // SAFETY: `i < cap`: a byte of the ring's data area, which this child
+                        // maps at the same address. Writing it behind the ring's back is the
+                        // point: a hostile peer does.
+                        unsafe { ((base + i) as *mut u8).write_volatile(v) };
+                    }
+                }
+            }
+        }
+        0
+    })
+    .ctx("fork flipper")?;
+
+    let r = (|| {
+        // Start once the peer runs (a spot reads 0xFF), so the rounds below race it.
+        let t = Instant::now();
+        // SAFETY: `spots[0] < cap`: a byte of the data area, mapped while the channel lives.
+        while unsafe { data.add(spots[0]).read_volatile() } != 0xFF {
+            ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "the flipper never ran"
+            );
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        let (mut rounds, mut valid, mut decode_errors, mut invalid) = (0u64, 0u64, 0u64, 0u64);
+        // Each decode error is a receive that raced a flip (0xFF when validated); before the fix
+        // about one race in three also produced an invalid `String`. Race often enough that
+        // the old code cannot pass, unless the peer gets no CPU for 20 s.
+        while (rounds < MIN_ROUNDS || decode_errors < MIN_RACES)
+            && invalid == 0
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            tx.send(&text).ctx("send")?;
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(s) => {
+                    if std::str::from_utf8(std::hint::black_box(s.as_bytes())).is_ok() {
+                        ensure!(s == text, "a valid string that is not the one sent");
+                        valid += 1;
+                    } else {
+                        invalid += 1;
+                    }
+                }
+                Err(SerdeRecvError::Decode(postcard::Error::DeserializeBadUtf8)) => {
+                    decode_errors += 1
+                }
+                Err(e) => return Err(format!("receive {rounds}: {e:?}")),
+            }
+            rounds += 1;
+        }
+        println!(
+            "    {rounds} receives in {:?}: {valid} valid, {decode_errors} decode errors, \
+             {invalid} Strings that were not UTF-8",
+            start.elapsed()
+        );
+        ensure!(
+            invalid == 0,
+            "{invalid} of {rounds} received Strings were not UTF-8 (decoded from bytes the peer \
+             changed after validation)"
+        );
+        ensure!(
+            valid > 0 && decode_errors > 0,
+            "the peer never raced the receiver ({valid} valid, {decode_errors} decode errors)"
+        );
+        Ok(())
+    })();
+    kill_and_reap(&mut flipper);
+    r
+}
+
 fn main() {
     support::run(cases![
         serde_stream_of_structs_round_trips,
         serde_too_large_and_empty_are_reported,
         serde_decode_error_is_reported_not_panicked,
+        regression_serde_decodes_a_private_copy,
+        regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);
 }

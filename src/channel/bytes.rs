@@ -214,6 +214,9 @@ impl ByteReceiver {
     /// Receives the next message and lends it in place (zero-copy), blocking until one
     /// arrives. Its space is released when the returned guard is dropped.
     ///
+    /// The bytes stay in shared memory that the peer process can write at any time (see
+    /// [`ByteMessage`]): copy them out before you parse or validate them.
+    ///
     /// ```
     /// let (tx, mut rx) = forkipc::byte_channel(4096)?;
     /// tx.send(&[1, 2, 3, 4]).unwrap();
@@ -227,7 +230,8 @@ impl ByteReceiver {
         Ok(ByteMessage { g })
     }
 
-    /// As [`recv_ref`](Self::recv_ref), without blocking.
+    /// As [`recv_ref`](Self::recv_ref), without blocking. The same caution applies: the bytes
+    /// lie in memory the peer can write.
     pub fn try_recv_ref(&mut self) -> Result<ByteMessage<'_>, TryRecvError> {
         let g = self.core.read(Mode::Try).map_err(|f| match f {
             Fail::Empty => TryRecvError::Empty,
@@ -264,6 +268,11 @@ impl ByteReceiver {
 
 /// Space reserved in the ring for one message, written in place. `commit` sends it; dropping
 /// it sends nothing.
+///
+/// The slice lies in memory that the peer process maps too. A well-behaved peer does not touch
+/// it before the commit, but a buggy or hostile one can write it at any time, so what you read
+/// back from the grant may differ from what you wrote (safe: `[u8]` has no invalid values).
+/// Write into it; do not use it to keep data you will read again and trust.
 pub struct WriteGrant<'a> {
     r: Reservation<'a>,
 }
@@ -291,6 +300,14 @@ impl DerefMut for WriteGrant<'_> {
 }
 
 /// A received message lent in place; its ring space is released on drop.
+///
+/// The slice lies in memory that the peer process can write at any time: a well-behaved peer
+/// leaves it alone until the message is released, but a buggy or hostile one can change its
+/// bytes while you hold it, even between two reads of the same byte. That is safe (`[u8]` has
+/// no invalid values), but a check made on the slice says nothing about what a later read
+/// sees: copy the bytes into memory of your own (`to_vec`, [`ByteReceiver::recv_into`])
+/// before you parse or validate anything (UTF-8, a length, a checksum, a decoder's input).
+/// This crate's own decoders (typed and serde channels) always copy first.
 pub struct ByteMessage<'a> {
     g: ReadGuard<'a>,
 }

@@ -40,7 +40,9 @@ pub use error::{
 pub use serde_channel::{
     SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel,
 };
-pub use typed::{Duplex, DuplexPair, IntoIter, Iter, Receiver, Sender, TryIter, channel, duplex};
+pub use typed::{
+    Duplex, DuplexPair, IntoIter, Iter, Plain, Receiver, Sender, TryIter, channel, duplex,
+};
 
 use crate::Error;
 use crate::presence::PresenceRef;

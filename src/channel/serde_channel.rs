@@ -1,8 +1,15 @@
 //! Serde channels (feature `serde`): any `Serialize + DeserializeOwned` type, encoded with
-//! postcard straight into space reserved in the ring and decoded from the ring in place, so a
-//! message is copied once each way (by the encoder and the decoder) and never through a
-//! temporary buffer.
+//! postcard straight into space reserved in the ring, and decoded from a private copy.
+//!
+//! The receiver never decodes in the ring: the peer process can write that memory at any time,
+//! and postcard (like most decoders) first validates (a UTF-8 string, a length, an enum tag) and
+//! then copies, so bytes changed in between would reach safe code unvalidated (a `String` that
+//! is not UTF-8). Each message is copied into a buffer of the receiver's own, reused from one
+//! message to the next (it grows to the largest message received, at most half the ring), its
+//! ring space released, and then decoded. The sender encodes in place: only this process
+//! writes a reservation, and the peer reads it only after the commit.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -40,10 +47,7 @@ pub fn serde_channel<T: Serialize + DeserializeOwned>(
             inner: tx,
             _t: PhantomData,
         },
-        SerdeReceiver {
-            inner: rx,
-            _t: PhantomData,
-        },
+        SerdeReceiver::from(rx),
     ))
 }
 
@@ -56,6 +60,9 @@ pub struct SerdeSender<T> {
 /// Receiving end of a serde channel.
 pub struct SerdeReceiver<T> {
     pub(crate) inner: ByteReceiver,
+    /// The private copy of the message being decoded; empty while none is (taken out of the
+    /// `Cell` for the duration, so nothing can observe it half-used).
+    scratch: Cell<Vec<u8>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -153,7 +160,21 @@ impl<T: Serialize + DeserializeOwned> SerdeReceiver<T> {
             Fail::Timeout => SerdeRecvError::Timeout,
             _ => SerdeRecvError::Disconnected,
         })?;
-        postcard::from_bytes(g.as_slice()).map_err(SerdeRecvError::Decode)
+        // Copy first, then release, then decode the copy (see the module doc): the peer can
+        // change the ring's bytes while we read them, but not our copy.
+        let mut buf = self.scratch.take();
+        buf.clear();
+        #[cfg(not(loom))]
+        buf.extend_from_slice(g.as_slice());
+        #[cfg(loom)]
+        {
+            buf.resize(g.len(), 0);
+            g.read_into(&mut buf);
+        }
+        drop(g);
+        let r = postcard::from_bytes(&buf).map_err(SerdeRecvError::Decode);
+        self.scratch.set(buf);
+        r
     }
 
     /// Receives and decodes the next message, blocking until one arrives.
@@ -204,6 +225,7 @@ impl<T> From<ByteReceiver> for SerdeReceiver<T> {
     fn from(inner: ByteReceiver) -> Self {
         SerdeReceiver {
             inner,
+            scratch: Cell::new(Vec::new()),
             _t: PhantomData,
         }
     }

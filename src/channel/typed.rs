@@ -6,12 +6,69 @@ use std::mem::{MaybeUninit, size_of};
 use std::time::Duration;
 
 use super::{Fail, Mode, RxCore, TxCore, new_ring};
-use crate::region::Shareable;
 use crate::ring::{DisconnectReason, cap_for_messages};
 use crate::sync::{Deadline, WaitPolicy};
 use crate::{
     Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
+
+/// Plain data that a typed channel carries as raw bytes: the payload bound of [`channel`],
+/// [`duplex`], [`Sender`] and [`Receiver`].
+///
+/// Implemented for every type that is both [`bytemuck::NoUninit`] and
+/// [`bytemuck::CheckedBitPattern`]; never implement it yourself, derive bytemuck's traits
+/// instead. The crate is re-exported as [`forkipc::bytemuck`](crate::bytemuck): its derives
+/// name `::bytemuck`, so either depend on `bytemuck = "1"` yourself or add
+/// `#[bytemuck(crate = "forkipc::bytemuck")]` to the type, as below.
+///
+/// * Every [`Pod`](bytemuck::Pod) type qualifies: integers, floats, arrays of them (`u64`,
+///   `[u8; 64]`, `[u64; 8]`), and `#[derive(Clone, Copy, Pod, Zeroable)] #[repr(C)]` structs
+///   whose fields are `Pod` and that have no padding. Every bit pattern is a valid value, so
+///   the receiver checks nothing: receiving is a copy.
+/// * `bool`, `char`, and fieldless `#[repr(u8)]` (or other integer repr) enums that
+///   `#[derive(Clone, Copy, CheckedBitPattern, NoUninit)]` qualify too: they have invalid bit
+///   patterns, so the receiver validates each message after copying it out of the ring. A
+///   message that is not a valid `T` can only come from a peer that wrote the shared memory
+///   behind the channel's back; it disconnects the receiver for good
+///   ([`DisconnectReason::Corrupted`]) and is never turned into a `T`.
+///
+/// [`NoUninit`](bytemuck::NoUninit) rules out padding: a message is copied byte for byte into
+/// memory the peer process reads, and padding bytes would hand it whatever was left in this
+/// process's memory (and reading uninitialised bytes is undefined behaviour). Fill the gaps
+/// with explicit fields instead. Types with pointers or references are neither `Pod` nor
+/// `CheckedBitPattern`: an address means nothing in the other process.
+///
+/// ```
+/// use forkipc::bytemuck::{CheckedBitPattern, NoUninit, Pod, Zeroable};
+///
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "forkipc::bytemuck")]
+/// #[repr(C)]
+/// struct Job {
+///     id: u64,
+///     args: [u32; 2], // 16 bytes, no padding
+/// }
+///
+/// #[derive(Clone, Copy, CheckedBitPattern, NoUninit, Debug, PartialEq)]
+/// #[bytemuck(crate = "forkipc::bytemuck")]
+/// #[repr(u8)]
+/// enum Verdict {
+///     Ok = 1,
+///     Retry = 2,
+/// }
+///
+/// let (tx, rx) = forkipc::channel::<Job>(8)?;
+/// tx.send(Job { id: 1, args: [2, 3] }).unwrap();
+/// assert_eq!(rx.recv().unwrap().args, [2, 3]);
+///
+/// let (tx, rx) = forkipc::channel::<Verdict>(8)?;
+/// tx.send(Verdict::Retry).unwrap();
+/// assert_eq!(rx.recv(), Ok(Verdict::Retry));
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub trait Plain: bytemuck::NoUninit + bytemuck::CheckedBitPattern {}
+
+impl<T: bytemuck::NoUninit + bytemuck::CheckedBitPattern> Plain for T {}
 
 /// Creates a channel that holds at least `capacity` messages of type `T`.
 ///
@@ -19,12 +76,12 @@ use crate::{
 /// `size_of::<T>()` rounded up to 8, plus an 8-byte header). Hand one end to a child with
 /// [`fork`](crate::fork).
 ///
-/// Messages are copied as raw bytes. The ring's structure (lengths, positions) is validated on
-/// every read, but the payload's bits are trusted to be a `T` written by [`Sender::send`], the
-/// only way the safe API writes one. A peer that scribbles over the shared memory with unsafe
-/// code could hand the receiver bytes that are not a valid `T`; for types with invalid bit
-/// patterns (`bool`, `char`) that would be undefined behaviour, so talk to code you do not
-/// trust over [`byte_channel`](crate::byte_channel) or a serde channel instead.
+/// Messages are copied as raw bytes (`T` is [`Plain`] data: no pointers, no padding). The
+/// ring's structure (lengths, positions) is validated on every read, and each message is
+/// copied out of the shared memory before it becomes a `T`: for types with invalid bit
+/// patterns (`bool`, `char`, enums) the private copy is validated first, so a peer that
+/// scribbles over the shared memory can at worst disconnect the channel
+/// ([`DisconnectReason::Corrupted`]), never hand the receiver an invalid value.
 ///
 /// ```no_run
 /// let (tx, rx) = forkipc::channel::<u64>(64)?;
@@ -38,7 +95,7 @@ use crate::{
 /// assert!(child.wait()?.success());
 /// # Ok::<(), forkipc::Error>(())
 /// ```
-pub fn channel<T: Shareable + Copy>(capacity: usize) -> Result<(Sender<T>, Receiver<T>), Error> {
+pub fn channel<T: Plain>(capacity: usize) -> Result<(Sender<T>, Receiver<T>), Error> {
     if capacity == 0 {
         return Err(Error::ZeroSize);
     }
@@ -58,9 +115,7 @@ pub fn channel<T: Shareable + Copy>(capacity: usize) -> Result<(Sender<T>, Recei
 
 /// Creates a pair of connected duplex endpoints: the first sends `A` and receives `B`, the
 /// second the reverse. Each direction holds at least `capacity` messages.
-pub fn duplex<A: Shareable + Copy, B: Shareable + Copy>(
-    capacity: usize,
-) -> Result<DuplexPair<A, B>, Error> {
+pub fn duplex<A: Plain, B: Plain>(capacity: usize) -> Result<DuplexPair<A, B>, Error> {
     let (atx, arx) = channel::<A>(capacity)?;
     let (btx, brx) = channel::<B>(capacity)?;
     Ok((Duplex { tx: atx, rx: brx }, Duplex { tx: btx, rx: arx }))
@@ -78,13 +133,15 @@ pub struct Receiver<T> {
     _t: PhantomData<T>,
 }
 
-impl<T: Shareable + Copy> Sender<T> {
+impl<T: Plain> Sender<T> {
     #[inline]
     fn put(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
-        let src: *const u8 = (&msg as *const T).cast();
-        // SAFETY: `src` points at `msg`, a live `T` of `size_of::<T>()` bytes (an untyped copy,
-        // so padding bytes inside `T` are fine).
-        if self.core.owned() && unsafe { self.core.p.try_push_contiguous(src, size_of::<T>()) } {
+        // `T: NoUninit`: every byte of `msg` is initialised, so no stale memory of this process
+        // reaches the peer.
+        let src = bytemuck::bytes_of(&msg);
+        // SAFETY: `src` is readable for `size_of::<T>()` bytes (it is `msg`'s bytes).
+        if self.core.owned() && unsafe { self.core.p.try_push_contiguous(src.as_ptr(), src.len()) }
+        {
             return Ok(());
         }
         self.put_slow(msg, mode)
@@ -96,9 +153,10 @@ impl<T: Shareable + Copy> Sender<T> {
     fn put_slow(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
         match self.core.reserve(size_of::<T>(), mode) {
             Ok(mut r) => {
-                // SAFETY: `msg` is a live `T` of `size_of::<T>()` bytes; the reservation is that
-                // long. An untyped copy, so padding bytes inside `T` are fine.
-                unsafe { r.write_raw((&msg as *const T).cast(), size_of::<T>()) };
+                let src = bytemuck::bytes_of(&msg);
+                // SAFETY: `src` is readable for `size_of::<T>()` bytes; the reservation is that
+                // long.
+                unsafe { r.write_raw(src.as_ptr(), src.len()) };
                 r.commit();
                 Ok(())
             }
@@ -167,58 +225,80 @@ impl<T> Sender<T> {
     }
 }
 
-impl<T: Shareable + Copy> Receiver<T> {
-    /// The fast path: the next record is a committed `T`.
+impl<T: Plain> Receiver<T> {
+    /// The fast path: if the next record is a committed message of `T`'s size, copies its bytes
+    /// into `v` (private memory), releases it and returns `true`.
     #[inline]
-    fn take_fast(&self) -> Option<T> {
-        let mut v = MaybeUninit::<T>::uninit();
+    fn pop_fast(&self, v: &mut MaybeUninit<T>) -> bool {
         // SAFETY: `v` is writable for `size_of::<T>()` bytes.
-        let got = self.core.own.owned()
+        self.core.own.owned()
             && unsafe {
                 self.core
                     .c
                     .try_pop_exact(v.as_mut_ptr().cast(), size_of::<T>())
-            };
-        // SAFETY: `try_pop_exact` copied a record of exactly `size_of::<T>()` bytes, written by
-        // `Sender::send` (the only way to produce one through the safe API).
-        got.then(|| unsafe { v.assume_init() })
+            }
+    }
+
+    /// Turns the private copy of a message into a `T`, validating its bits. An invalid `T`
+    /// disconnects the channel for good.
+    ///
+    /// The bytes are validated in `v`, which the peer cannot reach: validating them in the ring
+    /// would leave the peer free to change them between the check and the copy. For `Pod` types
+    /// the check is `true` and the size and alignment checks are constant (`v` is a `T`), so
+    /// this compiles to the bare copy.
+    #[inline]
+    fn validate(&self, v: &MaybeUninit<T>) -> Result<T, Fail> {
+        // SAFETY: the caller copied `size_of::<T>()` bytes from the ring into `v`, so all of them
+        // are initialised (the data area is zero-filled at creation and only ever written with
+        // initialised bytes; whatever a peer stores there is still initialised memory).
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size_of::<T>()) };
+        match bytemuck::checked::try_from_bytes::<T>(bytes) {
+            Ok(t) => Ok(*t),
+            Err(_) => Err(self.corrupted()),
+        }
+    }
+
+    /// Disconnects for good: the ring held something that `Sender::send` cannot produce (only
+    /// a peer writing the shared memory behind the ring's back does).
+    #[cold]
+    #[inline(never)]
+    fn corrupted(&self) -> Fail {
+        self.core.c.mark_corrupted();
+        self.core.own.reason.set(Some(DisconnectReason::Corrupted));
+        Fail::Disconnected
     }
 
     #[inline]
     fn take(&self, mode: Mode<'_>) -> Result<T, Fail> {
-        match self.take_fast() {
-            Some(v) => Ok(v),
-            None => self.take_slow(mode),
+        let mut v = MaybeUninit::<T>::uninit();
+        if self.pop_fast(&mut v) {
+            return self.validate(&v);
         }
+        self.take_slow(mode)
     }
 
     /// Waits, then takes the next message by the fast path or the general, validating one.
     #[cold]
     #[inline(never)]
     fn take_slow(&self, mode: Mode<'_>) -> Result<T, Fail> {
+        let mut v = MaybeUninit::<T>::uninit();
         if let Mode::Block(deadline) = mode {
             // Something may have arrived while we waited: the fast path first.
             self.core.wait_readable(deadline)?;
-            if let Some(v) = self.take_fast() {
-                return Ok(v);
+            if self.pop_fast(&mut v) {
+                return self.validate(&v);
             }
         }
         // Padding, another length, a closed or broken ring: the general, validating path.
         let g = self.core.read(mode)?;
         if g.len() != size_of::<T>() {
-            // Only a peer writing shared memory behind the ring's back produces this.
             drop(g);
-            self.core.c.mark_corrupted();
-            self.core.own.reason.set(Some(DisconnectReason::Corrupted));
-            return Err(Fail::Disconnected);
+            return Err(self.corrupted());
         }
-        let mut v = MaybeUninit::<T>::uninit();
         // SAFETY: `v` is writable for `size_of::<T>()` bytes, which is the payload's length.
         unsafe { g.read_raw(v.as_mut_ptr().cast(), size_of::<T>()) };
         drop(g);
-        // SAFETY: the bytes are a `T` written by `Sender::send` (the only way to produce a record
-        // of this length through the safe API).
-        Ok(unsafe { v.assume_init() })
+        self.validate(&v)
     }
 
     /// Receives the next message, blocking until one arrives. Fails only when the channel is
@@ -312,28 +392,28 @@ pub struct IntoIter<T> {
     rx: Receiver<T>,
 }
 
-impl<T: Shareable + Copy> Iterator for Iter<'_, T> {
+impl<T: Plain> Iterator for Iter<'_, T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
         self.rx.recv().ok()
     }
 }
 
-impl<T: Shareable + Copy> Iterator for TryIter<'_, T> {
+impl<T: Plain> Iterator for TryIter<'_, T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
         self.rx.try_recv().ok()
     }
 }
 
-impl<T: Shareable + Copy> Iterator for IntoIter<T> {
+impl<T: Plain> Iterator for IntoIter<T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
         self.rx.recv().ok()
     }
 }
 
-impl<'a, T: Shareable + Copy> IntoIterator for &'a Receiver<T> {
+impl<'a, T: Plain> IntoIterator for &'a Receiver<T> {
     type Item = T;
     type IntoIter = Iter<'a, T>;
     fn into_iter(self) -> Iter<'a, T> {
@@ -341,7 +421,7 @@ impl<'a, T: Shareable + Copy> IntoIterator for &'a Receiver<T> {
     }
 }
 
-impl<T: Shareable + Copy> IntoIterator for Receiver<T> {
+impl<T: Plain> IntoIterator for Receiver<T> {
     type Item = T;
     type IntoIter = IntoIter<T>;
     fn into_iter(self) -> IntoIter<T> {
@@ -388,7 +468,7 @@ pub struct Duplex<A, B> {
     rx: Receiver<B>,
 }
 
-impl<A: Shareable + Copy, B: Shareable + Copy> Duplex<A, B> {
+impl<A: Plain, B: Plain> Duplex<A, B> {
     /// As [`Sender::send`].
     #[inline]
     pub fn send(&self, msg: A) -> Result<(), SendError<A>> {

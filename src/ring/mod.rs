@@ -847,10 +847,15 @@ impl ReadGuard<'_> {
     }
 
     /// The payload in place (native only).
+    ///
+    /// The slice lies in memory the peer process can write at any time: its bytes may change
+    /// while it is held (a hostile or buggy peer need not wait for the release). Callers only
+    /// copy it out or lend it as bytes; copy before parsing or validating anything.
     #[cfg(not(loom))]
     pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: the record was validated to lie inside the data area; the producer does not
-        // write it until we release it (publish a `head` past it).
+        // SAFETY: the record was validated to lie inside the data area, which stays mapped while
+        // `self` borrows the consumer; a well-behaved producer does not write it until we release
+        // it (publish a `head` past it), and bytes a hostile one writes are still `u8`s.
         unsafe { std::slice::from_raw_parts(self.c.data.ptr(self.at), self.len) }
     }
 }
