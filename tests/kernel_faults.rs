@@ -1,0 +1,234 @@
+//! Fork tests of what happens when the kernel refuses: system calls denied by a seccomp filter
+//! (as container profiles written before a call existed do), a wake-up that never comes, a pid
+//! that a new process reuses. Each case is named after the defect it found (review, issue 8).
+//!
+//! The seccomp filters are installed in the case's own process (each case runs in a forked
+//! subprocess, see `support`), after the channels it needs are created and its peers forked,
+//! so only that process is filtered. They are x86_64 BPF programs; elsewhere the cases that
+//! need them report a skip.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use forkipc::{Child, RecvTimeoutError, WaitPolicy, channel, fork};
+use support::{Context, Outcome, cpu_time, expect_success, kill_and_reap, wait_child};
+
+/// Deadline for a child to exit.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn main() {
+    support::run(cases![
+        futex_waitv_eperm_block_recv_does_not_busy_loop,
+        futex_wait_eperm_block_recv_does_not_busy_loop,
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// On failure, kills and reaps `children` so that nothing outlives the case; passes `r` on.
+fn cleanup(children: &mut [&mut Child], r: Outcome) -> Outcome {
+    if r.is_err() {
+        for c in children {
+            kill_and_reap(c);
+        }
+    }
+    r
+}
+
+/// One rule of a seccomp filter: system call `nr` fails with `errno`; with `arg`
+/// `Some((i, v))`, only when the low 32 bits of its argument `i` equal `v`.
+struct Deny {
+    nr: libc::c_long,
+    arg: Option<(u32, u32)>,
+    errno: i32,
+}
+
+/// `AUDIT_ARCH_X86_64` from `<linux/audit.h>` (EM_X86_64 | 64-bit | little endian).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// Installs a seccomp filter on the calling process (and the children it forks later) that
+/// applies `rules` and allows everything else.
+#[cfg(target_arch = "x86_64")]
+fn deny_syscalls(rules: &[Deny]) -> Outcome {
+    use libc::{
+        BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SECCOMP_RET_ALLOW,
+        SECCOMP_RET_ERRNO, sock_filter,
+    };
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jf: u8| sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = |offset: u32| stmt(BPF_LD | BPF_W | BPF_ABS, offset);
+    // struct seccomp_data: nr at 0, arch at 4, args[6] (u64 each) from 16; little endian, so
+    // an argument's low 32 bits are at 16 + 8 i.
+    let mut prog = vec![
+        load(4),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ];
+    for r in rules {
+        prog.push(load(0));
+        match r.arg {
+            None => prog.push(jeq(r.nr as u32, 1)),
+            Some((i, v)) => {
+                // Not this call: skip the argument test and the return.
+                prog.push(jeq(r.nr as u32, 3));
+                prog.push(load(16 + 8 * i));
+                prog.push(jeq(v, 1));
+            }
+        }
+        prog.push(stmt(
+            BPF_RET | BPF_K,
+            SECCOMP_RET_ERRNO | (r.errno as u32 & 0xffff),
+        ));
+    }
+    prog.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    ensure!(
+        r == 0,
+        "PR_SET_NO_NEW_PRIVS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the call (the kernel
+    // copies it).
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    ensure!(
+        r == 0,
+        "PR_SET_SECCOMP: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn deny_syscalls(_: &[Deny]) -> Outcome {
+    Err("the seccomp filters here are x86_64 BPF".into())
+}
+
+/// Forks a process that sleeps `delay`, then SIGKILLs `victim` (a sibling, so the caller can
+/// stay blocked in a channel operation meanwhile).
+fn spawn_killer(victim: u32, delay: Duration) -> Result<Child, String> {
+    fork((), move |()| {
+        std::thread::sleep(delay);
+        // SAFETY: kill has no memory-safety preconditions; `victim` is our parent's unreaped
+        // child (SIGCHLD is not ignored here), so the pid cannot have been reused.
+        unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }
+    })
+    .ctx("fork killer")
+}
+
+/// The shared body of the two `*_eperm_*` cases: an idle peer holds the sender; this process,
+/// filtered by `rules`, waits in `recv_timeout(1 s)` with `WaitPolicy::Block` and must sleep,
+/// not spin; then a sibling kills the peer and the blocked receiver must notice promptly.
+fn blocked_recv_under_filter(rules: &[Deny]) -> Outcome {
+    if !cfg!(target_arch = "x86_64") {
+        println!("    skipped: the seccomp filter is x86_64-only");
+        return Ok(());
+    }
+    let (tx, rx) = channel::<u64>(16).ctx("channel")?;
+    let mut peer = fork(tx, |tx| {
+        // Alive and idle, holding the sender, until killed.
+        std::thread::sleep(WAIT);
+        drop(tx);
+        0
+    })
+    .ctx("fork peer")?;
+    let r = (|| {
+        deny_syscalls(rules)?;
+        rx.set_wait_policy(WaitPolicy::Block);
+        let cpu0 = cpu_time();
+        let t0 = Instant::now();
+        let r = rx.recv_timeout(Duration::from_secs(1));
+        let (wall, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+        println!("    measured: idle blocked recv_timeout(1 s): {cpu:?} CPU in {wall:?}");
+        ensure!(r == Err(RecvTimeoutError::Timeout), "idle recv: {r:?}");
+        // The bug spun: ~800 ms of CPU in this second.
+        ensure!(
+            cpu < Duration::from_millis(100),
+            "an idle blocked receiver used {cpu:?} of CPU in {wall:?}: it spins"
+        );
+
+        // The fallback still notices the peer's death (it re-checks presence on each nap).
+        const KILL_AFTER: Duration = Duration::from_millis(200);
+        let mut killer = spawn_killer(peer.id(), KILL_AFTER)?;
+        let t0 = Instant::now();
+        let r = rx.recv_timeout(Duration::from_secs(10));
+        let wall = t0.elapsed();
+        expect_success(&mut killer, WAIT)?;
+        println!("    measured: peer killed after {KILL_AFTER:?}, recv returned after {wall:?}");
+        ensure!(
+            r == Err(RecvTimeoutError::Disconnected),
+            "recv after the peer's death: {r:?}"
+        );
+        ensure!(
+            wall < KILL_AFTER + Duration::from_millis(500),
+            "the peer's death was noticed only after {wall:?} (killed at {KILL_AFTER:?})"
+        );
+        Ok(())
+    })();
+    cleanup(&mut [&mut peer], r)?;
+    let st = wait_child(&mut peer, WAIT)?;
+    ensure!(st.signal() == Some(libc::SIGKILL), "peer: {st:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+/// Defect 7: `futex_waitv` denied with EPERM (seccomp profiles older than Linux 5.16) was
+/// taken for a wake-up, so an idle `Block` receiver retried at once, forever: ~800 ms of CPU
+/// per second. It must fall back to a plain futex wait (and still notice the peer's death).
+fn futex_waitv_eperm_block_recv_does_not_busy_loop() -> Outcome {
+    blocked_recv_under_filter(&[Deny {
+        nr: libc::SYS_futex_waitv,
+        arg: None,
+        errno: libc::EPERM,
+    }])
+}
+
+/// Defect 7, second half: with `futex_waitv` *and* the fallback's `FUTEX_WAIT_BITSET` denied,
+/// a hard error from `futex_wait` was an instant `Retry` that the wait loop spun on. It must
+/// nap instead. (Only the shared `FUTEX_WAIT_BITSET` the crate uses is denied; std's private
+/// futex calls are untouched.)
+fn futex_wait_eperm_block_recv_does_not_busy_loop() -> Outcome {
+    blocked_recv_under_filter(&[
+        Deny {
+            nr: libc::SYS_futex_waitv,
+            arg: None,
+            errno: libc::EPERM,
+        },
+        Deny {
+            nr: libc::SYS_futex,
+            arg: Some((1, libc::FUTEX_WAIT_BITSET as u32)),
+            errno: libc::EPERM,
+        },
+    ])
+}
