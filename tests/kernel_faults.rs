@@ -10,9 +10,10 @@
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkipc::{Child, RecvTimeoutError, WaitPolicy, channel, fork};
+use forkipc::{__testing, Child, RecvTimeoutError, WaitPolicy, byte_channel, channel, fork};
 use support::{Context, Outcome, cpu_time, expect_success, kill_and_reap, wait_child};
 
 /// Deadline for a child to exit.
@@ -22,11 +23,23 @@ fn main() {
     support::run(cases![
         futex_waitv_eperm_block_recv_does_not_busy_loop,
         futex_wait_eperm_block_recv_does_not_busy_loop,
+        failed_membarrier_does_not_lose_a_wakeup,
     ]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// Runs a child's body: exit status 0 on success, 1 (with the reason on stderr) on failure.
+fn child_main(body: impl FnOnce() -> Outcome) -> i32 {
+    match body() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("child {} failed: {e}", std::process::id());
+            1
+        }
+    }
+}
 
 /// On failure, kills and reaps `children` so that nothing outlives the case; passes `r` on.
 fn cleanup(children: &mut [&mut Child], r: Outcome) -> Outcome {
@@ -231,4 +244,68 @@ fn futex_wait_eperm_block_recv_does_not_busy_loop() -> Outcome {
             errno: libc::EPERM,
         },
     ])
+}
+
+/// Defect 10: when `membarrier(GLOBAL_EXPEDITED)` fails, the sleeper's Dekker handshake is
+/// incomplete, and a publisher that relies on it (compiler fence only) can miss `wait = 1` and
+/// skip the wake-up. The lost wake-up is made deterministic: another process commits a record
+/// straight into the ring *without* looking at `wait` (what the reordered publisher does). The
+/// sleeper, whose barrier failed, must bound its sleep and find the message; it used to sleep
+/// until its deadline.
+fn failed_membarrier_does_not_lose_a_wakeup() -> Outcome {
+    if !cfg!(target_arch = "x86_64") {
+        println!("    skipped: the seccomp filter is x86_64-only");
+        return Ok(());
+    }
+    const PAYLOAD: &[u8] = b"hello";
+    const WRITE_AFTER: Duration = Duration::from_millis(300);
+    let (tx, rx) = byte_channel(64).ctx("byte_channel")?;
+    let (stop_tx, stop_rx) = byte_channel(64).ctx("stop channel")?;
+    let (_, data, cap) = __testing::ring_memory(&rx);
+    let data = data as usize;
+    ensure!(cap == 64, "data area of {cap} bytes");
+    let mut writer = fork((tx, stop_rx), move |(tx, stop_rx)| {
+        child_main(|| {
+            std::thread::sleep(WRITE_AFTER);
+            // The consumer's head is 0: the record goes at index 0. Payload first, then the
+            // header with Release (as a commit does); the wait word is not touched.
+            let rec = data as *mut u8;
+            // SAFETY: the data area is 64 bytes of shared, 8-aligned memory, mapped at the same
+            // address here; the record (8 + 8 bytes) lies inside it and the consumer reads it
+            // only once the header is non-zero.
+            unsafe {
+                std::ptr::copy_nonoverlapping(PAYLOAD.as_ptr(), rec.add(8), PAYLOAD.len());
+                (*rec.cast::<AtomicU64>()).store(1 << 32 | PAYLOAD.len() as u64, Ordering::Release);
+            }
+            // Stay alive, holding the sender (closing it would wake the receiver), until the
+            // parent is done.
+            let r = stop_rx.recv_timeout(WAIT);
+            ensure!(r == Err(RecvTimeoutError::Disconnected), "stop: {r:?}");
+            drop(tx);
+            Ok(())
+        })
+    })
+    .ctx("fork writer")?;
+    let r = (|| {
+        deny_syscalls(&[Deny {
+            nr: libc::SYS_membarrier,
+            arg: Some((0, 2)), // MEMBARRIER_CMD_GLOBAL_EXPEDITED; query and register still work
+            errno: libc::EPERM,
+        }])?;
+        rx.set_wait_policy(WaitPolicy::Block);
+        let t0 = Instant::now();
+        let r = rx.recv_timeout(Duration::from_secs(3));
+        let wall = t0.elapsed();
+        println!("    measured: record written after {WRITE_AFTER:?}, received after {wall:?}");
+        ensure!(r.as_deref() == Ok(PAYLOAD), "recv: {r:?}");
+        ensure!(
+            wall < Duration::from_secs(1),
+            "the message written after {WRITE_AFTER:?} was found only after {wall:?}: the \
+             sleeper relied on a wake-up that its failed barrier could not guarantee"
+        );
+        Ok(())
+    })();
+    drop(stop_tx);
+    cleanup(&mut [&mut writer], r)?;
+    expect_success(&mut writer, WAIT)
 }

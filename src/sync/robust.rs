@@ -125,7 +125,6 @@ extern "C" fn after_fork_in_child() {
     TID.with(|t| t.set(0));
     HEAD.with(|h| h.set(std::ptr::null_mut()));
     crate::presence::after_fork_in_child();
-    super::barrier::after_fork_in_child();
 }
 
 /// Makes sure the caches above are refreshed after any fork, including `libc::fork` calls
