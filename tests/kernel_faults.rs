@@ -10,10 +10,12 @@
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkipc::{__testing, Child, RecvTimeoutError, WaitPolicy, byte_channel, channel, fork};
+use forkipc::{
+    __testing, AnonRegion, Child, RecvTimeoutError, WaitPolicy, byte_channel, channel, fork,
+};
 use support::{Context, Outcome, cpu_time, expect_success, kill_and_reap, wait_child};
 
 /// Deadline for a child to exit.
@@ -24,6 +26,7 @@ fn main() {
         futex_waitv_eperm_block_recv_does_not_busy_loop,
         futex_wait_eperm_block_recv_does_not_busy_loop,
         failed_membarrier_does_not_lose_a_wakeup,
+        padding_skip_wakes_producer_blocked_for_room,
     ]);
 }
 
@@ -213,6 +216,27 @@ fn blocked_recv_under_filter(rules: &[Deny]) -> Outcome {
     Ok(())
 }
 
+/// The scheduler state letter of process `pid` (third field of /proc/PID/stat).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 1..];
+    after.trim_start().chars().next()
+}
+
+/// Waits until `cond` holds, polling every millisecond, at most `timeout`.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cases
 
@@ -308,4 +332,82 @@ fn failed_membarrier_does_not_lose_a_wakeup() -> Outcome {
     drop(stop_tx);
     cleanup(&mut [&mut writer], r)?;
     expect_success(&mut writer, WAIT)
+}
+
+/// Defect 8: skipping a padding record frees space, but `try_read` published `head` without
+/// the barrier and the wake-up that `release` does. A producer asleep for exactly that space
+/// stayed asleep while the consumer held the next message in place (`recv_ref`).
+///
+/// Byte arithmetic (64-byte data area; a 16-byte message is a 24-byte record; the producer
+/// keeps 8 bytes free after its last record): A at [0, 24), B at [24, 48); once both are
+/// consumed (head 48), M does not fit in [48, 64): a padding record fills it and M goes to
+/// [0, 24) (tail 88). N (at [24, 48)) needs `88 - head + 24 + 8 <= 64`: head 64, which only
+/// the padding skip publishes; then the consumer holds M.
+fn padding_skip_wakes_producer_blocked_for_room() -> Outcome {
+    let (tx, mut rx) = byte_channel(64).ctx("byte_channel")?;
+    let (hdr, data, cap) = __testing::ring_memory(&rx);
+    ensure!(cap == 64, "data area of {cap} bytes");
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let sent = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    let msg = |k: u8| [k; 16];
+    let mut producer = fork(tx, |tx| {
+        child_main(|| {
+            tx.set_wait_policy(WaitPolicy::Block);
+            for k in 1..=4 {
+                tx.send_timeout(&msg(k), WAIT)
+                    .ctx(&format!("send message {k}"))?;
+                sent.store(u32::from(k), Ordering::SeqCst);
+            }
+            Ok(())
+        })
+    })
+    .ctx("fork producer")?;
+    let pid = producer.id();
+    let r = (|| {
+        for k in 1..=2 {
+            let m = rx.recv_timeout(WAIT).ctx(&format!("recv message {k}"))?;
+            ensure!(m == msg(k), "message {k}: {m:?}");
+        }
+        ensure!(
+            wait_for(WAIT, || sent.load(Ordering::SeqCst) == 3),
+            "the producer did not send M"
+        );
+        // SAFETY: the data area is 64 bytes; the padding header is at index 48, 8-aligned.
+        let pad = unsafe { &*data.add(48).cast::<AtomicU64>() };
+        let pad_hdr = pad.load(Ordering::Acquire);
+        ensure!(
+            pad_hdr == 2 << 32 | 8,
+            "no padding record at 48: {pad_hdr:#x}"
+        );
+        // The producer's wait word: the ring header puts head, rx and tx on 128-byte lines,
+        // and `wait` is the first word of a side's state.
+        // SAFETY: the ring header is at least 384 bytes; offset 256 is an aligned u32.
+        let tx_wait = unsafe { &*hdr.add(256).cast::<AtomicU32>() };
+        ensure!(
+            wait_for(WAIT, || tx_wait.load(Ordering::SeqCst) == 1
+                && proc_state(pid) == Some('S')),
+            "the producer did not go to sleep for room (wait {}, state {:?})",
+            tx_wait.load(Ordering::SeqCst),
+            proc_state(pid)
+        );
+        // Past its last re-check: only a wake-up can bring it back now.
+        std::thread::sleep(Duration::from_millis(50));
+        let held = rx.recv_ref().ctx("recv_ref of M")?;
+        ensure!(*held == msg(3), "M: {:?}", &*held);
+        let t0 = Instant::now();
+        let woke = wait_for(Duration::from_secs(2), || sent.load(Ordering::SeqCst) == 4);
+        let waited = t0.elapsed();
+        ensure!(
+            woke,
+            "the producer, blocked for the space the padding skip freed, still sleeps {waited:?} \
+             later while M is held"
+        );
+        println!("    measured: N sent {waited:?} after the padding skip, M still held");
+        drop(held);
+        let n = rx.recv_timeout(WAIT).ctx("recv N")?;
+        ensure!(n == msg(4), "N: {n:?}");
+        Ok(())
+    })();
+    cleanup(&mut [&mut producer], r)?;
+    expect_success(&mut producer, WAIT)
 }
