@@ -1,5 +1,5 @@
 //! Everything Linux-specific, in one place: the futex system calls, the calling thread's robust
-//! list, thread and process identities, and the `/proc` probe `fork` needs.
+//! list, thread and process identities, signals, and the `/proc` probe `fork` needs.
 //!
 //! The rest of the crate calls these thin wrappers and never names a syscall number. Porting to
 //! another kernel means rewriting this file (and accepting weaker death detection where the
@@ -318,6 +318,38 @@ pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     }
     // SAFETY: `fd` is a freshly opened descriptor owned by nobody else.
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(pidfd, signal, NULL, 0)` (Linux 5.1+): signals exactly the process the
+/// pidfd was opened for; `ESRCH` once it has exited, even if its pid now names another process.
+pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers and a null `siginfo` (the kernel then fills in what `kill` would);
+    // `pidfd` is a live descriptor for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `kill(pid, signal)`: whichever process has that pid now. Prefer [`pidfd_send_signal`].
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no user memory.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Registers `handler` to run in the child after every `fork` made through libc.

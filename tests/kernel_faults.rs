@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ fn main() {
         futex_wait_eperm_block_recv_does_not_busy_loop,
         failed_membarrier_does_not_lose_a_wakeup,
         padding_skip_wakes_producer_blocked_for_room,
+        kill_after_auto_reap_spares_the_pid_reuser,
     ]);
 }
 
@@ -237,6 +239,42 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, String> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    ensure!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process behind `pidfd` has exited (the pidfd polls readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; poll only writes `revents`.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+}
+
+fn pidfd_kill(pidfd: &OwnedFd) {
+    // SAFETY: plain integer arguments and a null siginfo; the fd is a valid pidfd.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cases
 
@@ -410,4 +448,79 @@ fn padding_skip_wakes_producer_blocked_for_room() -> Outcome {
     })();
     cleanup(&mut [&mut producer], r)?;
     expect_success(&mut producer, WAIT)
+}
+
+/// `Child::kill` used `kill(pid)`: with SIGCHLD ignored a child is reaped by the kernel as it
+/// exits, its pid is free, and `kill` would signal whichever process got it next. The pid is
+/// handed to a new process on purpose (`/proc/sys/kernel/ns_last_pid`); `kill` and `signal` on
+/// the old `Child` must not touch it.
+fn kill_after_auto_reap_spares_the_pid_reuser() -> Outcome {
+    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open(NS_LAST_PID)
+        .is_err()
+    {
+        println!("    skipped: {NS_LAST_PID} is not writable here");
+        return Ok(());
+    }
+    // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let mut old = fork((), |()| {
+        // Live long enough for the parent to open its pidfd.
+        std::thread::sleep(Duration::from_millis(100));
+        0
+    })
+    .ctx("fork")?;
+    let old_pid = old.id() as libc::pid_t;
+    ensure!(
+        wait_for(WAIT, || !std::path::Path::new(&format!("/proc/{old_pid}"))
+            .exists()),
+        "child {old_pid} was not reaped automatically"
+    );
+    // Hand the freed pid to a new sleeper. Other processes may fork meanwhile: retry.
+    let mut reuser = None;
+    for _ in 0..50 {
+        std::fs::write(NS_LAST_PID, format!("{}", old_pid - 1)).ctx("write ns_last_pid")?;
+        // SAFETY: the case process is single-threaded; the child only calls `pause`, which is
+        // async-signal-safe, until it is killed.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        ensure!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let fd = pidfd_open(pid)?;
+        if pid == old_pid {
+            reuser = Some(fd);
+            break;
+        }
+        pidfd_kill(&fd);
+    }
+    let Some(reuser) = reuser else {
+        println!("    skipped: could not hand pid {old_pid} to a new process (busy machine)");
+        return Ok(());
+    };
+    let r = (|| {
+        let k = old.kill();
+        std::thread::sleep(Duration::from_millis(100));
+        ensure!(
+            !exited(&reuser),
+            "Child::kill on the auto-reaped child {old_pid} killed the new process that reused \
+             its pid (kill returned {k:?})"
+        );
+        ensure!(k.is_ok(), "kill of an already-gone child: {k:?}");
+        let s = old.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(100));
+        ensure!(
+            !exited(&reuser),
+            "Child::signal on the auto-reaped child {old_pid} signalled the new process that \
+             reused its pid (signal returned {s:?})"
+        );
+        Ok(())
+    })();
+    pidfd_kill(&reuser);
+    r
 }
