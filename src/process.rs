@@ -371,36 +371,30 @@ impl Child {
         }
     }
 
-    /// Sends SIGKILL to the child (unless it has already been reaped).
+    /// Sends SIGKILL to the child (unless it has already been reaped). A child that is already
+    /// gone is not an error.
     pub fn kill(&mut self) -> Result<(), Error> {
-        if self.status.is_some() {
-            return Ok(());
-        }
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child, so it
-        // cannot have been reused.
-        let r = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-        if r == 0 {
-            Ok(())
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                Ok(())
-            } else {
-                Err(Error::Io(e))
-            }
+        match self.signal(libc::SIGKILL) {
+            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
         }
     }
 
-    /// Sends `signal` to the child (e.g. `libc::SIGSTOP`), unless it has been reaped.
+    /// Sends `signal` to the child (e.g. `libc::SIGSTOP`), unless it has been reaped; an
+    /// `Error::Io` with `ESRCH` if it is gone.
+    ///
+    /// The signal goes through the child's pidfd, so it reaches the child or nobody: even when
+    /// the child was reaped behind our back (SIGCHLD ignored, or a `waitpid(-1)` elsewhere) and
+    /// its pid now names another process. Only where the kernel gave no pidfd (before Linux
+    /// 5.3, or a seccomp filter) is it sent by pid.
     pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
         if self.status.is_some() {
             return Ok(());
         }
-        // SAFETY: as in `kill`.
-        if unsafe { libc::kill(self.pid as libc::pid_t, signal) } == 0 {
-            Ok(())
-        } else {
-            Err(Error::Io(std::io::Error::last_os_error()))
+        match &self.pidfd {
+            Some(fd) => crate::sys::pidfd_send_signal(fd.as_fd(), signal),
+            None => crate::sys::kill(self.pid, signal),
         }
+        .map_err(Error::Io)
     }
 }

@@ -1,5 +1,5 @@
 //! Everything Linux-specific, in one place: the futex system calls, the calling thread's robust
-//! list, thread and process identities, and the `/proc` probe `fork` needs.
+//! list, thread and process identities, signals, and the `/proc` probe `fork` needs.
 //!
 //! The rest of the crate calls these thin wrappers and never names a syscall number. Porting to
 //! another kernel means rewriting this file (and accepting weaker death detection where the
@@ -58,6 +58,14 @@ impl Deadline {
         let now = monotonic_now();
         (now.tv_sec, now.tv_nsec) >= (self.0.tv_sec, self.0.tv_nsec)
     }
+
+    /// The earlier of `self` and `other` (`None`, no deadline, is never earlier).
+    pub fn min_with(self, other: Option<&Deadline>) -> Deadline {
+        match other {
+            Some(o) if (o.0.tv_sec, o.0.tv_nsec) < (self.0.tv_sec, self.0.tv_nsec) => *o,
+            _ => self,
+        }
+    }
 }
 
 /// Why a futex wait returned. Every outcome means "look at the words again".
@@ -73,8 +81,17 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// How long [`futex_wait`] sleeps instead when the kernel refuses the wait.
+const REFUSED_WAIT_NAP: Duration = Duration::from_millis(5);
+
 /// `FUTEX_WAIT_BITSET` (shared, not private) on `word` while it holds `expected`, until woken
 /// or `deadline`.
+///
+/// If the kernel refuses the wait itself (any error but a changed value, a signal or the
+/// timeout: `EPERM` or `ENOSYS` from a seccomp filter, say), it sleeps for
+/// [`REFUSED_WAIT_NAP`] (at most until `deadline`) and returns as if woken: callers loop on
+/// `Retry`, and an instant failure would make every wait loop spin. Such a waiter notices a
+/// change within the nap instead of at once, and uses no CPU meanwhile.
 pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<&Deadline>) -> Wake {
     let ts = deadline.map_or(std::ptr::null(), |d| &d.0 as *const libc::timespec);
     // SAFETY: `word` is a live, aligned u32 for the duration of the call; `ts` is null or points
@@ -91,10 +108,36 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<&Deadline>) 
             libc::FUTEX_BITSET_MATCH_ANY,
         )
     };
-    if r == -1 && errno() == libc::ETIMEDOUT {
+    if r == 0 {
+        return Wake::Retry;
+    }
+    match errno() {
+        libc::ETIMEDOUT => Wake::TimedOut,
+        // The value changed, or a signal: the caller re-checks.
+        libc::EAGAIN | libc::EINTR => Wake::Retry,
+        _ => nap(deadline),
+    }
+}
+
+/// Sleeps [`REFUSED_WAIT_NAP`], or until `deadline` if sooner: what a refused futex wait does
+/// instead of returning at once.
+#[cold]
+fn nap(deadline: Option<&Deadline>) -> Wake {
+    let until = Deadline::after(REFUSED_WAIT_NAP).min_with(deadline);
+    // SAFETY: `until.0` is a valid timespec that outlives the call; with TIMER_ABSTIME the
+    // remaining-time pointer is unused and may be null. An EINTR return ends the nap early,
+    // which the caller treats as any other wake-up.
+    unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &until.0,
+            std::ptr::null_mut(),
+        )
+    };
+    if deadline.is_some_and(Deadline::expired) {
         Wake::TimedOut
     } else {
-        // 0 (woken), EAGAIN (value changed), EINTR (signal): the caller re-checks.
         Wake::Retry
     }
 }
@@ -117,13 +160,21 @@ struct FutexWaitv {
 
 const FUTEX2_SIZE_U32: u32 = 2;
 
-/// Whether `futex_waitv` (Linux 5.16) exists here; cached after the first `ENOSYS`.
+/// Whether `futex_waitv` (Linux 5.16) is unusable here: cached after the first answer that
+/// will not change (`ENOSYS`, `EPERM`, `EINVAL`).
 static WAITV_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Sleeps until any of `words` stops holding its expected value, is woken, or `deadline`.
-/// Returns `None` when the kernel has no `futex_waitv`; the caller then waits on the first word
+/// Returns `None` when `futex_waitv` is unavailable; the caller then waits on the first word
 /// alone, with a short timeout, and re-checks the others itself.
+///
+/// Unavailable means: the kernel lacks it (`ENOSYS`), a seccomp filter refuses it (profiles
+/// written before Linux 5.16 answer `EPERM`), or the kernel rejects the call (`EINVAL`); these
+/// are remembered for the life of the process. An `EFAULT` or any other unexpected error falls
+/// back for this call only. None of them may become `Retry`: the caller would retry at once,
+/// and an idle waiter would spin.
 pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> Option<Wake> {
+    // Relaxed: a process-local hint; a stale `false` costs one more refused call.
     if WAITV_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
@@ -167,11 +218,13 @@ pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> 
     }
     match errno() {
         libc::ETIMEDOUT => Some(Wake::TimedOut),
-        libc::ENOSYS => {
+        // A value had already changed, or a signal: the caller re-checks.
+        libc::EAGAIN | libc::EINTR => Some(Wake::Retry),
+        libc::ENOSYS | libc::EPERM | libc::EINVAL => {
             WAITV_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
             None
         }
-        _ => Some(Wake::Retry),
+        _ => None,
     }
 }
 
@@ -267,6 +320,38 @@ pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `pidfd_send_signal(pidfd, signal, NULL, 0)` (Linux 5.1+): signals exactly the process the
+/// pidfd was opened for; `ESRCH` once it has exited, even if its pid now names another process.
+pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers and a null `siginfo` (the kernel then fills in what `kill` would);
+    // `pidfd` is a live descriptor for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `kill(pid, signal)`: whichever process has that pid now. Prefer [`pidfd_send_signal`].
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no user memory.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Registers `handler` to run in the child after every `fork` made through libc.
 pub fn at_fork_child(handler: extern "C" fn()) {
     // SAFETY: the handler is a plain `extern "C"` function that lives for the whole program.
@@ -298,6 +383,10 @@ mod tests {
         let d = Deadline::after(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(1));
         assert!(d.expired());
+        let far = Deadline::after(Duration::MAX);
+        assert!(far.min_with(Some(&d)).expired());
+        assert!(!far.min_with(None).expired());
+        assert!(d.min_with(Some(&far)).expired());
     }
 
     #[test]

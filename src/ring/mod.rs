@@ -689,17 +689,17 @@ impl Consumer {
                 }
                 KIND_PAD if !skipped_pad && idx != 0 && len == cap - idx - HDR => {
                     skipped_pad = true;
-                    let next = pos + (cap - idx) as u64;
-                    self.head.set(next);
-                    // Release: pairs with the producer's Acquire load of `head` in `room`.
-                    self.hdr().head.store(next, Ordering::Release);
+                    // Published as a consumed message is: the producer may be asleep waiting
+                    // for exactly this space, while our caller holds the next message.
+                    self.release(pos + (cap - idx) as u64);
                 }
                 _ => return Err(self.corrupted()),
             }
         }
     }
 
-    /// Frees everything before `end` for the producer.
+    /// Frees everything before `end` for the producer (a consumed message, or a skipped
+    /// padding record), and wakes it if it sleeps waiting for room.
     #[inline]
     fn release(&self, end: u64) {
         self.head.set(end);

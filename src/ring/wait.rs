@@ -14,6 +14,10 @@ use crate::sync::{Deadline, Ordering, WaitPolicy, Wake, barrier};
 /// peer's presence itself).
 const FALLBACK_POLL: Duration = Duration::from_millis(20);
 
+/// How long a waiter sleeps at most when its barrier failed (`barrier::heavy` returned
+/// `false`): a publisher may then have missed its `wait = 1` and skipped the wake-up.
+const UNFENCED_NAP: Duration = Duration::from_millis(10);
+
 /// Waits until `ready` returns `Ok(true)`; `me` is the waiting side's shared state, `peer` the
 /// other side's. A disconnect (the peer closed or died) is reported only after one more
 /// `ready`, so whatever was committed before it is still delivered.
@@ -53,16 +57,19 @@ pub(super) fn wait_until(
         }
         me.wait.store(1, Ordering::Relaxed);
         // Dekker: our `wait = 1` before our re-check; pairs with the publisher's light barrier
-        // (`notify_consumer`, `ReadGuard::drop`) and the fence in `close`/`set_owner`.
-        barrier::heavy();
+        // (`notify_consumer`, `ReadGuard::drop`) and the fence in `close`/`set_owner`. If the
+        // barrier failed, a wake-up may be lost: sleep at most `UNFENCED_NAP`, then look again.
+        let nap = (!barrier::heavy()).then(|| Deadline::after(UNFENCED_NAP).min_with(deadline));
         let outcome = if ready()? || peer_closed() {
             Ok(Wake::Retry)
         } else {
-            sleep(me, peer, deadline)
+            sleep(me, peer, nap.as_ref().or(deadline))
         };
         me.wait.store(0, Ordering::Relaxed);
         match outcome {
             Ok(Wake::Retry) => {}
+            // Only the nap ended, not the caller's deadline.
+            Ok(Wake::TimedOut) if nap.is_some() && !deadline.is_some_and(Deadline::expired) => {}
             Ok(Wake::TimedOut) => return last_look(&mut ready, RingError::Timeout),
             Err(reason) => return last_look(&mut ready, RingError::Disconnected(reason)),
         }

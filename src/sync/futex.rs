@@ -32,14 +32,15 @@ impl FutexWord {
     }
 
     /// Sleeps while the word holds `expected`, until woken or `deadline`. Spurious returns
-    /// happen; callers re-check their condition.
+    /// happen; callers re-check their condition. If the kernel refuses the wait (a seccomp
+    /// filter), this naps a few milliseconds instead of returning at once (`sys::futex_wait`).
     pub(crate) fn wait(&self, expected: u32, deadline: Option<&Deadline>) -> Wake {
         crate::sys::futex_wait(&self.value, expected, deadline)
     }
 
     /// Sleeps until either word stops holding its expected value (or is woken), or `deadline`.
-    /// Where the kernel lacks `futex_waitv`, sleeps on `self` alone for at most `fallback`
-    /// so the caller gets to re-check `other` itself.
+    /// Where `futex_waitv` is unavailable (missing, or refused by a seccomp filter), sleeps on
+    /// `self` alone for at most `fallback` so the caller gets to re-check `other` itself.
     pub(crate) fn wait2(
         &self,
         expected: u32,
@@ -51,7 +52,7 @@ impl FutexWord {
         if let Some(w) = crate::sys::futex_waitv(&words, deadline) {
             return w;
         }
-        let short = Deadline::after(fallback);
+        let short = Deadline::after(fallback).min_with(deadline);
         match crate::sys::futex_wait(&self.value, expected, Some(&short)) {
             Wake::TimedOut if deadline.is_some_and(Deadline::expired) => Wake::TimedOut,
             _ => Wake::Retry,
@@ -77,6 +78,9 @@ impl Deadline {
     }
     pub(crate) fn expired(&self) -> bool {
         false
+    }
+    pub(crate) fn min_with(self, _: Option<&Deadline>) -> Deadline {
+        self
     }
 }
 
