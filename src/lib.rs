@@ -37,6 +37,7 @@ pub use sync::WaitPolicy;
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::ring::{Consumer, Producer, ReadGuard, Reservation, RingError};
+    pub use crate::sync::robust::die_after_next_wake;
 
     /// A bare ring of `cap` data bytes (no owners, no presence).
     pub fn ring(cap: usize) -> Result<(Producer, Consumer), crate::Error> {

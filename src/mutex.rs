@@ -319,6 +319,11 @@ impl<T> ShmMutex<T> {
             if self.word.wait(sleep_on, deadline) == Wake::TimedOut {
                 return Err(TryLockError::TimedOut);
             }
+            // Model only: a waiter killed right after being woken.
+            #[cfg(loom)]
+            if self.word.died_after_wake() {
+                return Err(TryLockError::WouldBlock);
+            }
         }
     }
 

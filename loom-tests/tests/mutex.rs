@@ -278,3 +278,32 @@ fn owner_died_two_waiters_unrepaired() {
         owner_died_two_waiters(false)
     });
 }
+
+/// Holder H and waiters W1, W2: H dies while both sleep; the kernel wakes *one* sleeper (the
+/// futex model wakes exactly `n`, oldest first) and W1, if it is the one, dies right after that
+/// wake-up, before it acts. W2 must still get the lock. The hand-over is the kernel's handling
+/// of W1's `list_op_pending` (owner bits 0: wake one), which works only because a waiter keeps
+/// its word announced while it sleeps; without that, W2 sleeps for ever and loom reports the
+/// deadlock.
+#[test]
+fn woken_waiter_killed_hands_the_wake_up_on() {
+    common::model("woken_waiter_killed_hands_the_wake_up_on", || {
+        let m = leaked_mutex();
+        let g = match m.lock() {
+            Ok(g) => g,
+            Err(e) => panic!("first lock failed: {e:?}"),
+        };
+        let w1 = thread::spawn(move || {
+            forkipc::__loom::die_after_next_wake();
+            // Whatever this returns, the thread counts as dead once it was woken.
+            let _ = m.lock();
+        });
+        let w2 = thread::spawn(move || match m.lock() {
+            Ok(_) | Err(LockError::NotRecoverable) => {}
+            Err(LockError::OwnerDied(mut g)) => g.mark_consistent(),
+        });
+        g.simulate_owner_death();
+        w1.join().expect("W1 panicked");
+        w2.join().expect("W2 panicked");
+    });
+}

@@ -12,7 +12,7 @@ pub(crate) use crate::sys::Wake;
 pub(crate) struct FutexWord {
     value: AtomicU32,
     #[cfg(loom)]
-    park: (loom::sync::Mutex<()>, loom::sync::Condvar),
+    park: (loom::sync::Mutex<Park>, loom::sync::Condvar),
 }
 
 impl std::ops::Deref for FutexWord {
@@ -84,24 +84,44 @@ impl Deadline {
     }
 }
 
+/// Under loom: who sleeps on a word and who has been woken, so that `wake(n)` wakes exactly
+/// `n` sleepers (oldest first), as the kernel does. A model can then lose a wake-up the way a
+/// real process can (the one woken sleeper dies), which a wake-everyone model would hide.
+#[cfg(loom)]
+#[derive(Default)]
+pub(crate) struct Park {
+    waiting: Vec<u32>,
+    woken: Vec<u32>,
+}
+
 #[cfg(loom)]
 impl FutexWord {
     pub(crate) fn new(v: u32) -> FutexWord {
         FutexWord {
             value: AtomicU32::new(v),
-            park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+            park: (
+                loom::sync::Mutex::new(Park::default()),
+                loom::sync::Condvar::new(),
+            ),
         }
     }
 
     pub(crate) fn wait(&self, expected: u32, _deadline: Option<&Deadline>) -> Wake {
-        let guard = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Compared under the lock: a waker stores, then takes the lock to notify, so either this
-        // load sees the new value or the notification comes after we sleep.
+        let mut park = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Compared under the lock: a waker stores, then takes the lock to wake, so either this
+        // load sees the new value or the wake comes after we are queued.
         if self.value.load(super::Ordering::SeqCst) != expected {
             return Wake::Retry;
         }
-        drop(self.park.1.wait(guard));
-        Wake::Retry
+        let me = super::ident::current_tid();
+        park.waiting.push(me);
+        loop {
+            park = self.park.1.wait(park).unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = park.woken.iter().position(|&t| t == me) {
+                park.woken.swap_remove(i);
+                return Wake::Retry;
+            }
+        }
     }
 
     pub(crate) fn wait2(
@@ -114,9 +134,15 @@ impl FutexWord {
         self.wait(expected, deadline)
     }
 
-    pub(crate) fn wake(&self, _n: i32) {
-        let guard = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
-        self.park.1.notify_all();
-        drop(guard);
+    /// Wakes up to `n` sleepers, oldest first.
+    pub(crate) fn wake(&self, n: i32) {
+        let mut park = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
+        let k = park.waiting.len().min(usize::try_from(n).unwrap_or(0));
+        if k > 0 {
+            let woken: Vec<u32> = park.waiting.drain(..k).collect();
+            park.woken.extend(woken);
+            self.park.1.notify_all();
+        }
+        drop(park);
     }
 }

@@ -437,19 +437,59 @@ mod native {
     }
 }
 
+/// Under loom there is no kernel list, but `list_op_pending` is modelled: each model thread
+/// records the word it announced, and [`simulate_death`] does what the kernel does with it when
+/// the thread dies, so a model checks that waiters keep their word announced while they sleep.
 #[cfg(loom)]
 mod loom_list {
     use super::{Link, Placement, RobustWord};
+    use crate::sync::Ordering;
+    use crate::sys::FUTEX_TID_MASK;
+    use std::cell::Cell;
+
+    loom::thread_local! {
+        static PENDING: Cell<usize> = Cell::new(0);
+        static DIE_AFTER_WAKE: Cell<bool> = Cell::new(false);
+    }
+
     impl RobustWord {
-        pub(crate) fn begin_op(&self) {}
-        pub(crate) fn end_op(&self) {}
+        pub(crate) fn begin_op(&self) {
+            PENDING.with(|p| p.set(self as *const RobustWord as usize));
+        }
+        pub(crate) fn end_op(&self) {
+            end_op();
+        }
+
+        /// Model only: if this thread was told to die after its next wake-up, do what the
+        /// kernel does at its death for its pending word (owner bits 0: wake one waiter) and
+        /// return `true`: the caller then stops as a dead thread would.
+        pub(crate) fn died_after_wake(&self) -> bool {
+            if !DIE_AFTER_WAKE.with(|d| d.replace(false)) {
+                return false;
+            }
+            if PENDING.with(|p| p.get()) == self as *const RobustWord as usize
+                && self.load(Ordering::SeqCst) & FUTEX_TID_MASK == 0
+            {
+                self.wake(1);
+            }
+            PENDING.with(|p| p.set(0));
+            true
+        }
         /// # Safety
         /// None under loom (no list).
         pub(crate) unsafe fn link(&self, _: Placement) -> Option<Link> {
             None
         }
     }
-    pub(crate) fn end_op() {}
+    pub(crate) fn end_op() {
+        PENDING.with(|p| p.set(0));
+    }
+
+    /// Model only: the calling thread will "die" right after its next futex wake-up.
+    pub fn die_after_next_wake() {
+        DIE_AFTER_WAKE.with(|d| d.set(true));
+    }
+
     /// # Safety
     /// None under loom (no list).
     pub(crate) unsafe fn unlink(_: Link) {}
@@ -457,5 +497,7 @@ mod loom_list {
         0
     }
 }
+#[cfg(loom)]
+pub use loom_list::die_after_next_wake;
 #[cfg(loom)]
 pub(crate) use loom_list::*;
