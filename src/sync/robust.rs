@@ -238,8 +238,9 @@ mod native {
         AT_FORK.call_once(|| crate::sys::at_fork_child(after_fork_in_child));
     }
 
-    /// How many entries this process has linked right now (leaked guards included). While it
-    /// is not 0, no memory that might hold a linked word may be unmapped.
+    /// How many lock words (entries linked with `Placement::Next`) this process has linked
+    /// right now, leaked guards included. While it is not 0, no memory that might hold a
+    /// linked word may be unmapped. (The presence word lives in a table that is never unmapped.)
     pub(crate) fn linked_count() -> usize {
         // Relaxed: a link made by another thread is ordered before this load by whatever
         // ended that thread's borrow of the memory in question (a join, a channel, a lock).
@@ -387,10 +388,12 @@ mod native {
                 s.nxt[usize::from(i)].set(kk);
                 s.prv[usize::from(j)].set(kk);
                 if at == Placement::First {
+                    // The presence word: in a table that is never unmapped, so not counted.
                     s.first.set(kk);
+                } else {
+                    // Relaxed: see `linked_count`.
+                    LINKED.fetch_add(1, Ordering::Relaxed);
                 }
-                // Relaxed: see `linked_count`.
-                LINKED.fetch_add(1, Ordering::Relaxed);
                 Some(Link(kk))
             })
         }
@@ -430,9 +433,10 @@ mod native {
             s.entry[k].set(0);
             if s.first.get() == l.0 {
                 s.first.set(ANCHOR);
+            } else {
+                // Relaxed: see `linked_count`.
+                LINKED.fetch_sub(1, Ordering::Relaxed);
             }
-            // Relaxed: see `linked_count`.
-            LINKED.fetch_sub(1, Ordering::Relaxed);
         })
     }
 }
