@@ -11,6 +11,7 @@ mod presence;
 mod process;
 mod region;
 mod ring;
+mod select;
 mod sync;
 mod sys;
 
@@ -30,6 +31,7 @@ pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
 pub use process::{Child, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
+pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 pub use sync::WaitPolicy;
 
 /// Internals exposed for the loom models in `loom-tests/` only.

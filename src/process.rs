@@ -22,7 +22,8 @@ mod sealed {
 }
 use sealed::Token;
 
-/// Values that `fork` can hand to the child: `()`, every channel endpoint, and tuples of them.
+/// Values that `fork` can hand to the child: `()`, every channel endpoint, tuples of them, and
+/// `Vec`s of them.
 ///
 /// # How ownership works across `fork`
 ///
@@ -76,6 +77,16 @@ impl<A, B> Transfer for Duplex<A, B> {
     fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
         f(&self.sender().core);
         f(&self.receiver().core);
+    }
+}
+
+impl<T: Transfer> sealed::Sealed for Vec<T> {}
+/// Any number of endpoints of one type (e.g. one sender per channel of a fan-in).
+impl<T: Transfer> Transfer for Vec<T> {
+    fn for_each_core(&self, t: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+        for e in self {
+            e.for_each_core(t, f);
+        }
     }
 }
 

@@ -81,17 +81,53 @@ pub(crate) struct SideState {
     closed: AtomicU32,
     /// The owning process's presence (`PresenceRef`), 0 if unknown.
     owner: AtomicU64,
+    /// While a `Select` in the owning process watches this side: `BELL_FLAG | PresenceRef`
+    /// of the process whose doorbell to ring instead of waking `wait`; 0 otherwise. Stored
+    /// before `wait = 1`. A peer may scribble it: it is only ever used to ring a bell, which
+    /// `presence::ring_bell` validates (a wrong bell is a spurious wake-up somewhere).
+    bell: AtomicU64,
 }
+
+/// Marks `SideState::bell` as set (a `PresenceRef` may be 0 under loom).
+const BELL_FLAG: u64 = 1 << 63;
 
 impl SideState {
     /// The publishing half of the Dekker handshake, after the caller's barrier: wake this side
     /// if (and only if) it said it is asleep.
     #[inline]
     fn wake_if_asleep(&self) {
-        if self.wait.load(Ordering::Relaxed) != 0 {
+        // Acquire: pairs with the Release store of `wait = 1` in `arm_select`, so a selector's
+        // `bell`, stored before it, is seen here. (A plain `mov` on x86, like Relaxed.)
+        if self.wait.load(Ordering::Acquire) != 0 {
             self.wait.store(0, Ordering::Relaxed);
-            self.wait.wake(1);
+            let bell = self.bell.load(Ordering::Relaxed);
+            if bell & BELL_FLAG != 0 {
+                presence::ring_bell(PresenceRef(bell & !BELL_FLAG));
+            } else {
+                self.wait.wake(1);
+            }
         }
+    }
+
+    /// A `Select` watching this side: ask the peer to ring `me`'s doorbell when it publishes
+    /// something for this side, as if this side were asleep. The caller then issues the heavy
+    /// barrier and re-checks (the same Dekker handshake as `wait::wait_until`).
+    pub(crate) fn arm_select(&self, me: PresenceRef) {
+        self.bell.store(BELL_FLAG | me.0, Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `wait` in `wake_if_asleep` (bell first).
+        self.wait.store(1, Ordering::Release);
+    }
+
+    /// Undoes `arm_select`. A peer that already saw `wait = 1` may still ring the bell once:
+    /// a spurious wake-up of a later `Select`, which re-checks.
+    pub(crate) fn disarm_select(&self) {
+        self.wait.store(0, Ordering::Relaxed);
+        self.bell.store(0, Ordering::Relaxed);
+    }
+
+    /// The owning process's presence as recorded now.
+    pub(crate) fn owner_ref(&self) -> PresenceRef {
+        PresenceRef(self.owner.load(Ordering::SeqCst))
     }
 
     /// Whether this side's owning process is alive. A dead owner counts only if the side
@@ -121,6 +157,7 @@ impl SideState {
             wait: FutexWord::new(0),
             closed: AtomicU32::new(0),
             owner: AtomicU64::new(0),
+            bell: AtomicU64::new(0),
         }
     }
 }
@@ -542,6 +579,17 @@ impl Producer {
         })
     }
 
+    /// This end's shared state and the peer's (for `Select`).
+    pub(crate) fn sides(&self) -> (&SideState, &SideState) {
+        (&self.hdr().tx, &self.hdr().rx)
+    }
+
+    /// Whether a `len`-byte send would not block: room, or a send that fails at once
+    /// (disconnected, too large). Reserves nothing.
+    pub(crate) fn send_ready(&self, len: usize) -> bool {
+        !matches!(self.try_reserve(len), Err(RingError::WouldBlock))
+    }
+
     /// Whether the consumer side's owner is alive: a word in the presence table, read on every
     /// send (a load of a line that changes only when a process dies), so that a send never
     /// succeeds after the receiver's death has been observed.
@@ -809,6 +857,25 @@ impl Consumer {
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
         hdr.tx.wake_if_asleep();
+    }
+
+    /// This end's shared state and the peer's (for `Select`).
+    pub(crate) fn sides(&self) -> (&SideState, &SideState) {
+        (&self.hdr().rx, &self.hdr().tx)
+    }
+
+    /// Whether a receive would not block: a committed message waits (padding skipped), or the
+    /// ring is disconnected (closed after the last message, peer dead, corrupt). Consumes
+    /// nothing but padding.
+    pub(crate) fn recv_ready(&self) -> bool {
+        match self.try_read() {
+            Ok(g) => {
+                std::mem::forget(g); // peeked only: the message stays for the caller
+                true
+            }
+            Err(RingError::WouldBlock) => self.peer_closed() || !self.peer_alive(),
+            Err(_) => true,
+        }
     }
 
     /// Whether the producer side's owner is alive (see [`SideState::owner_alive`]).
