@@ -7,6 +7,7 @@
 mod channel;
 mod error;
 mod mutex;
+mod pool;
 mod presence;
 mod process;
 mod region;
@@ -28,6 +29,7 @@ pub use channel::{
 pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
 pub use error::Error;
 pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+pub use pool::{JobError, JobHandle, Map as PoolMap, Pool, PoolBuilder};
 pub use process::{Child, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
