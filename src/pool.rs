@@ -42,10 +42,36 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sync::WaitPolicy;
+use crate::sync::spin::Spinner;
 use crate::{AnonRegion, ByteReceiver, ByteSender, Child, Error, Select, byte_channel, fork};
 
-/// Jobs in flight per worker at most (dispatched, not yet reported).
-pub const WINDOW: usize = 4;
+/// Jobs in flight per worker at most (dispatched, not yet reported): enough for tiny jobs to
+/// stream without a round trip per job; a slow job delays at most `WINDOW - 1` jobs queued
+/// behind it on its worker (jobs go to an idle worker first, then to the least loaded).
+pub const WINDOW: usize = 32;
+
+/// A hasher for the pool's sequential job ids (a multiplicative mix: ids are not chosen by
+/// anyone who could make them collide).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 const KIND_OK: u8 = 0;
 const KIND_PANICKED: u8 = 1;
@@ -256,8 +282,9 @@ struct Worker {
     child: Child,
     jobs: ByteSender,
     results: ByteReceiver,
-    /// Ids dispatched and not yet reported, oldest first.
-    in_flight: VecDeque<u64>,
+    /// Jobs dispatched and not yet reported, oldest first, with their frames (to run them
+    /// elsewhere if this worker dies before starting them).
+    in_flight: VecDeque<(u64, Vec<u8>)>,
     /// Jobs dispatched to this worker in its life (for `max_jobs_per_worker`).
     dispatched: u64,
     /// Killed by the pool for running past `job_timeout`.
@@ -273,11 +300,13 @@ struct Inner<J, R> {
     workers: Vec<Option<Worker>>,
     queue: VecDeque<(u64, Vec<u8>)>,
     /// Finished jobs whose handle has not taken the result yet.
-    done: HashMap<u64, Result<R, JobError>>,
+    done: IdMap<Result<R, JobError>>,
     /// Jobs whose handle was dropped without a result: their result is discarded.
-    abandoned: HashSet<u64>,
-    /// The frames of in-flight jobs, to run them elsewhere if their worker dies first.
-    resend: HashMap<u64, Vec<u8>>,
+    abandoned: IdSet,
+    /// Frame buffers of finished jobs, reused for new ones.
+    spare: Vec<Vec<u8>>,
+    /// A private copy of the result being decoded (never decoded in shared memory).
+    rbuf: Vec<u8>,
     next_id: u64,
     /// Why the last respawn failed, if it did.
     respawn_error: Option<String>,
@@ -402,9 +431,10 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             slots,
             workers: Vec::with_capacity(n),
             queue: VecDeque::new(),
-            done: HashMap::new(),
-            abandoned: HashSet::new(),
-            resend: HashMap::new(),
+            done: IdMap::default(),
+            abandoned: IdSet::default(),
+            spare: Vec::new(),
+            rbuf: Vec::new(),
             next_id: 0,
             respawn_error: None,
             closed: false,
@@ -557,7 +587,6 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
 impl<J, R> Inner<J, R> {
     /// Records how job `id` ended (or drops it, if nobody waits for it any more).
     fn finish(&mut self, id: u64, r: Result<R, JobError>) {
-        self.resend.remove(&id);
         if !self.abandoned.remove(&id) {
             self.done.insert(id, r);
         }
@@ -568,12 +597,14 @@ impl<J, R> Inner<J, R> {
         let (jobs_tx, jobs_rx) = byte_channel(64 * 1024)?;
         let (res_tx, res_rx) = byte_channel(64 * 1024)?;
         let slot = &self.slots[k];
-        slot.current.store(IDLE, Ordering::SeqCst);
+        // Relaxed: the new worker is forked after this store (fork orders it).
+        slot.current.store(IDLE, Ordering::Relaxed);
         let work = self.work.clone();
         let codec = self.codec;
         let max = self.cfg.max_jobs_per_worker;
+        let timed = self.cfg.job_timeout.is_some();
         let child = fork((jobs_rx, res_tx), move |(jobs, results)| {
-            worker_main(&jobs, &results, slot, &*work, codec, max)
+            worker_main(&jobs, &results, slot, &*work, codec, max, timed)
         })?;
         Ok(Worker {
             child,
@@ -588,7 +619,9 @@ impl<J, R> Inner<J, R> {
     fn submit(&mut self, job: &J) -> Result<u64, Error> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut frame = id.to_le_bytes().to_vec();
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        frame.extend_from_slice(&id.to_le_bytes());
         if let Err(reason) = (self.codec.enc_job)(job, &mut frame) {
             self.finish(id, Err(JobError::Codec { reason }));
             return Ok(id);
@@ -629,9 +662,8 @@ impl<J, R> Inner<J, R> {
             };
             match w.jobs.try_send(&frame) {
                 Ok(()) => {
-                    w.in_flight.push_back(id);
+                    w.in_flight.push_back((id, frame));
                     w.dispatched += 1;
-                    self.resend.insert(id, frame);
                 }
                 Err(_) => {
                     // Full (cannot be: the window is far below the ring) or disconnected: the
@@ -654,6 +686,23 @@ impl<J, R> Inner<J, R> {
         if self.workers.iter().all(Option::is_none) {
             self.fail_queue();
             return false;
+        }
+        // Results are usually there already when jobs stream: take them without building a
+        // `Select`; then spin briefly on the workers that have jobs in flight, as a blocked
+        // `recv` would; only then sleep in a `Select` over every worker.
+        if self.poll_all() {
+            self.dispatch();
+            return true;
+        }
+        let mut spinner = Spinner::new(WaitPolicy::default());
+        while spinner.spin() {
+            if self.poll_all() {
+                self.dispatch();
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return true;
+            }
         }
         let job_deadline = self.earliest_job_deadline();
         let until = match (deadline, job_deadline) {
@@ -685,28 +734,50 @@ impl<J, R> Inner<J, R> {
         true
     }
 
-    /// Takes every result worker `k` has sent; retires it if it is gone.
-    fn drain(&mut self, k: usize) {
-        loop {
-            let Some(w) = self.workers[k].as_mut() else {
-                return;
-            };
-            match w.results.try_recv() {
-                Ok(frame) => {
-                    if !self.accept(k, &frame) {
-                        self.kill_worker(k, false);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if w.results.disconnect_reason().is_some() {
-                        let _ = e;
-                        self.retire(k);
-                    }
-                    return;
-                }
+    /// Takes whatever every worker has sent (and retires the dead). `true` if anything
+    /// happened.
+    fn poll_all(&mut self) -> bool {
+        let mut any = false;
+        for k in 0..self.workers.len() {
+            let ready = self.workers[k]
+                .as_ref()
+                .is_some_and(|w| w.results.core.c.recv_ready());
+            if ready {
+                self.drain(k);
+                any = true;
             }
         }
+        if self.cfg.job_timeout.is_some() {
+            self.enforce_timeouts();
+        }
+        any
+    }
+
+    /// Takes every result worker `k` has sent; retires it if it is gone.
+    fn drain(&mut self, k: usize) {
+        let mut frame = std::mem::take(&mut self.rbuf);
+        while let Some(w) = self.workers[k].as_mut() {
+            // A private copy first: the worker can still write the ring.
+            let got = match w.results.try_recv_ref() {
+                Ok(msg) => {
+                    frame.clear();
+                    frame.extend_from_slice(&msg);
+                    true
+                }
+                Err(_) => false,
+            };
+            if !got {
+                if w.results.disconnect_reason().is_some() {
+                    self.retire(k);
+                }
+                break;
+            }
+            if !self.accept(k, &frame) {
+                self.kill_worker(k, false);
+                break;
+            }
+        }
+        self.rbuf = frame;
     }
 
     /// One result frame from worker `k`. `false`: a protocol violation.
@@ -723,10 +794,12 @@ impl<J, R> Inner<J, R> {
         ) else {
             return false;
         };
-        if w.in_flight.front() != Some(&id) {
+        if w.in_flight.front().map(|f| f.0) != Some(id) {
             return false;
         }
-        w.in_flight.pop_front();
+        if let Some((_, frame)) = w.in_flight.pop_front() {
+            self.spare.push(frame);
+        }
         let payload = &frame[9..];
         let result = match kind {
             KIND_OK => (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason }),
@@ -752,11 +825,11 @@ impl<J, R> Inner<J, R> {
             .filter_map(|(k, w)| {
                 let w = w.as_ref()?;
                 let slot = &self.slots[k];
-                let cur = slot.current.load(Ordering::SeqCst);
-                if w.in_flight.front() != Some(&cur) {
+                let cur = slot.current.load(Ordering::Acquire);
+                if w.in_flight.front().map(|f| f.0) != Some(cur) {
                     return None;
                 }
-                let started = slot.started.load(Ordering::SeqCst).min(now_ns);
+                let started = slot.started.load(Ordering::Relaxed).min(now_ns);
                 let ran = Duration::from_nanos(now_ns - started);
                 Some(now + t.saturating_sub(ran))
             })
@@ -774,9 +847,11 @@ impl<J, R> Inner<J, R> {
                 continue;
             };
             let slot = &self.slots[k];
-            let cur = slot.current.load(Ordering::SeqCst);
-            let started = slot.started.load(Ordering::SeqCst).min(now_ns);
-            if w.in_flight.front() == Some(&cur) && Duration::from_nanos(now_ns - started) >= t {
+            let cur = slot.current.load(Ordering::Acquire);
+            let started = slot.started.load(Ordering::Relaxed).min(now_ns);
+            if w.in_flight.front().map(|f| f.0) == Some(cur)
+                && Duration::from_nanos(now_ns - started) >= t
+            {
                 self.kill_worker(k, true);
             }
         }
@@ -808,9 +883,9 @@ impl<J, R> Inner<J, R> {
         // Whatever it sent before dying is already taken (`drain` empties the ring first).
         let status = w.child.wait().ok();
         let slot = &self.slots[k];
-        let started = slot.current.load(Ordering::SeqCst);
+        let started = slot.current.load(Ordering::Acquire);
         let mut requeue = Vec::new();
-        for (n, id) in w.in_flight.drain(..).enumerate() {
+        for (n, (id, frame)) in w.in_flight.drain(..).enumerate() {
             if n == 0 && (id == started || w.timed_out) {
                 let e = if w.timed_out {
                     JobError::TimedOut
@@ -824,14 +899,12 @@ impl<J, R> Inner<J, R> {
                 };
                 self.finish(id, Err(e));
             } else {
-                requeue.push(id);
+                requeue.push((id, frame));
             }
         }
         // Jobs it never started go back to the front, in order.
-        for id in requeue.into_iter().rev() {
-            if let Some(frame) = self.resend.remove(&id) {
-                self.queue.push_front((id, frame));
-            }
+        for job in requeue.into_iter().rev() {
+            self.queue.push_front(job);
         }
         if !self.closed {
             match self.spawn(k) {
@@ -894,6 +967,7 @@ fn worker_main<J, R>(
     work: &dyn Fn(J) -> R,
     codec: Codec<J, R>,
     max_jobs: Option<u64>,
+    timed: bool,
 ) -> i32 {
     let mut frame = Vec::new();
     let mut out = Vec::new();
@@ -908,8 +982,12 @@ fn worker_main<J, R>(
         };
         out.clear();
         out.extend_from_slice(&id.to_le_bytes());
-        slot.started.store(mono_ns(), Ordering::SeqCst);
-        slot.current.store(id, Ordering::SeqCst);
+        if timed {
+            slot.started.store(mono_ns(), Ordering::Relaxed);
+        }
+        // Release: pairs with the owner's Acquire load of `current` (in `retire` and the
+        // timeout checks), which then sees this job's start time.
+        slot.current.store(id, Ordering::Release);
         match (codec.dec_job)(&frame[8..]) {
             Err(reason) => {
                 out.push(KIND_BAD_JOB);
@@ -940,7 +1018,8 @@ fn worker_main<J, R>(
         }
         // Only after the result is sent: a death before this line leaves the job marked as
         // started, so the owner fails it (its result may be lost) instead of running it again.
-        slot.current.store(IDLE, Ordering::SeqCst);
+        // Release: as above (the result was sent before).
+        slot.current.store(IDLE, Ordering::Release);
         done += 1;
         if max_jobs.is_some_and(|m| done >= m) {
             return 0; // recycled: the owner forks a replacement
