@@ -260,7 +260,8 @@ impl RxCore {
 impl Drop for TxCore {
     fn drop(&mut self) {
         if self.own.owned() {
-            self.p.close();
+            // Dropped by unwinding: the peer reports `PeerPanicked`, not a clean hang-up.
+            self.p.close(std::thread::panicking());
         }
     }
 }
@@ -268,7 +269,8 @@ impl Drop for TxCore {
 impl Drop for RxCore {
     fn drop(&mut self) {
         if self.own.owned() {
-            self.c.close();
+            // Dropped by unwinding: the peer reports `PeerPanicked`, not a clean hang-up.
+            self.c.close(std::thread::panicking());
         }
     }
 }
