@@ -27,7 +27,7 @@ pub use channel::{
 pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
 pub use error::Error;
 pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
-pub use process::{Child, Transfer, fork, fork_unchecked};
+pub use process::{Child, Outcome, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
 pub use sync::WaitPolicy;
@@ -83,6 +83,12 @@ pub mod __testing {
     /// system call (`None`: nothing), so a test can kill the parent exactly there.
     pub fn set_before_fork_hook(f: Option<fn()>) {
         crate::process::testing::set_before_fork(f)
+    }
+
+    /// In a fork child: the page where it records a panic for its parent (address, length),
+    /// if `fork` armed one. Writing there plays a compromised child.
+    pub fn panic_capture_page() -> Option<(*mut u8, usize)> {
+        crate::process::panic_capture::armed_page()
     }
 
     /// As [`ring_memory`], for a typed receiver.

@@ -168,8 +168,9 @@ pub enum DisconnectReason {
     /// The peer's owning process dropped its endpoint.
     PeerDropped,
     /// The peer's owning process dropped its endpoint while unwinding from a panic (the panic
-    /// dropped it): a crash, not a clean hang-up. (With `panic = "abort"` there is no
-    /// unwinding: the peer is seen as `PeerDied`.)
+    /// dropped it): a crash, not a clean hang-up. If the peer is a fork child,
+    /// [`Child::wait_outcome`](crate::Child::wait_outcome) gives the panic's message. (With
+    /// `panic = "abort"` there is no unwinding: the peer is seen as `PeerDied`.)
     PeerPanicked,
     /// The peer's owning process died without dropping it (killed, crashed, exited).
     PeerDied,
