@@ -311,7 +311,8 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
 }
 
 /// A forked child process. Like `std::process::Child`, dropping it neither kills nor reaps
-/// the child: call [`wait`](Child::wait) (or [`kill`](Child::kill) then `wait`).
+/// the child: call [`wait`](Child::wait) (or [`kill`](Child::kill) then `wait`, or
+/// [`wait_or_kill`](Child::wait_or_kill)).
 ///
 /// How it ended, a panic's message included: [`wait_outcome`](Child::wait_outcome), or
 /// [`outcome`](Child::outcome) after any of the waits.
@@ -398,8 +399,8 @@ impl Child {
     }
 
     /// How the child ended, once it has been reaped (by [`wait`](Child::wait),
-    /// [`try_wait`](Child::try_wait), [`wait_timeout`](Child::wait_timeout) or
-    /// [`wait_outcome`](Child::wait_outcome));
+    /// [`try_wait`](Child::try_wait), [`wait_timeout`](Child::wait_timeout),
+    /// [`wait_or_kill`](Child::wait_or_kill) or [`wait_outcome`](Child::wait_outcome));
     /// `None` while it has not been. Never blocks, never makes a system call.
     pub fn outcome(&self) -> Option<Outcome> {
         self.status
@@ -448,6 +449,31 @@ impl Child {
                 }
             }
         }
+    }
+
+    /// Waits at most `timeout` for the child to exit; if it has not, kills it (SIGKILL) and
+    /// reaps it. Either way the child is reaped when this returns `Ok`: the status is the
+    /// child's own if it exited in time, a death by SIGKILL otherwise. For a worker that must
+    /// not outlive a deadline; [`outcome`](Child::outcome) then tells how it ended.
+    ///
+    /// Only the child is killed, not processes it forked. Any duration is accepted
+    /// (`Duration::MAX`: wait for ever).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let mut child = forkipc::fork((), |()| loop {
+    ///     std::thread::sleep(Duration::from_secs(1));
+    /// })?;
+    /// let status = child.wait_or_kill(Duration::from_millis(100))?;
+    /// assert!(status.code().is_none()); // it did not finish in time: killed
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
+    pub fn wait_or_kill(&mut self, timeout: Duration) -> Result<ExitStatus, Error> {
+        if let Some(s) = self.wait_timeout(timeout)? {
+            return Ok(s);
+        }
+        self.kill()?;
+        self.wait()
     }
 
     /// Sends SIGKILL to the child (unless it has already been reaped). A child that is already
