@@ -26,7 +26,7 @@ pub use channel::{
 #[cfg(feature = "serde")]
 pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
 pub use error::Error;
-pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+pub use mutex::{LockError, NotRecoverableError, ShmMutex, ShmMutexGuard, TryLockError};
 pub use process::{Child, Outcome, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
