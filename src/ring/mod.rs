@@ -859,7 +859,15 @@ impl Consumer {
 
     /// Whether the producer closed its side.
     pub(crate) fn peer_closed(&self) -> bool {
-        self.hdr().tx.closed.load(Ordering::SeqCst) != OPEN
+        self.peer_close_reason().is_some()
+    }
+
+    /// Why the producer closed its side (`PeerDropped` or `PeerPanicked`), if it did.
+    pub(crate) fn peer_close_reason(&self) -> Option<DisconnectReason> {
+        match self.hdr().tx.closed.load(Ordering::SeqCst) {
+            OPEN => None,
+            v => Some(close_reason(v)),
+        }
     }
 }
 
