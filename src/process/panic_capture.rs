@@ -7,6 +7,11 @@
 //! there, and the code that catches the panic ([`ArmedSlot::record`]) writes the message and
 //! marks the slot. The parent reads it ([`PanicSlot::read`]) after the child exited.
 //!
+//! Reuse: a process that catches panics itself and goes on (a pool worker running jobs) gets
+//! the message with [`payload_text`] (what `JobError::Panicked { message }` carries), may
+//! [`ArmedSlot::record`] each panic in its armed slot for a parent that reads it while the
+//! worker lives, and [`ArmedSlot::clear`]s it before the next job.
+//!
 //! # Layout (one page, `MAP_SHARED | MAP_ANONYMOUS`, made by the parent before the fork)
 //!
 //! ```text
