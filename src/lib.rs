@@ -7,6 +7,7 @@
 mod channel;
 mod error;
 mod mutex;
+#[cfg(not(loom))]
 mod pool;
 mod presence;
 mod process;
@@ -28,9 +29,10 @@ pub use channel::{
 #[cfg(feature = "serde")]
 pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
 pub use error::Error;
-pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+pub use mutex::{LockError, NotRecoverableError, ShmMutex, ShmMutexGuard, TryLockError};
+#[cfg(not(loom))]
 pub use pool::{JobError, JobHandle, Map as PoolMap, Pool, PoolBuilder};
-pub use process::{Child, Transfer, fork, fork_unchecked};
+pub use process::{Child, Outcome, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
 pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
@@ -87,6 +89,12 @@ pub mod __testing {
     /// system call (`None`: nothing), so a test can kill the parent exactly there.
     pub fn set_before_fork_hook(f: Option<fn()>) {
         crate::process::testing::set_before_fork(f)
+    }
+
+    /// In a fork child: the page where it records a panic for its parent (address, length),
+    /// if `fork` armed one. Writing there plays a compromised child.
+    pub fn panic_capture_page() -> Option<(*mut u8, usize)> {
+        crate::process::panic_capture::armed_page()
     }
 
     /// As [`ring_memory`], for a typed receiver.

@@ -6,7 +6,7 @@
 //! ```text
 //! offset 0     RingHeader (repr(C)), each field on its own 128-byte line:
 //!   head       u64  consumer position (monotonic byte count); written by the consumer only
-//!   rx         SideState of the consumer: wait word, closed flag, owner presence
+//!   rx         SideState of the consumer: wait word, closed word, owner presence
 //!   tx         SideState of the producer
 //! offset 512   data area: `cap` bytes, cap a power of two >= 64, holding records:
 //!
@@ -72,12 +72,40 @@ pub(crate) const MIN_CAP: usize = 64;
 #[cfg(not(loom))]
 const TIGHT_POLLS: u32 = 256;
 
+/// Values of `SideState::closed`.
+const OPEN: u32 = 0;
+const CLOSED: u32 = 1;
+const CLOSED_PANICKING: u32 = 2;
+
+/// What a peer reports for a side whose `closed` word reads `v` (non-zero).
+#[inline]
+fn close_reason(v: u32) -> DisconnectReason {
+    if v == CLOSED_PANICKING {
+        DisconnectReason::PeerPanicked
+    } else {
+        DisconnectReason::PeerDropped
+    }
+}
+
+/// `wait::wait_until` reports every close as `PeerDropped`: tell a panicking owner's close
+/// apart by the value it stored in `peer.closed` (never reset once set).
+fn refine_close(e: RingError, peer: &SideState) -> RingError {
+    match e {
+        RingError::Disconnected(DisconnectReason::PeerDropped) => {
+            RingError::Disconnected(close_reason(peer.closed.load(Ordering::SeqCst)))
+        }
+        e => e,
+    }
+}
+
 /// One side's shared state.
 #[repr(C)]
 pub(crate) struct SideState {
     /// 1 while this side sleeps or is about to; the other side wakes it only then.
     wait: FutexWord,
-    /// 0 while open; 1 once the owning process dropped this side's endpoint.
+    /// `OPEN` (0); `CLOSED` (1) once the owning process dropped this side's endpoint;
+    /// `CLOSED_PANICKING` (2) if it dropped it while unwinding from a panic. Written once, by
+    /// the owner; any other non-zero value (a scribbling peer) reads as `CLOSED`.
     closed: AtomicU32,
     /// The owning process's presence (`PresenceRef`), 0 if unknown.
     owner: AtomicU64,
@@ -155,7 +183,7 @@ impl SideState {
     fn new() -> SideState {
         SideState {
             wait: FutexWord::new(0),
-            closed: AtomicU32::new(0),
+            closed: AtomicU32::new(OPEN),
             owner: AtomicU64::new(0),
             bell: AtomicU64::new(0),
         }
@@ -176,6 +204,11 @@ pub(crate) struct RingHeader {
 pub enum DisconnectReason {
     /// The peer's owning process dropped its endpoint.
     PeerDropped,
+    /// The peer's owning process dropped its endpoint while unwinding from a panic (the panic
+    /// dropped it): a crash, not a clean hang-up. If the peer is a fork child,
+    /// [`Child::wait_outcome`](crate::Child::wait_outcome) gives the panic's message. (With
+    /// `panic = "abort"` there is no unwinding: the peer is seen as `PeerDied`.)
+    PeerPanicked,
     /// The peer's owning process died without dropping it (killed, crashed, exited).
     PeerDied,
     /// The ring's shared memory held something impossible; the channel is unusable for good.
@@ -189,6 +222,7 @@ impl std::fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DisconnectReason::PeerDropped => "the peer dropped its endpoint",
+            DisconnectReason::PeerPanicked => "the peer panicked",
             DisconnectReason::PeerDied => "the peer process died",
             DisconnectReason::Corrupted => "the channel's shared memory is corrupted",
             DisconnectReason::NotOwner => "this process does not own the endpoint",
@@ -456,10 +490,14 @@ impl Producer {
         if len > max {
             return Err(RingError::TooLarge { len, max });
         }
-        if self.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
-            return Err(RingError::Disconnected(DisconnectReason::PeerDropped));
+        // Liveness first, then the close flag: an owner that closes and then exits (the usual
+        // order) is reported as having closed, whichever of the two we happen to see first.
+        let alive = self.peer_alive();
+        let closed = self.hdr().rx.closed.load(Ordering::SeqCst);
+        if closed != OPEN {
+            return Err(RingError::Disconnected(close_reason(closed)));
         }
-        if !self.peer_alive() {
+        if !alive {
             return Err(RingError::Disconnected(DisconnectReason::PeerDied));
         }
         let rec = record_size(len);
@@ -506,7 +544,7 @@ impl Producer {
             || len > max_message_len(cap)
             || tail - self.head_seen.get() + (rec + HDR) as u64 > cap as u64
             || self.broken.get().is_some()
-            || self.hdr().rx.closed.load(Ordering::Relaxed) != 0
+            || self.hdr().rx.closed.load(Ordering::Relaxed) != OPEN
             || !self.peer_alive()
         {
             return false;
@@ -577,6 +615,7 @@ impl Producer {
             Err(e) => Err(e),
             Ok(_) => Ok(true),
         })
+        .map_err(|e| refine_close(e, &hdr.rx))
     }
 
     /// This end's shared state and the peer's (for `Select`).
@@ -598,10 +637,12 @@ impl Producer {
         self.hdr().rx.owner_alive()
     }
 
-    /// Marks the producer side closed and wakes the consumer.
-    pub fn close(&self) {
+    /// Marks the producer side closed and wakes the consumer. `panicking`: the endpoint is
+    /// dropped by unwinding, and the consumer reports `PeerPanicked` instead of `PeerDropped`.
+    pub fn close(&self, panicking: bool) {
         let hdr = self.hdr();
-        hdr.tx.closed.store(1, Ordering::SeqCst);
+        let v = if panicking { CLOSED_PANICKING } else { CLOSED };
+        hdr.tx.closed.store(v, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
         hdr.rx.wake_if_asleep();
@@ -848,12 +889,15 @@ impl Consumer {
                 }
             }
         })
+        .map_err(|e| refine_close(e, &hdr.tx))
     }
 
-    /// Marks the consumer side closed and wakes the producer.
-    pub fn close(&self) {
+    /// Marks the consumer side closed and wakes the producer; `panicking` as in
+    /// [`Producer::close`].
+    pub fn close(&self, panicking: bool) {
         let hdr = self.hdr();
-        hdr.rx.closed.store(1, Ordering::SeqCst);
+        let v = if panicking { CLOSED_PANICKING } else { CLOSED };
+        hdr.rx.closed.store(v, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
         hdr.tx.wake_if_asleep();
@@ -885,7 +929,24 @@ impl Consumer {
 
     /// Whether the producer closed its side.
     pub(crate) fn peer_closed(&self) -> bool {
-        self.hdr().tx.closed.load(Ordering::SeqCst) != 0
+        self.peer_close_reason().is_some()
+    }
+
+    /// Whether (and why) the producer is gone for good: it closed its side (`PeerDropped`,
+    /// `PeerPanicked`) or its process died (`PeerDied`). Liveness is read before the close
+    /// flag, so an owner that closed and then exited is reported as having closed.
+    pub(crate) fn peer_gone(&self) -> Option<DisconnectReason> {
+        let alive = self.peer_alive();
+        self.peer_close_reason()
+            .or((!alive).then_some(DisconnectReason::PeerDied))
+    }
+
+    /// Why the producer closed its side (`PeerDropped` or `PeerPanicked`), if it did.
+    pub(crate) fn peer_close_reason(&self) -> Option<DisconnectReason> {
+        match self.hdr().tx.closed.load(Ordering::SeqCst) {
+            OPEN => None,
+            v => Some(close_reason(v)),
+        }
     }
 }
 
