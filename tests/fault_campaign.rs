@@ -192,6 +192,7 @@ struct Stats {
     try_recv_after_death_empty: AtomicU64,
     try_recv_after_death_disconnected: AtomicU64,
     sender_blocked_at_kill: AtomicU64,
+    parent_side_before_g: AtomicU64,
     mutex_clean: AtomicU64,
     mutex_owner_died_waiter: AtomicU64,
     mutex_owner_died_parent: AtomicU64,
@@ -322,8 +323,9 @@ extern "C" fn print_summary() {
         kills[K_CHILD]
     ));
     line(format!(
-        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel)",
-        kills[K_PARENT_SIDE]
+        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {})",
+        kills[K_PARENT_SIDE],
+        ld(&s.parent_side_before_g)
     ));
     line(format!(
         "  receiver under a sender   {:>6}   (sender blocked on a full ring at the kill: {})",
@@ -958,7 +960,14 @@ fn parent_side_killed_mid_stream() -> Outcome {
     let res = run_trials(K_PARENT_SIDE, 0xb0b, n, |rng, tseed| {
         let r = parent_side_trial(rng, tseed, ctl);
         if r.is_err() {
+            // G may not exist (S died first), or exist without having named itself yet.
             let g = ctl.g_pid.load(Ordering::SeqCst);
+            let g = if g == 0 && has_children() == Ok(true) {
+                wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0);
+                ctl.g_pid.load(Ordering::SeqCst)
+            } else {
+                g
+            };
             if g != 0 {
                 // SAFETY: plain kill of a pid that is our (reparented) descendant.
                 unsafe { libc::kill(g as libc::pid_t, libc::SIGKILL) };
@@ -984,11 +993,12 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
             return 2;
         };
         let g = forkipc::fork((trx, brx, vtx), move |(trx, brx, vtx)| {
+            // G names itself: S may be killed between the fork and any store of its own.
+            ctl.g_pid.store(u64::from(getpid()), Ordering::SeqCst);
             grandchild_receiver(tseed, &trx, &brx, &vtx, ctl)
         });
-        match g {
-            Ok(g) => ctl.g_pid.store(u64::from(g.id()), Ordering::SeqCst),
-            Err(_) => return 2,
+        if g.is_err() {
+            return 2;
         }
         stream_forever(tseed, pause, &ttx, &btx)
     })
@@ -1009,6 +1019,16 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
     s.0.kill().ctx("kill S")?;
     s.expect_killed("the streamer S")?;
+    // S is reaped. Had it forked G, G would be our child now (the kernel reparents an exiting
+    // process's children before the process can be reaped, and a fork that a SIGKILL
+    // interrupts creates no child). No child: S died before G existed.
+    if !has_children()? {
+        return streamer_died_before_grandchild(ctl, &vrx, plan);
+    }
+    ensure!(
+        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0),
+        "G exists but never started"
+    );
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
     let verdict = vrx.recv_timeout(LONG);
     // G is our child now (we are its subreaper): reap it.
@@ -1028,6 +1048,53 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     );
     ensure!(v[3] == g_pid, "verdict from pid {} but G is {g_pid}", v[3]);
     Ok(())
+}
+
+/// S was killed before it forked G: there is nothing to reap, and the verdict channel's
+/// sender, which S held (it never got to hand it to G), must report S's death to us.
+fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt) -> Outcome {
+    let r = vrx.recv_timeout(DETECT_BOUND);
+    let detect =
+        Duration::from_nanos(support::mono_ns().saturating_sub(ctl.t_kill.load(Ordering::SeqCst)));
+    ensure!(
+        r == Err(RecvTimeoutError::Disconnected)
+            && vrx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "S was killed before forking G ({plan:?}); the verdict channel, whose sender S held, \
+         returned {r:?} after {detect:?} with disconnect_reason() {:?}, not \
+         Disconnected(PeerDied){}",
+        vrx.disconnect_reason(),
+        if r == Err(RecvTimeoutError::Timeout) {
+            ": S's death is never reported (killed inside forkipc::fork, after the \
+             sender was handed to G's reserved presence slot but before G existed?)"
+        } else {
+            ""
+        }
+    );
+    record_detect(detect);
+    bump(&stats().parent_side_before_g);
+    Ok(())
+}
+
+/// Whether this process has any child (running or exited, not yet reaped).
+fn has_children() -> Result<bool, String> {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves any exited child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ECHILD) => Ok(false),
+        e => Err(format!("waitid(P_ALL): {e}")),
+    }
 }
 
 fn grandchild_receiver(
