@@ -763,6 +763,9 @@ enum KillAt {
     Msgs(u64),
     /// This long after the victim started streaming.
     Delay(Duration),
+    /// This long after the victim was forked, whatever it has done by then (the parent-side
+    /// streamer may still be making its channels or be inside `fork`).
+    Early(Duration),
 }
 
 impl KillAt {
@@ -837,7 +840,7 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
         if killed.is_none() {
             let due = match plan {
                 KillAt::Msgs(k) => check.next >= k,
-                KillAt::Delay(d) => start.elapsed() >= d,
+                KillAt::Delay(d) | KillAt::Early(d) => start.elapsed() >= d,
             };
             if due {
                 killed = Some(Instant::now());
@@ -870,9 +873,11 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
 
 // ---------------------------------------------------------------------------------------------
 // 1b. The receiver's peer that dies is its parent: the case process C forks a streamer S, S
-// makes the channels and forks a grandchild G that receives; C kills S. G checks the stream
-// and the disconnect and reports a verdict to C over a channel C made before forking S, handed
-// down through both forks. C is a child subreaper, so orphaned G is reparented to C and reaped.
+// makes the channels and forks a grandchild G that receives; C kills S (one trial in 8 early,
+// maybe before G exists: then C's verdict channel, still S's, must report the death). G checks
+// the stream and the disconnect and reports a verdict to C over a channel C made before forking
+// S, handed down through both forks. C is a child subreaper, so orphaned G is reparented to C
+// and reaped.
 
 /// Control words shared by C, S and G (in an `AnonRegion` made by C).
 #[repr(C)]
@@ -983,7 +988,12 @@ fn parent_side_killed_mid_stream() -> Outcome {
 fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     ctl.reset();
     let (vtx, vrx) = forkipc::channel::<Verdict>(4).ctx("verdict channel")?;
-    let plan = KillAt::pick(rng);
+    // One trial in 8 kills S early: before, while or just after it forks G.
+    let plan = if rng.below(8) == 0 {
+        KillAt::Early(Duration::from_micros(rng.below(600)))
+    } else {
+        KillAt::pick(rng)
+    };
     let (tcap, bcap, pause) = (typed_cap(rng), byte_cap(rng), rng.below(4) == 0);
     let s = forkipc::fork(vtx, move |vtx| {
         let (Ok((ttx, trx)), Ok((btx, brx))) = (
@@ -1010,6 +1020,10 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
             let ok = wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0);
             spin_for(d);
             ok
+        }
+        KillAt::Early(d) => {
+            spin_for(d);
+            true
         }
     };
     ensure!(
