@@ -17,9 +17,11 @@
 //! this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` / `FORKIPC_CAMPAIGN_SEED`. The
 //! per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the kill count unless set.
 //!
-//! Kill moments are random (a seeded `Rng`, printed; the kill's timing relative to the victim
-//! still depends on scheduling, so a failure names the trial seed, which fixes everything but
-//! that timing). Every case asserts the promise (no lost, duplicated or torn message; `PeerDied`
+//! Kill moments are random (a seeded `Rng`; the kill's timing relative to the victim still
+//! depends on scheduling, so a failure names the trial seed, which fixes everything but that
+//! timing). Without `--seed`, every run takes a new seed from the clock and the pid, so CI
+//! explores; the seed and the command that replays the run are printed at the start and in the
+//! summary. Every case asserts the promise (no lost, duplicated or torn message; `PeerDied`
 //! after the kill; `OwnerDied` or a clean lock, never a hang or two holders) and records counts
 //! and latencies in a shared-memory tally; when the run ends, the binary prints a summary block
 //! for the README.
@@ -42,7 +44,6 @@ use forkipc::{
 use support::{Context, Outcome, Rng};
 
 const DEFAULT_KILLS: u64 = 400;
-const DEFAULT_SEED: u64 = 0x00f0_4c1b_5eed;
 /// Generous bound for anything that must happen "promptly" (death detection must be < 100 ms;
 /// this is the failure threshold, the 100 ms promise is counted and reported).
 const DETECT_BOUND: Duration = Duration::from_secs(2);
@@ -59,6 +60,13 @@ fn main() {
         // SAFETY: still single-threaded: nothing else reads or writes the environment.
         unsafe { std::env::set_var("FORKIPC_CASE_TIMEOUT", secs.to_string()) };
     }
+    // Printed now as well as in the summary: a run killed from outside never prints that.
+    println!(
+        "fault campaign: seed {:#x}, {} kills; replay: {}",
+        cfg.seed,
+        cfg.total_kills,
+        replay_command(&cfg)
+    );
     let _ = CONFIG.set(cfg);
     let _ = STATS.set(Stats::new_shared());
     let _ = START.set(Instant::now());
@@ -84,6 +92,8 @@ fn main() {
 #[derive(Clone, Copy, Debug)]
 struct Config {
     seed: u64,
+    /// `--seed` / `FORKIPC_CAMPAIGN_SEED` was given (else the seed came from the clock).
+    seed_given: bool,
     total_kills: u64,
     kills_child: u64,
     kills_parent_side: u64,
@@ -108,12 +118,14 @@ impl Config {
         let total = num("FORKIPC_CAMPAIGN_KILLS")
             .unwrap_or(DEFAULT_KILLS)
             .max(4);
-        let seed = num("FORKIPC_CAMPAIGN_SEED").unwrap_or(DEFAULT_SEED);
+        let given = num("FORKIPC_CAMPAIGN_SEED");
+        let seed = given.unwrap_or_else(fresh_seed);
         let kills_child = total * 40 / 100;
         let kills_parent_side = total * 20 / 100;
         let kills_sender = total * 15 / 100;
         Config {
             seed,
+            seed_given: given.is_some(),
             total_kills: total,
             kills_child,
             kills_parent_side,
@@ -123,15 +135,24 @@ impl Config {
     }
 }
 
+/// A new seed for every run that names none, so CI explores instead of replaying one run:
+/// the clock's nanoseconds and the pid, mixed.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(t ^ u64::from(getpid()).rotate_left(32))
+}
+
+fn replay_command(cfg: &Config) -> String {
+    format!(
+        "cargo test --release --test fault_campaign -- --kills {} --seed {:#x}",
+        cfg.total_kills, cfg.seed
+    )
+}
+
 fn config() -> Config {
-    *CONFIG.get().unwrap_or(&Config {
-        seed: DEFAULT_SEED,
-        total_kills: 0,
-        kills_child: 0,
-        kills_parent_side: 0,
-        kills_sender: 0,
-        kills_mutex: 0,
-    })
+    *CONFIG.get().expect("the configuration is set in main")
 }
 
 /// Moves `--kills N` / `--seed S` (or `--kills=N`) into the environment and re-executes, so
@@ -306,8 +327,15 @@ extern "C" fn print_summary() {
     line(String::new());
     line("---- forkipc fault campaign ------------------------------------------------".into());
     line(format!(
-        "seed {:#x}, {} kills requested; rerun: cargo test --release --test fault_campaign -- --kills {} --seed {:#x}",
-        cfg.seed, cfg.total_kills, cfg.total_kills, cfg.seed
+        "seed {:#x} ({}), {} kills requested; rerun: {}",
+        cfg.seed,
+        if cfg.seed_given {
+            "given"
+        } else {
+            "from the clock"
+        },
+        cfg.total_kills,
+        replay_command(&cfg)
     ));
     line(format!(
         "SIGKILLs delivered          {total} in {kill_secs:.1} s of kill cases ({:.0} kills/s); whole run {:.1} s",
