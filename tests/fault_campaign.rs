@@ -32,16 +32,15 @@ mod support;
 mod fuzz_body;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, ByteReceiver, ByteSender, Child, DisconnectReason, Receiver, RecvTimeoutError,
-    SendTimeoutError, Sender, Shareable, ShmMutex, Transfer, TryLockError, TryRecvError,
+    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, Receiver, RecvTimeoutError,
+    SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError, TryRecvError,
 };
-use support::{Context, Outcome, Rng};
+use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
 
 const DEFAULT_KILLS: u64 = 400;
 /// Generous bound for anything that must happen "promptly" (death detection must be < 100 ms;
@@ -433,89 +432,6 @@ extern "C" fn print_summary() {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A child that is killed and reaped when dropped (unless already reaped).
-struct Reap(Child);
-
-impl Reap {
-    fn status(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        support::wait_child(&mut self.0, timeout)
-    }
-
-    /// Requires that the child ended by our SIGKILL, not on its own.
-    fn expect_killed(&mut self, what: &str) -> Outcome {
-        let st = self.status(LONG)?;
-        ensure!(
-            st.signal() == Some(libc::SIGKILL),
-            "{what} was not ended by our SIGKILL but by {st:?} (it failed on its own: see stderr)"
-        );
-        Ok(())
-    }
-
-    fn expect_success(&mut self, what: &str) -> Outcome {
-        let st = self.status(LONG)?;
-        ensure!(st.success(), "{what} failed: {st:?} (see stderr)");
-        Ok(())
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
-
-/// Forks a child running `f`; an `Err` is printed to stderr and becomes exit status 1.
-fn spawn<E: Transfer, F: FnOnce(E) -> Outcome>(what: &str, ends: E, f: F) -> Result<Reap, String> {
-    let tag = what.to_string();
-    let child = forkipc::fork(ends, move |e| match f(e) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("child '{tag}' failed: {e}");
-            1
-        }
-    })
-    .ctx(what)?;
-    Ok(Reap(child))
-}
-
-fn spin_for(d: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
-
-/// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while !cond() {
-        if t.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    true
-}
-
-/// The scheduler state letter of process `pid` (`R`, `S`, `T` stopped, `Z`...).
-fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn getpid() -> u32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() as u32 }
-}
-
-/// splitmix64's finaliser: a good 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn fnv(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
     for &b in bytes {
@@ -872,7 +788,7 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
             };
             if due {
                 killed = Some(Instant::now());
-                child.0.kill().ctx("kill")?;
+                child.kill().ctx("kill")?;
             }
         }
         match check.step(&trx, &brx, LONG)? {
@@ -896,7 +812,7 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
         "kill -> Disconnected took {detect:?} ({plan:?})"
     );
     check.finish(&trx, &brx, typed)?;
-    child.expect_killed("the streamer")
+    child.expect_killed("the streamer", LONG)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1059,8 +975,8 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
         "the grandchild made no progress within {LONG:?} ({plan:?})"
     );
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    s.0.kill().ctx("kill S")?;
-    s.expect_killed("the streamer S")?;
+    s.kill().ctx("kill S")?;
+    s.expect_killed("the streamer S", LONG)?;
     // S is reaped. Had it forked G, G would be our child now (the kernel reparents an exiting
     // process's children before the process can be reaped, and a fork that a SIGKILL
     // interrupts creates no child). No child: S died before G existed.
@@ -1287,9 +1203,9 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     );
     spin_for(delay);
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    r.0.kill().ctx("kill R")?;
-    r.expect_killed("the receiver R")?;
-    s.expect_success("the sender S")?;
+    r.kill().ctx("kill R")?;
+    r.expect_killed("the receiver R", LONG)?;
+    s.expect_success("the sender S", LONG)?;
     let ns = ctl.detect_ns.load(Ordering::SeqCst);
     record_detect(Duration::from_nanos(ns));
     if ctl.blocked.load(Ordering::SeqCst) != 0 {
@@ -1423,8 +1339,8 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
     );
     spin_for(Duration::from_micros(rng.below(1000)));
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    a.0.kill().ctx("kill A")?;
-    a.expect_killed("the holder A")?;
+    a.kill().ctx("kill A")?;
+    a.expect_killed("the holder A", LONG)?;
     let (g, parent_died) = lock_checked(m, "parent after the kill")?;
     drop(g);
     // Two live processes now: the parent and E (plus B if present) increment `c` exactly.
@@ -1447,10 +1363,10 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
         );
         g[2] += 1;
     }
-    e.expect_success("the incrementer E")?;
+    e.expect_success("the incrementer E", LONG)?;
     ctl.stop.store(1, Ordering::SeqCst);
     if let Some(b) = b.as_mut() {
-        b.expect_success("the contender B")?;
+        b.expect_success("the contender B", LONG)?;
     }
     let waiter_died = ctl.owner_died_seen.load(Ordering::SeqCst);
     let b_count = ctl.count.load(Ordering::SeqCst);
@@ -1501,8 +1417,8 @@ fn try_recv_reports_disconnected_after_peer_death() -> Outcome {
         brx.recv_timeout(LONG).as_deref() == Ok(&b"one"[..]),
         "first byte message"
     );
-    child.0.kill().ctx("kill")?;
-    child.expect_killed("sender")?;
+    child.kill().ctx("kill")?;
+    child.expect_killed("sender", LONG)?;
     ensure!(
         rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
         "reason {:?}",
@@ -1551,7 +1467,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         }
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     let mut next = 0u64;
     for _ in 0..100 {
         ensure!(
@@ -1559,7 +1475,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
             "no message before the stop"
         );
     }
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     // Drain what was sent before the stop, then wait STOP_FOR in one recv_timeout.
     let t = loop {
@@ -1581,7 +1497,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         proc_state(pid) == Some('T'),
         "the sender is no longer stopped"
     );
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     while next < N {
         ensure!(
             recv_expect(&rx, seed, &mut next, LONG)?,
@@ -1594,7 +1510,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         "after all {N} messages: expected Disconnected(PeerDropped), reason {:?}",
         rx.disconnect_reason()
     );
-    child.expect_success("the paced sender")?;
+    child.expect_success("the paced sender", LONG)?;
     bump(&stats().stop_checks);
     println!("    stopped sender: recv_timeout waited {t:?} -> Timeout; {N} messages, none lost");
     Ok(())
@@ -1636,12 +1552,12 @@ fn stopped_receiver_is_not_dead() -> Outcome {
         );
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     for seq in 0..10 {
         tx.send_timeout(typed_msg(seed, seq), LONG)
             .map_err(|e| format!("send {seq}: {e:?}"))?;
     }
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     let mut seq = 10;
     let waited = loop {
@@ -1667,14 +1583,17 @@ fn stopped_receiver_is_not_dead() -> Outcome {
         "a stopped receiver is reported as {:?}",
         tx.disconnect_reason()
     );
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     // The timed-out send had no effect: send it again, then the rest.
     for seq in seq..N {
         tx.send_timeout(typed_msg(seed, seq), LONG)
             .map_err(|e| format!("send {seq}: {e:?}"))?;
     }
     drop(tx);
-    child.expect_success("the receiver (checks all messages exactly once, in order)")?;
+    child.expect_success(
+        "the receiver (checks all messages exactly once, in order)",
+        LONG,
+    )?;
     bump(&stats().stop_checks);
     println!("    stopped receiver: send_timeout waited {waited:?} -> Timeout; {N} messages exact");
     Ok(())
@@ -1697,12 +1616,12 @@ fn stopped_mutex_holder_is_not_dead() -> Outcome {
         drop(g);
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     ensure!(
         wait_until(LONG, || held.load(Ordering::SeqCst) == 1),
         "holder never locked"
     );
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     let t = Instant::now();
     let r = m.lock_timeout(STOP_FOR);
@@ -1713,13 +1632,13 @@ fn stopped_mutex_holder_is_not_dead() -> Outcome {
     );
     drop(r);
     ensure!(waited >= STOP_FOR, "TimedOut after {waited:?}");
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     release.store(1, Ordering::SeqCst);
     match m.lock_timeout(LONG) {
         Ok(g) => ensure!(*g == 1, "value {} after the holder's increment", *g),
         Err(e) => return Err(format!("after SIGCONT and release: {e:?}")),
     }
-    child.expect_success("the stopped holder")?;
+    child.expect_success("the stopped holder", LONG)?;
     bump(&stats().stop_checks);
     println!("    stopped mutex holder: lock_timeout waited {waited:?} -> TimedOut, then Ok");
     Ok(())
@@ -2229,7 +2148,7 @@ fn scribbled_lock_word_then_death(scribble: u32, after_unlock: fn(&ShmMutex<u64>
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(1) => break,
             Err(RecvTimeoutError::Timeout) if t.elapsed() < LONG => {
-                if let Some(st) = v.0.try_wait().ctx("try_wait")? {
+                if let Some(st) = v.try_wait().ctx("try_wait")? {
                     // Give the peer the promised 100 ms (and more) to see the death.
                     let r = rx.recv_timeout(DETECT_BOUND);
                     return Err(format!(
@@ -2250,8 +2169,8 @@ fn scribbled_lock_word_then_death(scribble: u32, after_unlock: fn(&ShmMutex<u64>
             }
         }
     }
-    v.0.kill().ctx("kill V")?;
-    v.expect_killed("V")?;
+    v.kill().ctx("kill V")?;
+    v.expect_killed("V", LONG)?;
     let t = Instant::now();
     let r = rx.recv_timeout(DETECT_BOUND);
     ensure!(
