@@ -10,12 +10,20 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the four kill cases (40% child
-//! killed mid-stream, 20% streamer killed under a grandchild receiver, 15% receiver killed under
-//! a blocked sender, 25% mutex holder killed). The flags are taken out of the argument list
-//! (the runner in `support` reads the remaining words as case-name filters) by re-executing
-//! this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` / `FORKIPC_CAMPAIGN_SEED`. The
-//! per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the kill count unless set.
+//! `--kills N` is the total number of SIGKILLs, split over the six kill cases (30% child
+//! killed mid-stream, 16% streamer killed under a grandchild receiver, 12% receiver killed under
+//! a blocked sender, 26% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
+//! receiver and the sender). The flags are taken out of the
+//! argument list (the runner in `support` reads the remaining words as case-name filters) by
+//! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
+//! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
+//! kill count unless set.
+//!
+//! The woken-waiter cases count a survivor that is not served within `HANG_DEADLINE` as a
+//! broken trial, kill and reap everything, and
+//! go on; the case fails at the end, or at once at the first broken trial unless
+//! `FORKIPC_CAMPAIGN_MAX_HANGS=N` raises that cap (to measure how often a defect shows; each
+//! hang costs `HANG_DEADLINE`).
 //!
 //! Kill moments are random (a seeded `Rng`; the kill's timing relative to the victim still
 //! depends on scheduling, so a failure names the trial seed, which fixes everything but that
@@ -37,7 +45,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, Receiver, RecvTimeoutError,
+    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, LockError, Receiver, RecvTimeoutError,
     SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError, TryRecvError,
 };
 use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
@@ -54,8 +62,9 @@ fn main() {
     reexec_without_flags();
     let cfg = Config::from_env();
     if std::env::var_os("FORKIPC_CASE_TIMEOUT").is_none() {
-        // The largest case gets 40% of the kills; allow 60 ms per kill on top of the default.
-        let secs = 120 + cfg.total_kills * 60 / 1000;
+        // The largest case gets a third of the kills; allow 60 ms per kill on top of the
+        // default, and the broken trials each case may wait out.
+        let secs = 120 + cfg.total_kills * 60 / 1000 + cfg.max_hangs * HANG_DEADLINE.as_secs();
         // SAFETY: still single-threaded: nothing else reads or writes the environment.
         unsafe { std::env::set_var("FORKIPC_CASE_TIMEOUT", secs.to_string()) };
     }
@@ -76,6 +85,8 @@ fn main() {
         parent_side_killed_mid_stream,
         sender_blocked_receiver_killed,
         mutex_holder_killed_at_random_points,
+        woken_waiter_killed_mutex,
+        woken_waiter_killed_presence,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
@@ -98,6 +109,11 @@ struct Config {
     kills_parent_side: u64,
     kills_sender: u64,
     kills_mutex: u64,
+    kills_woken_mutex: u64,
+    kills_woken_presence: u64,
+    /// A pattern that can hang on a known defect stops after this many hangs (each costs
+    /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
+    max_hangs: u64,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -119,9 +135,10 @@ impl Config {
             .max(4);
         let given = num("FORKIPC_CAMPAIGN_SEED");
         let seed = given.unwrap_or_else(fresh_seed);
-        let kills_child = total * 40 / 100;
-        let kills_parent_side = total * 20 / 100;
-        let kills_sender = total * 15 / 100;
+        let share = |pct: u64| total * pct / 100;
+        let (kills_child, kills_parent_side, kills_sender) = (share(30), share(16), share(12));
+        // The woken-waiter trials deliver two SIGKILLs each.
+        let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
             seed,
             seed_given: given.is_some(),
@@ -129,7 +146,15 @@ impl Config {
             kills_child,
             kills_parent_side,
             kills_sender,
-            kills_mutex: total - kills_child - kills_parent_side - kills_sender,
+            kills_mutex: total
+                - kills_child
+                - kills_parent_side
+                - kills_sender
+                - kills_woken_mutex
+                - kills_woken_presence,
+            kills_woken_mutex,
+            kills_woken_presence,
+            max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
 }
@@ -202,8 +227,10 @@ const SAMPLES: usize = 1 << 16;
 
 #[repr(C)]
 struct Stats {
-    kills: [AtomicU64; 4],
-    case_ns: [AtomicU64; 4],
+    kills: [AtomicU64; KINDS],
+    case_ns: [AtomicU64; KINDS],
+    /// Trials whose survivor was not served within `HANG_DEADLINE`.
+    broken: [AtomicU64; KINDS],
     msgs_checked: AtomicU64,
     lost: AtomicU64,
     duplicated: AtomicU64,
@@ -227,8 +254,20 @@ struct Stats {
     fuzz_inputs: AtomicU64,
     fuzz_messages: AtomicU64,
     fuzz_corrupted_runs: AtomicU64,
+    /// Woken-waiter trials and broken ones, by variant (mutex, presence) and kill order.
+    woken_trials: [[AtomicU64; ORDERS]; 2],
+    woken_broken: [[AtomicU64; ORDERS]; 2],
+    /// Held-off trials in which this process could spin at SCHED_FIFO.
+    woken_fifo: AtomicU64,
+    woken_w2_ok: AtomicU64,
+    woken_w2_owner_died: AtomicU64,
+    woken_w1_locked: AtomicU64,
+    woken_r2_peer_died: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
+    /// Last kill -> the survivor of a woken-waiter trial is served.
+    wdet_n: AtomicU64,
+    wdet: [AtomicU64; SAMPLES],
     mdet_n: AtomicU64,
     mdet: [AtomicU64; SAMPLES],
 }
@@ -242,6 +281,9 @@ const K_CHILD: usize = 0;
 const K_PARENT_SIDE: usize = 1;
 const K_SENDER: usize = 2;
 const K_MUTEX: usize = 3;
+const K_WOKEN_MUTEX: usize = 4;
+const K_WOKEN_PRESENCE: usize = 5;
+const KINDS: usize = 6;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -310,6 +352,7 @@ extern "C" fn print_summary() {
     let kill_secs: f64 = s.case_ns.iter().map(|a| ld(a) as f64 / 1e9).sum();
     let det = samples(&s.det_n, &s.det);
     let mdet = samples(&s.mdet_n, &s.mdet);
+    let wdet = samples(&s.wdet_n, &s.wdet);
     let over = det
         .iter()
         .filter(|&&d| d > PROMISE.as_nanos() as u64)
@@ -360,6 +403,34 @@ extern "C" fn print_summary() {
         ld(&s.sender_blocked_at_kill)
     ));
     line(format!("  mutex holder killed       {:>6}", kills[K_MUTEX]));
+    let by_order = |v: usize| {
+        let t: Vec<u64> = s.woken_trials[v].iter().map(ld).collect();
+        let b: Vec<u64> = s.woken_broken[v].iter().map(ld).collect();
+        format!(
+            "victim then holder {}/{}, holder then victim {}/{}, victim held off: first {}/{}, after the wake {}/{}",
+            b[0], t[0], b[1], t[1], b[2], t[2], b[3], t[3]
+        )
+    };
+    line(format!(
+        "  woken waiter W1 + holder  {:>6}   (W2 then locked: Ok {}, OwnerDied {}; W1 had locked first: {}; hung {})",
+        kills[K_WOKEN_MUTEX],
+        ld(&s.woken_w2_ok),
+        ld(&s.woken_w2_owner_died),
+        ld(&s.woken_w1_locked),
+        ld(&s.broken[K_WOKEN_MUTEX])
+    ));
+    line(format!("      hung/trials by kill order: {}", by_order(0)));
+    line(format!(
+        "  woken receiver R1 + sender{:>6}   (R2 then saw Disconnected(PeerDied): {}; hung {})",
+        kills[K_WOKEN_PRESENCE],
+        ld(&s.woken_r2_peer_died),
+        ld(&s.broken[K_WOKEN_PRESENCE])
+    ));
+    line(format!("      hung/trials by kill order: {}", by_order(1)));
+    line(format!(
+        "      (a victim held off: this process spun at SCHED_FIFO in {} of those trials, else the victim at SCHED_IDLE only)",
+        ld(&s.woken_fifo)
+    ));
     line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
@@ -399,6 +470,16 @@ extern "C" fn print_summary() {
         us(pct(&mdet, 0.5)),
         us(pct(&mdet, 0.99)),
         us(mdet.last().copied().unwrap_or(0)),
+    ));
+    line(format!(
+        "last kill -> survivor served (woken waiter), n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
+        wdet.len(),
+        us(pct(&wdet, 0.5)),
+        us(pct(&wdet, 0.99)),
+        us(wdet.last().copied().unwrap_or(0)),
+        wdet.iter()
+            .filter(|&&d| d > PROMISE.as_nanos() as u64)
+            .count()
     ));
     line(format!(
         "SIGSTOP 2 s checks          {} (Timeout / TimedOut, never reported dead, nothing lost)",
@@ -737,23 +818,75 @@ fn run_trials(
     n: u64,
     mut trial: impl FnMut(&mut Rng, u64) -> Outcome,
 ) -> Outcome {
+    run_trials_counting_broken(kind, salt, n, 1, |rng, tseed| {
+        trial(rng, tseed).map(|()| TrialEnd::Passed)
+    })
+}
+
+/// How a trial ended, when it did not fail outright.
+enum TrialEnd {
+    Passed,
+    /// The promise was broken in a way that left nothing behind (a survivor not served within
+    /// `HANG_DEADLINE`, then killed and reaped; a victim that crashed): counted, and the trials
+    /// go on, so that a run tells how often a defect shows.
+    Broken(String),
+}
+
+/// As `run_trials`, for trials that deliver `kills_per_trial` SIGKILLs each and may end
+/// `Broken`: the case fails at the end (or at the `max_hangs`-th broken trial) naming the
+/// first broken trial.
+fn run_trials_counting_broken(
+    kind: usize,
+    salt: u64,
+    n: u64,
+    kills_per_trial: u64,
+    mut trial: impl FnMut(&mut Rng, u64) -> Result<TrialEnd, String>,
+) -> Outcome {
     let cfg = config();
     let start = Instant::now();
     let mut rng = Rng::new(cfg.seed ^ salt);
     let mut res = Ok(());
+    let (mut done, mut broken, mut first) = (0, 0, String::new());
     for i in 0..n {
         let tseed = rng.next_u64();
         let mut trng = Rng::new(tseed);
-        if let Err(e) = trial(&mut trng, tseed) {
-            res = Err(format!(
-                "trial {i} of {n} (trial seed {tseed:#x}, campaign seed {:#x}): {e}",
-                cfg.seed
-            ));
+        let name = format!(
+            "trial {i} of {n} (trial seed {tseed:#x}, campaign seed {:#x})",
+            cfg.seed
+        );
+        match trial(&mut trng, tseed) {
+            Ok(TrialEnd::Passed) => {}
+            Ok(TrialEnd::Broken(e)) => {
+                broken += 1;
+                bump(&stats().broken[kind]);
+                if first.is_empty() {
+                    first = format!("{name}: {e}");
+                }
+            }
+            Err(e) => {
+                res = Err(format!("{name}: {e}"));
+                break;
+            }
+        }
+        done += 1;
+        stats().kills[kind].fetch_add(kills_per_trial, Ordering::Relaxed);
+        if broken >= cfg.max_hangs {
             break;
         }
-        bump(&stats().kills[kind]);
     }
     stats().case_ns[kind].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    if res.is_ok() && broken > 0 {
+        res = Err(format!(
+            "{broken} of {done} trials broken{}; the first: {first}",
+            if done < n {
+                format!(
+                    " (stopped there; {n} were planned, FORKIPC_CAMPAIGN_MAX_HANGS raises the cap)"
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     res
 }
 
@@ -1395,6 +1528,544 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
         bump(&s.mutex_clean);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1d. A woken waiter killed. When a robust-futex owner dies, the kernel marks the word and wakes
+// *one* waiter; if that waiter is itself killed before it acts, nobody else is woken unless its
+// own death hands the wake-up on (glibc keeps `list_op_pending` pointed at the mutex while a
+// waiter sleeps, so the kernel's exit handling of the dead waiter wakes the next one).
+//
+// Mutex variant: holder H locks; W1, then W2, sleep in `lock`; W1 and H are SIGKILLed; W2 must
+// get the lock (`Ok` if W1 took it and unlocked cleanly, else `OwnerDied`) within
+// `HANG_DEADLINE`. Presence variant: one sender S holds the sending ends of two channels;
+// receivers R1, then R2, sleep in `recv` (on S's presence word among others); R1 and S are
+// SIGKILLed; R2 must see `Disconnected(PeerDied)` after every message S sent it.
+//
+// Kill orders: victim then holder, or holder then victim, a random gap apart; and the review's
+// deterministic recipe, where the victim cannot leave the futex queue before the holder's death
+// wakes it: the sleeping victim is moved to this process's CPU at SCHED_IDLE, and this process
+// spins there (at SCHED_FIFO where permitted) from the victim's kill until the holder is dead,
+// so the kernel's one wake-up goes to a process that can only die. "After the wake" kills the
+// holder first and the victim as soon as the holder's death shows.
+
+/// Everything a survivor is owed must arrive within this; a longer wait is a hang: the survivor
+/// is killed and reaped, and the trial counted as broken.
+const HANG_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest this process keeps a CPU to itself waiting for the holder's death to be handled.
+const HOLD_MAX: Duration = Duration::from_millis(20);
+const ORDERS: usize = 4;
+
+/// The mutex's data: `[a, b]`, equal outside critical sections.
+type Pair = [u64; 2];
+
+/// What a trial's processes report (in a region made for the trial).
+#[derive(Default)]
+#[repr(C)]
+struct Watch {
+    holder_ready: AtomicU64,
+    victim_ready: AtomicU64,
+    survivor_ready: AtomicU64,
+    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing).
+    victim_got: AtomicU64,
+    victim_releasing: AtomicU64,
+    victim_released: AtomicU64,
+    /// What the survivor got (a `GOT_` code, 0 while still waiting), and when.
+    survivor_got: AtomicU64,
+    survivor_ns: AtomicU64,
+}
+
+// SAFETY: atomics only.
+unsafe impl Shareable for Watch {}
+
+const GOT_OK: u64 = 1;
+const GOT_OWNER_DIED: u64 = 2;
+const GOT_NOT_RECOVERABLE: u64 = 3;
+const GOT_BROKEN_INVARIANT: u64 = 4;
+const GOT_PEER_DIED: u64 = 5;
+const GOT_OTHER_DISCONNECT: u64 = 6;
+const GOT_MESSAGE: u64 = 7;
+
+fn got_name(code: u64) -> &'static str {
+    match code {
+        0 => "nothing",
+        GOT_OK => "Ok",
+        GOT_OWNER_DIED => "OwnerDied",
+        GOT_NOT_RECOVERABLE => "NotRecoverable",
+        GOT_BROKEN_INVARIANT => "Ok with the data mid-update (two holders?)",
+        GOT_PEER_DIED => "Disconnected(PeerDied)",
+        GOT_OTHER_DISCONNECT => "Disconnected for another reason",
+        GOT_MESSAGE => "a message nobody sent",
+        _ => "an unknown code",
+    }
+}
+
+/// Sleeps until killed.
+fn park() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A mutex's lock word (its first 4 bytes), read the way the kernel reads it.
+fn lock_word<T>(m: &ShmMutex<T>) -> u32 {
+    // SAFETY: `ShmMutex` is repr(C) and starts with its 32-bit futex word, which lives as long
+    // as `m`; an atomic load of it races with nothing unsafe.
+    unsafe { (*(m as *const ShmMutex<T> as *const AtomicU32)).load(Ordering::SeqCst) }
+}
+
+const FUTEX_WAITERS: u32 = 0x8000_0000;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// The system call process `pid` is blocked in, by number, if it is blocked in one and
+/// /proc/PID/syscall is readable.
+fn blocked_syscall(pid: u32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether `pid` sleeps in a futex wait; where /proc/PID/syscall is unreadable, whether it
+/// sleeps at all.
+fn asleep_in_futex(pid: u32) -> bool {
+    proc_state(pid) == Some('S')
+        && match std::fs::read_to_string(format!("/proc/{pid}/syscall")) {
+            Ok(_) => blocked_syscall(pid)
+                .is_some_and(|n| n == libc::SYS_futex || n == libc::SYS_futex_waitv),
+            Err(_) => true,
+        }
+}
+
+/// What process `pid` is doing, for a hang report.
+fn describe(pid: u32) -> String {
+    let call = match blocked_syscall(pid) {
+        Some(n) if n == libc::SYS_futex => "futex".to_string(),
+        Some(n) if n == libc::SYS_futex_waitv => "futex_waitv".to_string(),
+        Some(n) => format!("#{n}"),
+        None => "none (or unreadable)".to_string(),
+    };
+    format!(
+        "pid {pid} is in state {:?}, blocked in syscall {call}",
+        proc_state(pid)
+    )
+}
+
+fn await_futex_sleep(pid: u32, what: &str) -> Outcome {
+    ensure!(
+        wait_until(LONG, || asleep_in_futex(pid)),
+        "{what} never went to sleep in a futex wait: {}",
+        describe(pid)
+    );
+    Ok(())
+}
+
+/// Whether child `pid` has exited (it is left reapable).
+fn exited(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves the child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info`, or left it zeroed (si_pid 0) when nothing exited.
+    r == -1 || unsafe { info.si_pid() } != 0
+}
+
+fn this_process() -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(0)
+}
+
+/// Two CPUs this process may use (the victim's and the holder's), if it may use two.
+fn two_cpus() -> Option<(usize, usize)> {
+    let set = nix::sched::sched_getaffinity(this_process()).ok()?;
+    let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    Some((cpus.next()?, cpus.next()?))
+}
+
+/// Pins process `pid` (0: this one) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Outcome {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).ctx("CpuSet::set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid as i32), &set)
+        .ctx("sched_setaffinity")
+}
+
+/// Sets the scheduling policy of `pid` (0: this process); false if refused.
+fn set_policy(pid: u32, policy: libc::c_int, priority: libc::c_int) -> bool {
+    let p = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `p` is a valid sched_param that the call only reads.
+    unsafe { libc::sched_setscheduler(pid as libc::pid_t, policy, &p) == 0 }
+}
+
+/// This process alone on one CPU while the value lives: pinned there, at SCHED_FIFO where
+/// permitted (else a SCHED_IDLE process pinned there still does not preempt it on wake-up).
+struct CpuHold {
+    saved: nix::sched::CpuSet,
+    fifo: bool,
+}
+
+impl CpuHold {
+    fn new(cpu: usize) -> Result<CpuHold, String> {
+        let saved = nix::sched::sched_getaffinity(this_process()).ctx("sched_getaffinity")?;
+        pin(0, cpu)?;
+        let fifo = set_policy(0, libc::SCHED_FIFO, 1);
+        Ok(CpuHold { saved, fifo })
+    }
+}
+
+impl Drop for CpuHold {
+    fn drop(&mut self) {
+        if self.fifo {
+            set_policy(0, libc::SCHED_OTHER, 0);
+        }
+        let _ = nix::sched::sched_setaffinity(this_process(), &self.saved);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum KillOrder {
+    /// The victim, then the holder this long after.
+    VictimFirst(Duration),
+    /// The holder, then the victim this long after (it may just have been woken, or have
+    /// taken the lock already).
+    HolderFirst(Duration),
+    /// The victim, then the holder, the victim kept off the CPU until the holder is dead.
+    HeldVictimFirst,
+    /// The holder, then the victim as soon as the holder's death shows (the victim woken, or
+    /// about to be, and kept off the CPU so it dies before it acts).
+    HeldAfterWake,
+}
+
+impl KillOrder {
+    fn pick(rng: &mut Rng, can_hold: bool) -> KillOrder {
+        let gap = Duration::from_micros(rng.below(300));
+        match rng.below(if can_hold { 4 } else { 2 }) {
+            0 => KillOrder::VictimFirst(gap),
+            1 => KillOrder::HolderFirst(gap),
+            2 => KillOrder::HeldVictimFirst,
+            _ => KillOrder::HeldAfterWake,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            KillOrder::VictimFirst(_) => 0,
+            KillOrder::HolderFirst(_) => 1,
+            KillOrder::HeldVictimFirst => 2,
+            KillOrder::HeldAfterWake => 3,
+        }
+    }
+}
+
+/// SIGKILLs the sleeping `victim` and the `holder` in `order`; `death_shows` tells when the
+/// kernel has started on the holder's death. Returns when the last kill was sent (mono ns).
+fn kill_pair(
+    order: KillOrder,
+    victim: &mut Reap,
+    holder: &mut Reap,
+    cpus: Option<(usize, usize)>,
+    death_shows: &dyn Fn() -> bool,
+) -> Result<u64, String> {
+    match order {
+        KillOrder::VictimFirst(gap) => {
+            victim.kill().ctx("kill the victim")?;
+            spin_for(gap);
+            holder.kill().ctx("kill the holder")?;
+        }
+        KillOrder::HolderFirst(gap) => {
+            holder.kill().ctx("kill the holder")?;
+            spin_for(gap);
+            victim.kill().ctx("kill the victim")?;
+        }
+        KillOrder::HeldVictimFirst | KillOrder::HeldAfterWake => {
+            let (mine, other) = cpus.ctx("two CPUs")?;
+            let (v, h) = (victim.id(), holder.id());
+            pin(v, mine)?;
+            ensure!(
+                set_policy(v, libc::SCHED_IDLE, 0),
+                "sched_setscheduler(SCHED_IDLE) on the victim: {}",
+                std::io::Error::last_os_error()
+            );
+            pin(h, other)?;
+            let hold = CpuHold::new(mine)?;
+            if hold.fifo {
+                bump(&stats().woken_fifo);
+            }
+            let t = Instant::now();
+            if let KillOrder::HeldVictimFirst = order {
+                victim.kill().ctx("kill the victim")?;
+                holder.kill().ctx("kill the holder")?;
+            } else {
+                holder.kill().ctx("kill the holder")?;
+                while !death_shows() && t.elapsed() < HOLD_MAX {
+                    std::hint::spin_loop();
+                }
+                victim.kill().ctx("kill the victim")?;
+            }
+            // The holder's exit has handled its robust list (and sent its one wake-up) before
+            // it becomes a zombie.
+            while !exited(h) && t.elapsed() < HOLD_MAX {
+                std::hint::spin_loop();
+            }
+            drop(hold);
+        }
+    }
+    Ok(support::mono_ns())
+}
+
+fn woken_waiter_killed_mutex() -> Outcome {
+    let n = config().kills_woken_mutex / 2;
+    let cpus = two_cpus();
+    run_trials_counting_broken(K_WOKEN_MUTEX, 0x0ed1, n, 2, |rng, _| {
+        woken_mutex_trial(rng, cpus)
+    })
+}
+
+fn woken_mutex_trial(rng: &mut Rng, cpus: Option<(usize, usize)>) -> Result<TrialEnd, String> {
+    let s = stats();
+    let order = KillOrder::pick(rng, cpus.is_some());
+    bump(&s.woken_trials[0][order.index()]);
+    // If W1 gets the lock before its death: repair, then unlock cleanly, or hold it.
+    let w1_releases = rng.below(2) == 0;
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<Pair> = region.alloc(ShmMutex::new([0; 2])).ctx("alloc")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let mut h = spawn("holder H", (), move |()| {
+        let mut g = m.lock().map_err(|e| format!("lock: {e:?}"))?;
+        g[0] += 1; // mid-update until the holder leaves: a != b
+        wt.holder_ready.store(1, Ordering::SeqCst);
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "H never locked"
+    );
+    let h_tid = lock_word(m) & FUTEX_TID_MASK;
+    let mut w1 = spawn("waiter W1", (), move |()| {
+        wt.victim_ready.store(1, Ordering::SeqCst);
+        let (mut g, died) = match m.lock() {
+            Ok(g) => (g, false),
+            Err(LockError::OwnerDied(g)) => (g, true),
+            Err(e) => return Err(format!("lock: {e:?}")),
+        };
+        let got = if died { GOT_OWNER_DIED } else { GOT_OK };
+        wt.victim_got.store(got, Ordering::SeqCst);
+        g[1] = g[0];
+        g[0] += 1;
+        if w1_releases {
+            wt.victim_releasing.store(1, Ordering::SeqCst);
+            g[1] += 1;
+            g.mark_consistent();
+            drop(g);
+            wt.victim_released.store(1, Ordering::SeqCst);
+            park()
+        }
+        let _held = g;
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
+        "W1 never started"
+    );
+    await_futex_sleep(w1.id(), "W1")?;
+    let mut w2 = spawn("waiter W2", (), move |()| {
+        wt.survivor_ready.store(1, Ordering::SeqCst);
+        let got = match m.lock() {
+            Ok(g) if g[0] == g[1] => GOT_OK,
+            Ok(_) => GOT_BROKEN_INVARIANT,
+            Err(LockError::OwnerDied(mut g)) => {
+                g[1] = g[0];
+                g.mark_consistent();
+                GOT_OWNER_DIED
+            }
+            Err(LockError::NotRecoverable) => GOT_NOT_RECOVERABLE,
+        };
+        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.survivor_got.store(got, Ordering::SeqCst);
+        Ok(())
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.survivor_ready.load(Ordering::SeqCst) == 1),
+        "W2 never started"
+    );
+    await_futex_sleep(w2.id(), "W2")?;
+    let t_kill = kill_pair(order, &mut w1, &mut h, cpus, &|| {
+        lock_word(m) & FUTEX_TID_MASK != h_tid
+    })?;
+    let served = w2.wait_timeout(HANG_DEADLINE).ctx("waiting for W2")?;
+    h.expect_killed("the holder H", LONG)?;
+    w1.expect_killed("the waiter W1", LONG)?;
+    let w1_got = wt.victim_got.load(Ordering::SeqCst);
+    if w1_got != 0 {
+        bump(&s.woken_w1_locked);
+    }
+    let Some(st) = served else {
+        let word = lock_word(m);
+        let msg = format!(
+            "HANG: W2 was not given the lock within {HANG_DEADLINE:?} of the kills ({order:?}); \
+             W1 had got {} before its death; the lock word is {word:#x}{}; {}",
+            got_name(w1_got),
+            if word == FUTEX_OWNER_DIED | FUTEX_WAITERS {
+                " (owner died, nobody holds it, a waiter sleeps: the kernel's one wake-up \
+                 went to the dying W1 and was never passed on)"
+            } else {
+                ""
+            },
+            describe(w2.id())
+        );
+        bump(&s.woken_broken[0][order.index()]);
+        return Ok(TrialEnd::Broken(msg));
+    };
+    ensure!(st.success(), "W2 failed: {st:?} (see stderr)");
+    let got = wt.survivor_got.load(Ordering::SeqCst);
+    let (releasing, released) = (
+        wt.victim_releasing.load(Ordering::SeqCst) == 1,
+        wt.victim_released.load(Ordering::SeqCst) == 1,
+    );
+    match got {
+        GOT_OK => {
+            ensure!(
+                releasing,
+                "W2 got a clean lock although its last holder ({}) died holding it ({order:?})",
+                if w1_got == 0 { "H" } else { "W1" }
+            );
+            bump(&s.woken_w2_ok);
+        }
+        GOT_OWNER_DIED => {
+            ensure!(
+                !released,
+                "W2 got OwnerDied although W1 had repaired the data and unlocked ({order:?})"
+            );
+            bump(&s.woken_w2_owner_died);
+        }
+        other => {
+            return Err(format!(
+                "W2's lock returned {} ({order:?})",
+                got_name(other)
+            ));
+        }
+    }
+    let ns = wt.survivor_ns.load(Ordering::SeqCst);
+    record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+    Ok(TrialEnd::Passed)
+}
+
+fn woken_waiter_killed_presence() -> Outcome {
+    let n = config().kills_woken_presence / 2;
+    let cpus = two_cpus();
+    run_trials_counting_broken(K_WOKEN_PRESENCE, 0x0ed2, n, 2, |rng, tseed| {
+        woken_presence_trial(rng, tseed, cpus)
+    })
+}
+
+/// Receives `n` messages of the typed stream `tseed` and checks each.
+fn recv_checked(rx: &Receiver<[u64; 8]>, tseed: u64, n: u64) -> Outcome {
+    let mut check = StreamCheck::new(tseed);
+    while check.next < n {
+        let w = rx
+            .recv_timeout(LONG)
+            .map_err(|e| format!("message {}: {e:?}", check.next))?;
+        check.check_typed(&w)?;
+        check.next += 1;
+    }
+    stats().msgs_checked.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Blocks in `recv` and classifies how it returned.
+fn recv_outcome(rx: &Receiver<[u64; 8]>) -> u64 {
+    match rx.recv() {
+        Ok(_) => GOT_MESSAGE,
+        Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
+        Err(_) => GOT_OTHER_DISCONNECT,
+    }
+}
+
+fn woken_presence_trial(
+    rng: &mut Rng,
+    tseed: u64,
+    cpus: Option<(usize, usize)>,
+) -> Result<TrialEnd, String> {
+    let s = stats();
+    let order = KillOrder::pick(rng, cpus.is_some());
+    bump(&s.woken_trials[1][order.index()]);
+    let (n1, n2) = (rng.below(9), rng.below(9));
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let (tx1, rx1) = forkipc::channel::<[u64; 8]>(8).ctx("channel 1")?;
+    let (tx2, rx2) = forkipc::channel::<[u64; 8]>(8).ctx("channel 2")?;
+    let mut sender = spawn("sender S", (tx1, tx2), move |(tx1, tx2)| {
+        for seq in 0..n1 {
+            tx1.send(typed_msg(!tseed, seq)).ctx("send to R1")?;
+        }
+        for seq in 0..n2 {
+            tx2.send(typed_msg(tseed, seq)).ctx("send to R2")?;
+        }
+        wt.holder_ready.store(1, Ordering::SeqCst);
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "S never sent"
+    );
+    let mut r1 = spawn("receiver R1", rx1, move |rx1| {
+        recv_checked(&rx1, !tseed, n1)?;
+        wt.victim_ready.store(1, Ordering::SeqCst);
+        wt.victim_got.store(recv_outcome(&rx1), Ordering::SeqCst);
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
+        "R1 never received its messages"
+    );
+    await_futex_sleep(r1.id(), "R1")?;
+    let mut r2 = spawn("receiver R2", rx2, move |rx2| {
+        recv_checked(&rx2, tseed, n2)?;
+        wt.survivor_ready.store(1, Ordering::SeqCst);
+        let got = recv_outcome(&rx2);
+        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.survivor_got.store(got, Ordering::SeqCst);
+        Ok(())
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.survivor_ready.load(Ordering::SeqCst) == 1),
+        "R2 never received its messages"
+    );
+    await_futex_sleep(r2.id(), "R2")?;
+    let s_pid = sender.id();
+    let t_kill = kill_pair(order, &mut r1, &mut sender, cpus, &|| exited(s_pid))?;
+    let served = r2.wait_timeout(HANG_DEADLINE).ctx("waiting for R2")?;
+    sender.expect_killed("the sender S", LONG)?;
+    r1.expect_killed("the receiver R1", LONG)?;
+    let Some(st) = served else {
+        let msg = format!(
+            "HANG: R2 was not told of S's death within {HANG_DEADLINE:?} of the kills \
+             ({order:?}; R1 had got {} before its death): the kernel wakes one sleeper on S's \
+             presence word per death, and the one it woke (R1) died without waking the rest? {}",
+            got_name(wt.victim_got.load(Ordering::SeqCst)),
+            describe(r2.id())
+        );
+        bump(&s.woken_broken[1][order.index()]);
+        return Ok(TrialEnd::Broken(msg));
+    };
+    ensure!(st.success(), "R2 failed: {st:?} (see stderr)");
+    let got = wt.survivor_got.load(Ordering::SeqCst);
+    ensure!(
+        got == GOT_PEER_DIED,
+        "R2's recv returned {} after S and R1 were killed ({order:?})",
+        got_name(got)
+    );
+    bump(&s.woken_r2_peer_died);
+    let ns = wt.survivor_ns.load(Ordering::SeqCst);
+    record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+    Ok(TrialEnd::Passed)
 }
 
 // ---------------------------------------------------------------------------------------------
