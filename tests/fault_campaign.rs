@@ -10,17 +10,17 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the six kill cases (30% child
+//! `--kills N` is the total number of SIGKILLs, split over the seven kill cases (30% child
 //! killed mid-stream, 16% streamer killed under a grandchild receiver, 12% receiver killed under
-//! a blocked sender, 26% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
-//! receiver and the sender). The flags are taken out of the
+//! a blocked sender, 18% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
+//! receiver and the sender, 8% the owner of a forgotten guard). The flags are taken out of the
 //! argument list (the runner in `support` reads the remaining words as case-name filters) by
 //! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
 //! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
 //! kill count unless set.
 //!
-//! The woken-waiter cases count a survivor that is not served within `HANG_DEADLINE` as a
-//! broken trial, kill and reap everything, and
+//! The woken-waiter and forgotten-guard cases count a survivor that is not served within
+//! `HANG_DEADLINE` (and a victim that crashes) as a broken trial, kill and reap everything, and
 //! go on; the case fails at the end, or at once at the first broken trial unless
 //! `FORKIPC_CAMPAIGN_MAX_HANGS=N` raises that cap (to measure how often a defect shows; each
 //! hang costs `HANG_DEADLINE`).
@@ -87,6 +87,7 @@ fn main() {
         mutex_holder_killed_at_random_points,
         woken_waiter_killed_mutex,
         woken_waiter_killed_presence,
+        forgotten_guard_owner_killed,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
@@ -111,6 +112,7 @@ struct Config {
     kills_mutex: u64,
     kills_woken_mutex: u64,
     kills_woken_presence: u64,
+    kills_forgotten: u64,
     /// A pattern that can hang on a known defect stops after this many hangs (each costs
     /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
     max_hangs: u64,
@@ -136,7 +138,8 @@ impl Config {
         let given = num("FORKIPC_CAMPAIGN_SEED");
         let seed = given.unwrap_or_else(fresh_seed);
         let share = |pct: u64| total * pct / 100;
-        let (kills_child, kills_parent_side, kills_sender) = (share(30), share(16), share(12));
+        let (kills_child, kills_parent_side, kills_sender, kills_mutex) =
+            (share(30), share(16), share(12), share(18));
         // The woken-waiter trials deliver two SIGKILLs each.
         let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
@@ -146,14 +149,16 @@ impl Config {
             kills_child,
             kills_parent_side,
             kills_sender,
-            kills_mutex: total
+            kills_mutex,
+            kills_woken_mutex,
+            kills_woken_presence,
+            kills_forgotten: total
                 - kills_child
                 - kills_parent_side
                 - kills_sender
+                - kills_mutex
                 - kills_woken_mutex
                 - kills_woken_presence,
-            kills_woken_mutex,
-            kills_woken_presence,
             max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
@@ -229,7 +234,7 @@ const SAMPLES: usize = 1 << 16;
 struct Stats {
     kills: [AtomicU64; KINDS],
     case_ns: [AtomicU64; KINDS],
-    /// Trials whose survivor was not served within `HANG_DEADLINE`.
+    /// Trials whose survivor was not served within `HANG_DEADLINE`, or whose victim crashed.
     broken: [AtomicU64; KINDS],
     msgs_checked: AtomicU64,
     lost: AtomicU64,
@@ -263,9 +268,13 @@ struct Stats {
     woken_w2_owner_died: AtomicU64,
     woken_w1_locked: AtomicU64,
     woken_r2_peer_died: AtomicU64,
+    forgot_trials: [AtomicU64; SCRIPTS],
+    forgot_broken: [AtomicU64; SCRIPTS],
+    forgot_served: AtomicU64,
+    forgot_crashed: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
-    /// Last kill -> the survivor of a woken-waiter trial is served.
+    /// Last kill -> the survivor of a woken-waiter or forgotten-guard trial is served.
     wdet_n: AtomicU64,
     wdet: [AtomicU64; SAMPLES],
     mdet_n: AtomicU64,
@@ -283,7 +292,8 @@ const K_SENDER: usize = 2;
 const K_MUTEX: usize = 3;
 const K_WOKEN_MUTEX: usize = 4;
 const K_WOKEN_PRESENCE: usize = 5;
-const KINDS: usize = 6;
+const K_FORGOTTEN: usize = 6;
+const KINDS: usize = 7;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -431,6 +441,22 @@ extern "C" fn print_summary() {
         "      (a victim held off: this process spun at SCHED_FIFO in {} of those trials, else the victim at SCHED_IDLE only)",
         ld(&s.woken_fifo)
     ));
+    let ft: Vec<u64> = s.forgot_trials.iter().map(ld).collect();
+    let fb: Vec<u64> = s.forgot_broken.iter().map(ld).collect();
+    line(format!(
+        "  owner of a forgotten guard{:>6}   (receiver saw PeerDied and waiter got OwnerDied: {}; broken {}, of which the owner crashed first: {})",
+        kills[K_FORGOTTEN],
+        ld(&s.forgot_served),
+        ld(&s.broken[K_FORGOTTEN]),
+        ld(&s.forgot_crashed)
+    ));
+    line(format!(
+        "      broken/trials by script: {}",
+        (0..SCRIPTS)
+            .map(|i| format!("{} {}/{}", SCRIPT_NAMES[i], fb[i], ft[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
@@ -472,7 +498,7 @@ extern "C" fn print_summary() {
         us(mdet.last().copied().unwrap_or(0)),
     ));
     line(format!(
-        "last kill -> survivor served (woken waiter), n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
+        "last kill -> survivor served (woken waiter, forgotten guard), n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
         wdet.len(),
         us(pct(&wdet, 0.5)),
         us(pct(&wdet, 0.99)),
@@ -1566,13 +1592,19 @@ struct Watch {
     holder_ready: AtomicU64,
     victim_ready: AtomicU64,
     survivor_ready: AtomicU64,
-    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing).
+    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing); in the
+    /// forgotten-guard trials, the receiver's outcome, and when.
     victim_got: AtomicU64,
+    victim_ns: AtomicU64,
     victim_releasing: AtomicU64,
     victim_released: AtomicU64,
     /// What the survivor got (a `GOT_` code, 0 while still waiting), and when.
     survivor_got: AtomicU64,
     survivor_ns: AtomicU64,
+    waiter_pid: AtomicU64,
+    go: AtomicU64,
+    /// The forgotten-guard owner has done its script's steps (it now relocks or idles).
+    scripted: AtomicU64,
 }
 
 // SAFETY: atomics only.
@@ -1674,6 +1706,37 @@ fn exited(pid: u32) -> bool {
     };
     // SAFETY: waitid filled `info`, or left it zeroed (si_pid 0) when nothing exited.
     r == -1 || unsafe { info.si_pid() } != 0
+}
+
+/// Reaps child `pid` if it has exited; `None` while it runs.
+fn reap_if_exited(pid: u32) -> Result<Option<std::process::ExitStatus>, String> {
+    let mut st = 0;
+    // SAFETY: `st` is writable; `pid` is our own unreaped child.
+    let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut st, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r == pid as libc::pid_t => Ok(Some(std::process::ExitStatus::from_raw(st))),
+        _ => Err(format!(
+            "waitpid({pid}): {}",
+            std::io::Error::last_os_error()
+        )),
+    }
+}
+
+/// A descendant we have no `Child` handle for (the forgotten-guard waiter, P's child until P
+/// dies, ours after): killed, and reaped if it is ours by then, when dropped unless disarmed.
+struct Stray(Option<u32>);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: nobody but us reaps `pid` (P never waits for it), so until we do, the pid
+            // names it (alive or a zombie) and cannot have been reused.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // Fails harmlessly while it is still P's child; then `reap_strays` reaps it.
+            let _ = support::wait_pid(pid as libc::pid_t, LONG);
+        }
+    }
 }
 
 fn this_process() -> nix::unistd::Pid {
@@ -2066,6 +2129,228 @@ fn woken_presence_trial(
     let ns = wt.survivor_ns.load(Ordering::SeqCst);
     record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
     Ok(TrialEnd::Passed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1e. The owner of a forgotten guard killed. `mem::forget` of a guard is safe Rust: the lock
+// stays held, and its robust-list entry stays in the owner's list. Owner P locks M in a region
+// A of its own, forgets the guard, forks a waiter W (the only way to share A), sends a few
+// messages to a receiver R and then runs a script (below); this process SIGKILLs P at a random
+// moment. R, blocked in `recv`, must see `Disconnected(PeerDied)` after every message, and W,
+// blocked in `lock`, must get `OwnerDied`, both within `HANG_DEADLINE`; P must not crash first.
+// If A's memory can leave P's address space while the entry is listed, the next list operation
+// writes through it (a crash) and the kernel's exit-time walk stops there, so neither M nor P's
+// presence is ever marked dead.
+
+const SCRIPTS: usize = 5;
+const SCRIPT_NAMES: [&str; SCRIPTS] = [
+    "A kept, idle",
+    "A kept, relocking another mutex",
+    "A dropped, idle",
+    "A dropped, relocking a mutex in a region mapped after",
+    "A dropped, relocking a mutex in a region mapped before",
+];
+
+fn forgotten_guard_owner_killed() -> Outcome {
+    // W is P's child; when P dies it becomes ours, to reap.
+    set_subreaper()?;
+    let n = config().kills_forgotten;
+    let res = run_trials_counting_broken(K_FORGOTTEN, 0xf0e6, n, 1, forgotten_guard_trial);
+    reap_strays();
+    res
+}
+
+/// Locks and unlocks `m` until killed.
+fn relock_forever(m: &ShmMutex<u64>) -> ! {
+    loop {
+        for _ in 0..64 {
+            if let Ok(mut g) = m.lock() {
+                *g += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// P: see the section comment. Runs until killed.
+fn forgetful_owner(
+    tx: Sender<[u64; 8]>,
+    wt: &Watch,
+    script: usize,
+    tseed: u64,
+    n_msgs: u64,
+    b_len: usize,
+) -> Outcome {
+    let a = AnonRegion::new(4096).ctx("region A")?;
+    let m: &ShmMutex<Pair> = a.alloc(ShmMutex::new([0; 2])).ctx("alloc M")?;
+    let before = AnonRegion::new(4096).ctx("region mapped before")?;
+    let other: &ShmMutex<u64> = before.alloc(ShmMutex::new(0)).ctx("alloc")?;
+    let mut g = m.lock().map_err(|e| format!("lock M: {e:?}"))?;
+    g[0] += 1; // mid-update, for good
+    std::mem::forget(g);
+    let w = forkipc::fork((), move |()| {
+        let got = match m.lock() {
+            Ok(_) => GOT_OK,
+            Err(LockError::OwnerDied(mut g)) => {
+                g[1] = g[0];
+                g.mark_consistent();
+                GOT_OWNER_DIED
+            }
+            Err(LockError::NotRecoverable) => GOT_NOT_RECOVERABLE,
+        };
+        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.survivor_got.store(got, Ordering::SeqCst);
+        0
+    })
+    .ctx("fork the waiter W")?;
+    wt.waiter_pid.store(u64::from(w.id()), Ordering::SeqCst);
+    // Neither killed nor reaped by P: P dies first, and W is then the case process's child.
+    drop(w);
+    for seq in 0..n_msgs {
+        tx.send(typed_msg(tseed, seq)).ctx("send")?;
+    }
+    wt.holder_ready.store(1, Ordering::SeqCst);
+    ensure!(
+        wait_until(LONG, || wt.go.load(Ordering::SeqCst) == 1),
+        "never told to go"
+    );
+    if script >= 2 {
+        drop(a);
+    }
+    let b = if script == 3 {
+        Some(AnonRegion::new(b_len).ctx("region B")?)
+    } else {
+        None
+    };
+    let after = match &b {
+        Some(b) => Some(b.alloc(ShmMutex::new(0)).ctx("alloc")?),
+        None => None,
+    };
+    wt.scripted.store(1, Ordering::SeqCst);
+    match script {
+        1 | 4 => relock_forever(other),
+        3 => relock_forever(after.ctx("the mutex in B")?),
+        _ => park(),
+    }
+}
+
+fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> {
+    let s = stats();
+    let script = rng.below(SCRIPTS as u64) as usize;
+    let n_msgs = rng.below(9);
+    let delay = Duration::from_micros(rng.below(1000));
+    let b_len = 4096 << rng.below(2);
+    bump(&s.forgot_trials[script]);
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let (tx, rx) = forkipc::channel::<[u64; 8]>(8).ctx("channel")?;
+    let mut p = spawn("owner P", tx, move |tx| {
+        forgetful_owner(tx, wt, script, tseed, n_msgs, b_len)
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "P never got ready"
+    );
+    let w_pid = wt.waiter_pid.load(Ordering::SeqCst) as u32;
+    let mut w = Stray(Some(w_pid));
+    await_futex_sleep(w_pid, "the waiter W")?;
+    let mut r = spawn("receiver R", rx, move |rx| {
+        recv_checked(&rx, tseed, n_msgs)?;
+        wt.victim_ready.store(1, Ordering::SeqCst);
+        let got = recv_outcome(&rx);
+        wt.victim_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.victim_got.store(got, Ordering::SeqCst);
+        Ok(())
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
+        "R never received its messages"
+    );
+    await_futex_sleep(r.id(), "R")?;
+    wt.go.store(1, Ordering::SeqCst);
+    // The kill comes at a random moment after the script's steps (P may crash in them).
+    let p_pid = p.id();
+    ensure!(
+        wait_until(LONG, || wt.scripted.load(Ordering::SeqCst) == 1
+            || exited(p_pid)),
+        "P never ran its script"
+    );
+    spin_for(delay);
+    let t_kill = support::mono_ns();
+    p.kill().ctx("kill P")?;
+    let p_status = p.status(LONG)?;
+    // P is reaped, so W is ours now. Both survivors get HANG_DEADLINE from here.
+    let deadline = Instant::now() + HANG_DEADLINE;
+    let (mut r_status, mut w_status) = (None, None);
+    while r_status.is_none() || w_status.is_none() {
+        if r_status.is_none() {
+            r_status = r.try_wait().ctx("try_wait R")?;
+        }
+        if w_status.is_none() {
+            w_status = reap_if_exited(w_pid)?;
+            if w_status.is_some() {
+                w.0 = None;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let name = SCRIPT_NAMES[script];
+    let mut broken = Vec::new();
+    if p_status.signal() != Some(libc::SIGKILL) {
+        bump(&s.forgot_crashed);
+        broken.push(format!(
+            "CRASH: P ended by {p_status:?}, not by our SIGKILL"
+        ));
+    }
+    match r_status {
+        None => broken.push(format!(
+            "HANG: R was not told of P's death within {HANG_DEADLINE:?}: {}",
+            describe(r.id())
+        )),
+        Some(st) => {
+            ensure!(st.success(), "R failed: {st:?} (see stderr)");
+            let got = wt.victim_got.load(Ordering::SeqCst);
+            ensure!(
+                got == GOT_PEER_DIED,
+                "R's recv returned {} after P was killed ({name})",
+                got_name(got)
+            );
+            let ns = wt.victim_ns.load(Ordering::SeqCst);
+            record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+        }
+    }
+    match w_status {
+        None => {
+            broken.push(format!(
+                "HANG: W was not given the forgotten lock within {HANG_DEADLINE:?}: {}",
+                describe(w_pid)
+            ));
+            drop(w);
+        }
+        Some(st) => {
+            ensure!(st.success(), "W failed: {st:?}");
+            let got = wt.survivor_got.load(Ordering::SeqCst);
+            ensure!(
+                got == GOT_OWNER_DIED,
+                "W's lock of the mutex P forgot returned {} after P was killed ({name})",
+                got_name(got)
+            );
+            let ns = wt.survivor_ns.load(Ordering::SeqCst);
+            record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+        }
+    }
+    if broken.is_empty() {
+        bump(&s.forgot_served);
+        return Ok(TrialEnd::Passed);
+    }
+    bump(&s.forgot_broken[script]);
+    Ok(TrialEnd::Broken(format!(
+        "{} (script: {name}; killed {delay:?} after its steps)",
+        broken.join("; ")
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
