@@ -94,6 +94,7 @@ fn main() {
         fuzz_corpus_deterministic,
         scribbled_lock_word_while_held_then_relock_keeps_death_detected,
         scribbled_lock_word_while_held_then_unmap_does_not_crash,
+        killed_inside_fork_is_reported_dead,
     ]);
 }
 
@@ -3158,4 +3159,73 @@ fn scribbled_lock_word_while_held_then_unmap_does_not_crash() -> Outcome {
         let mb = other.alloc(ShmMutex::new(0u64)).expect("alloc");
         drop(mb.lock());
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by the parent-side case's early kills (src/process.rs, `fork_unchecked`): a process
+// killed inside `forkipc::fork`, after the ends it hands over were pointed at the presence
+// slot reserved for the child but before the child exists (a SIGKILL during the fork system
+// call cancels the child), leaves that slot reserved for good, so the peers of those ends never
+// learn that their owner died. S makes its fork slow (64 MiB of touched memory: page tables to
+// copy) and is killed at a random moment around it; whenever no child came of the fork, the
+// peer of the end S was handing over must see `Disconnected(PeerDied)`.
+
+const FORK_ATTEMPTS: u64 = 24;
+
+fn killed_inside_fork_is_reported_dead() -> Outcome {
+    // A child that did come of the fork is ours to reap once S is gone.
+    set_subreaper()?;
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let mut rng = Rng::new(config().seed ^ 0xf02c);
+    let (mut no_child, mut child) = (0, 0);
+    for attempt in 0..FORK_ATTEMPTS {
+        wt.holder_ready.store(0, Ordering::SeqCst);
+        wt.waiter_pid.store(0, Ordering::SeqCst);
+        let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+        let mut s = spawn("forker S", tx, move |tx| {
+            let ballast = vec![1u8; 64 << 20];
+            std::hint::black_box(&ballast);
+            wt.holder_ready.store(1, Ordering::SeqCst);
+            forkipc::fork(tx, move |_tx| {
+                wt.waiter_pid.store(u64::from(getpid()), Ordering::SeqCst);
+                park()
+            })
+            .ctx("fork")?;
+            park()
+        })?;
+        ensure!(
+            wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+            "S never got to its fork"
+        );
+        let d = Duration::from_micros(rng.below(3000));
+        spin_for(d);
+        s.kill().ctx("kill S")?;
+        s.expect_killed("S", LONG)?;
+        if has_children()? {
+            ensure!(
+                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0),
+                "S's child never started"
+            );
+            drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
+            child += 1;
+            continue;
+        }
+        no_child += 1;
+        let r = rx.recv_timeout(DETECT_BOUND);
+        ensure!(
+            r == Err(RecvTimeoutError::Disconnected)
+                && rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child came \
+             of the fork, but the end S was handing over never reported S's death: \
+             recv_timeout({DETECT_BOUND:?}) returned {r:?}, disconnect_reason() {:?} (the \
+             presence slot reserved for the child stays reserved?)",
+            rx.disconnect_reason()
+        );
+    }
+    reap_strays();
+    println!(
+        "    {no_child} kills left no child (each reported to the peer), {child} came after the fork"
+    );
+    Ok(())
 }
