@@ -1593,8 +1593,8 @@ struct Watch {
     holder_ready: AtomicU64,
     victim_ready: AtomicU64,
     survivor_ready: AtomicU64,
-    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing); in the
-    /// forgotten-guard trials, the receiver's outcome, and when.
+    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing), and when; in
+    /// the forgotten-guard trials, the receiver's outcome.
     victim_got: AtomicU64,
     victim_ns: AtomicU64,
     victim_releasing: AtomicU64,
@@ -1681,6 +1681,16 @@ fn describe(pid: u32) -> String {
         "pid {pid} is in state {:?}, blocked in syscall {call}",
         proc_state(pid)
     )
+}
+
+/// Waits until `ready` is set (`pid` says it is about to block), then until `pid` sleeps in a
+/// futex wait.
+fn await_blocked(ready: &AtomicU64, pid: u32, what: &str) -> Outcome {
+    ensure!(
+        wait_until(LONG, || ready.load(Ordering::SeqCst) == 1),
+        "{what} never got to the point where it blocks"
+    );
+    await_futex_sleep(pid, what)
 }
 
 fn await_futex_sleep(pid: u32, what: &str) -> Outcome {
@@ -1934,11 +1944,7 @@ fn woken_mutex_trial(rng: &mut Rng, cpus: Option<(usize, usize)>) -> Result<Tria
         let _held = g;
         park()
     })?;
-    ensure!(
-        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
-        "W1 never started"
-    );
-    await_futex_sleep(w1.id(), "W1")?;
+    await_blocked(&wt.victim_ready, w1.id(), "W1")?;
     let mut w2 = spawn("waiter W2", (), move |()| {
         wt.survivor_ready.store(1, Ordering::SeqCst);
         let got = match m.lock() {
@@ -1955,11 +1961,7 @@ fn woken_mutex_trial(rng: &mut Rng, cpus: Option<(usize, usize)>) -> Result<Tria
         wt.survivor_got.store(got, Ordering::SeqCst);
         Ok(())
     })?;
-    ensure!(
-        wait_until(LONG, || wt.survivor_ready.load(Ordering::SeqCst) == 1),
-        "W2 never started"
-    );
-    await_futex_sleep(w2.id(), "W2")?;
+    await_blocked(&wt.survivor_ready, w2.id(), "W2")?;
     let t_kill = kill_pair(order, &mut w1, &mut h, cpus, &|| {
         lock_word(m) & FUTEX_TID_MASK != h_tid
     })?;
@@ -2043,13 +2045,26 @@ fn recv_checked(rx: &Receiver<[u64; 8]>, tseed: u64, n: u64) -> Outcome {
     Ok(())
 }
 
-/// Blocks in `recv` and classifies how it returned.
-fn recv_outcome(rx: &Receiver<[u64; 8]>) -> u64 {
-    match rx.recv() {
+/// A receiver: checks the `n` messages of stream `tseed`, sets `ready`, blocks in `recv`, and
+/// reports how that returned (a `GOT_` code in `got`) and when (`at`).
+fn receive_then_block(
+    rx: &Receiver<[u64; 8]>,
+    tseed: u64,
+    n: u64,
+    ready: &AtomicU64,
+    got: &AtomicU64,
+    at: &AtomicU64,
+) -> Outcome {
+    recv_checked(rx, tseed, n)?;
+    ready.store(1, Ordering::SeqCst);
+    let code = match rx.recv() {
         Ok(_) => GOT_MESSAGE,
         Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
         Err(_) => GOT_OTHER_DISCONNECT,
-    }
+    };
+    at.store(support::mono_ns(), Ordering::SeqCst);
+    got.store(code, Ordering::SeqCst);
+    Ok(())
 }
 
 fn woken_presence_trial(
@@ -2080,29 +2095,16 @@ fn woken_presence_trial(
         "S never sent"
     );
     let mut r1 = spawn("receiver R1", rx1, move |rx1| {
-        recv_checked(&rx1, !tseed, n1)?;
-        wt.victim_ready.store(1, Ordering::SeqCst);
-        wt.victim_got.store(recv_outcome(&rx1), Ordering::SeqCst);
+        let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
+        receive_then_block(&rx1, !tseed, n1, ready, got, at)?;
         park()
     })?;
-    ensure!(
-        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
-        "R1 never received its messages"
-    );
-    await_futex_sleep(r1.id(), "R1")?;
+    await_blocked(&wt.victim_ready, r1.id(), "R1")?;
     let mut r2 = spawn("receiver R2", rx2, move |rx2| {
-        recv_checked(&rx2, tseed, n2)?;
-        wt.survivor_ready.store(1, Ordering::SeqCst);
-        let got = recv_outcome(&rx2);
-        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
-        wt.survivor_got.store(got, Ordering::SeqCst);
-        Ok(())
+        let (ready, got, at) = (&wt.survivor_ready, &wt.survivor_got, &wt.survivor_ns);
+        receive_then_block(&rx2, tseed, n2, ready, got, at)
     })?;
-    ensure!(
-        wait_until(LONG, || wt.survivor_ready.load(Ordering::SeqCst) == 1),
-        "R2 never received its messages"
-    );
-    await_futex_sleep(r2.id(), "R2")?;
+    await_blocked(&wt.survivor_ready, r2.id(), "R2")?;
     let s_pid = sender.id();
     let t_kill = kill_pair(order, &mut r1, &mut sender, cpus, &|| exited(s_pid))?;
     let served = r2.wait_timeout(HANG_DEADLINE).ctx("waiting for R2")?;
@@ -2256,18 +2258,10 @@ fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> 
     let mut w = Stray(Some(w_pid));
     await_futex_sleep(w_pid, "the waiter W")?;
     let mut r = spawn("receiver R", rx, move |rx| {
-        recv_checked(&rx, tseed, n_msgs)?;
-        wt.victim_ready.store(1, Ordering::SeqCst);
-        let got = recv_outcome(&rx);
-        wt.victim_ns.store(support::mono_ns(), Ordering::SeqCst);
-        wt.victim_got.store(got, Ordering::SeqCst);
-        Ok(())
+        let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
+        receive_then_block(&rx, tseed, n_msgs, ready, got, at)
     })?;
-    ensure!(
-        wait_until(LONG, || wt.victim_ready.load(Ordering::SeqCst) == 1),
-        "R never received its messages"
-    );
-    await_futex_sleep(r.id(), "R")?;
+    await_blocked(&wt.victim_ready, r.id(), "R")?;
     wt.go.store(1, Ordering::SeqCst);
     // The kill comes at a random moment after the script's steps (P may crash in them).
     let p_pid = p.id();
