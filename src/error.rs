@@ -27,6 +27,13 @@ pub enum Error {
     Corrupted,
     /// `fork` was called in a process with more than one thread.
     MultiThreaded,
+    /// `fork` would make the child in another PID namespace (this process called
+    /// `unshare(CLONE_NEWPID)`): robust locks and presence compare thread ids, which collide
+    /// across PID namespaces, so a death there could hand a held lock to a second holder.
+    PidNamespace,
+    /// The process-wide record of live `AnonRegion`s is full (4 096 regions): a region beyond
+    /// it could not make its locks robust, so it is refused.
+    TooManyRegions,
     /// `AnonRegion::alloc` was called in a process other than the one that created the
     /// region (a fork child): its objects would overlap the creator's.
     NotCreator,
@@ -53,6 +60,12 @@ impl fmt::Display for Error {
             Error::MultiThreaded => {
                 f.write_str("refusing to fork a process that has more than one thread")
             }
+            Error::PidNamespace => f.write_str(
+                "refusing to fork into another PID namespace: robust locks and endpoint presence compare thread ids, which collide across PID namespaces",
+            ),
+            Error::TooManyRegions => f.write_str(
+                "too many live AnonRegions (the limit is 4096 per process): drop some, or place more in each",
+            ),
             Error::NotCreator => f.write_str(
                 "only the process that created an AnonRegion may allocate in it: allocate before forking",
             ),

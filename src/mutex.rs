@@ -390,7 +390,7 @@ impl<T> ShmMutex<T> {
                 return Err(TryLockError::WouldBlock);
             }
             if deadline.is_some_and(Deadline::expired) {
-                return Err(TryLockError::TimedOut);
+                return Err(self.give_up(waited));
             }
             if !waited && cur & FUTEX_WAITERS == 0 && spinner.spin() {
                 continue;
@@ -407,7 +407,7 @@ impl<T> ShmMutex<T> {
             }
             waited = true;
             if self.word.wait(sleep_on, deadline) == Wake::TimedOut {
-                return Err(TryLockError::TimedOut);
+                return Err(self.give_up(waited));
             }
             // Model only: a waiter killed right after being woken.
             #[cfg(loom)]
@@ -415,6 +415,17 @@ impl<T> ShmMutex<T> {
                 return Err(TryLockError::WouldBlock);
             }
         }
+    }
+
+    /// A waiter that slept and gives up (its deadline passed) may have been the one sleeper an
+    /// unlock or a death woke, and it takes nothing: it hands the wake-up on, or the others
+    /// could sleep on a free lock (the unlock cleared `WAITERS` when it woke it).
+    #[cold]
+    fn give_up(&self, waited: bool) -> TryLockError<'_, T> {
+        if waited {
+            self.word.wake(1);
+        }
+        TryLockError::TimedOut
     }
 
     fn unlock(&self, g: &ShmMutexGuard<'_, T>) {
@@ -473,7 +484,20 @@ impl<T> fmt::Debug for ShmMutex<T> {
     }
 }
 
-/// Holds the lock; releases it on drop. Not `Send`: the thread that locked unlocks.
+/// Holds the lock; releases it on drop. Neither `Send` nor `Sync`: only the thread that locked
+/// uses and releases it. (Were it `Sync`, a guard leaked by a thread that then exits could
+/// still be read from another thread while the kernel, seeing its holder's thread gone, hands
+/// the lock to a new holder.)
+///
+/// ```compile_fail
+/// let region = forkipc::AnonRegion::new(4096)?;
+/// let m = region.alloc(forkipc::ShmMutex::new(0u64))?;
+/// let g = m.lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| *g); // error: the guard cannot be shared with another thread
+/// });
+/// # Ok::<(), forkipc::Error>(())
+/// ```
 pub struct ShmMutexGuard<'a, T> {
     mutex: &'a ShmMutex<T>,
     /// The locking thread, and its process (a copy carried into a fork child is inert).
@@ -484,9 +508,6 @@ pub struct ShmMutexGuard<'a, T> {
     inconsistent: bool,
     _not_send: PhantomData<*const ()>,
 }
-
-// SAFETY: sharing a guard between threads only shares `&T`, like std's MutexGuard.
-unsafe impl<T: Sync> Sync for ShmMutexGuard<'_, T> {}
 
 impl<T> ShmMutexGuard<'_, T> {
     /// Declares the data repaired after `OwnerDied`. Without it, dropping this guard makes the

@@ -35,7 +35,7 @@
 //! `job_timeout` is set.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitStatus;
 use std::rc::Rc;
@@ -50,28 +50,6 @@ use crate::{AnonRegion, ByteReceiver, ByteSender, Child, Error, Select, byte_cha
 /// stream without a round trip per job; a slow job delays at most `WINDOW - 1` jobs queued
 /// behind it on its worker (jobs go to an idle worker first, then to the least loaded).
 pub const WINDOW: usize = 32;
-
-/// A hasher for the pool's sequential job ids (a multiplicative mix: ids are not chosen by
-/// anyone who could make them collide).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
-type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 const KIND_OK: u8 = 0;
 const KIND_PANICKED: u8 = 1;
@@ -299,10 +277,12 @@ struct Inner<J, R> {
     /// `None`: the slot's worker is gone and could not be replaced.
     workers: Vec<Option<Worker>>,
     queue: VecDeque<(u64, Vec<u8>)>,
-    /// Finished jobs whose handle has not taken the result yet.
-    done: IdMap<Result<R, JobError>>,
-    /// Jobs whose handle was dropped without a result: their result is discarded.
-    abandoned: IdSet,
+    /// Every job from `base` on, by id: pending, finished (its result waits for its handle),
+    /// or settled (taken, or its handle dropped). Settled jobs are popped from the front, so
+    /// this holds the jobs between the oldest unsettled one and the newest.
+    jobs: VecDeque<JobState<R>>,
+    /// The id of `jobs[0]`.
+    base: u64,
     /// Frame buffers of finished jobs, reused for new ones.
     spare: Vec<Vec<u8>>,
     /// A private copy of the result being decoded (never decoded in shared memory).
@@ -352,6 +332,18 @@ impl<J, R> std::fmt::Debug for Pool<J, R> {
     }
 }
 
+/// Where a job stands, for its handle.
+enum JobState<R> {
+    /// Not finished; its handle waits (or will).
+    Pending,
+    /// Not finished; its handle was dropped: the result will be discarded.
+    Abandoned,
+    /// Finished; the result waits for the handle.
+    Done(Result<R, JobError>),
+    /// Taken by its handle, or discarded.
+    Settled,
+}
+
 /// What a handle needs of the pool, whatever its job type.
 trait Run<R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>>;
@@ -361,15 +353,30 @@ trait Run<R> {
 
 impl<J, R> Run<R> for Inner<J, R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>> {
-        self.done.remove(&id)
+        let k = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        let st = self.jobs.get_mut(k)?;
+        if !matches!(st, JobState::Done(_)) {
+            return None;
+        }
+        let JobState::Done(r) = std::mem::replace(st, JobState::Settled) else {
+            return None;
+        };
+        self.pop_settled();
+        Some(r)
     }
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         Inner::pump(self, deadline)
     }
     fn abandon(&mut self, id: u64) {
-        if self.done.remove(&id).is_none() {
-            self.abandoned.insert(id);
+        let k = id
+            .checked_sub(self.base)
+            .and_then(|k| usize::try_from(k).ok());
+        match k.and_then(|k| self.jobs.get_mut(k)) {
+            Some(st @ JobState::Done(_)) => *st = JobState::Settled,
+            Some(st @ JobState::Pending) => *st = JobState::Abandoned,
+            _ => {}
         }
+        self.pop_settled();
     }
 }
 
@@ -431,8 +438,8 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             slots,
             workers: Vec::with_capacity(n),
             queue: VecDeque::new(),
-            done: IdMap::default(),
-            abandoned: IdSet::default(),
+            jobs: VecDeque::new(),
+            base: 0,
             spare: Vec::new(),
             rbuf: Vec::new(),
             next_id: 0,
@@ -587,8 +594,22 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
 impl<J, R> Inner<J, R> {
     /// Records how job `id` ended (or drops it, if nobody waits for it any more).
     fn finish(&mut self, id: u64, r: Result<R, JobError>) {
-        if !self.abandoned.remove(&id) {
-            self.done.insert(id, r);
+        let k = id
+            .checked_sub(self.base)
+            .and_then(|k| usize::try_from(k).ok());
+        if let Some(st) = k.and_then(|k| self.jobs.get_mut(k)) {
+            *st = match st {
+                JobState::Pending => JobState::Done(r),
+                _ => JobState::Settled, // abandoned (or, impossibly, finished twice)
+            };
+        }
+        self.pop_settled();
+    }
+
+    fn pop_settled(&mut self) {
+        while matches!(self.jobs.front(), Some(JobState::Settled)) {
+            self.jobs.pop_front();
+            self.base += 1;
         }
     }
 
@@ -619,6 +640,7 @@ impl<J, R> Inner<J, R> {
     fn submit(&mut self, job: &J) -> Result<u64, Error> {
         let id = self.next_id;
         self.next_id += 1;
+        self.jobs.push_back(JobState::Pending);
         let mut frame = self.spare.pop().unwrap_or_default();
         frame.clear();
         frame.extend_from_slice(&id.to_le_bytes());

@@ -46,8 +46,6 @@
 use crate::Error;
 use crate::sync::FutexWord;
 #[cfg(not(loom))]
-use crate::sync::robust::RobustWord;
-#[cfg(not(loom))]
 use crate::sys::{FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS};
 
 /// A reference to a presence slot at one generation; 0 means "no owner recorded" (always
@@ -127,20 +125,53 @@ mod native {
     use std::sync::atomic::AtomicU64;
 
     pub(crate) const SLOTS: usize = 4096;
+    /// How long `fork` waits at most for the child to take its presence slot.
+    const ADOPTION_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
     const RESERVED: u32 = FUTEX_TID_MASK - 1;
 
+    /// The shared part of a slot: the last 64 bytes of its shared page. The robust-list entry
+    /// that goes with `word` (32 bytes after it, glibc's layout) is the first word of the
+    /// *next* page, which the holder maps privately: the kernel's walk of the holder's list
+    /// follows only private memory from its anchor through the presence word, so no other
+    /// process can steer or stop it there.
     #[repr(C, align(64))]
     struct Slot {
-        word: RobustWord,
         gen_: crate::sync::AtomicU32,
         bell: FutexWord,
+        _pad: [u32; 6],
+        word: FutexWord,
+        _gap: [u32; 5],
+        _prev: std::sync::atomic::AtomicUsize,
     }
 
     const _: () = {
-        assert!(std::mem::offset_of!(Slot, gen_) == 40);
-        assert!(std::mem::offset_of!(Slot, bell) == 44);
+        assert!(std::mem::offset_of!(Slot, word) == 32);
+        assert!(std::mem::offset_of!(Slot, _prev) == 56);
         assert!(std::mem::size_of::<Slot>() == 64);
     };
+
+    impl Slot {
+        /// The slot's robust-list entry: 32 bytes after the word, at the start of the page
+        /// after the slot's shared page (private in the holder, after `take`).
+        fn entry(&self) -> &std::sync::atomic::AtomicUsize {
+            // SAFETY: the slot is the last 64 bytes of a page of the table, which is followed
+            // by another page of the table (shared, or the holder's private page): an aligned,
+            // mapped word for as long as the process lives (the table is never unmapped).
+            unsafe {
+                &*((self as *const Slot as usize + 64) as *const std::sync::atomic::AtomicUsize)
+            }
+        }
+
+        /// Announces the word in this thread's `list_op_pending` (see `sync::robust`).
+        fn begin_op(&self) {
+            crate::sync::robust::begin_op_at(self.entry());
+        }
+    }
+
+    /// Bytes of the table per slot: its shared page and the page for its private entry.
+    fn slot_span() -> usize {
+        2 * crate::sys::page_size()
+    }
 
     /// The doorbell of the process behind `r` (whatever its generation: ringing a recycled
     /// slot's bell only wakes its new owner's `Select` for nothing).
@@ -173,42 +204,47 @@ mod native {
         MINE.store(0, Ordering::Relaxed);
     }
 
-    /// The table, if this process tree has made it.
-    fn table() -> Option<&'static [Slot]> {
+    /// Slot `i` of the table, if this process tree has made it.
+    fn slot(i: usize) -> Option<&'static Slot> {
         let base = *TABLE.get()?;
-        // SAFETY: `base` is a live, never-unmapped, zero-filled mapping of SLOTS slots; a
-        // zeroed `Slot` is a valid free slot (atomics and plain integers).
-        Some(unsafe { std::slice::from_raw_parts(base as *const Slot, SLOTS) })
+        if i >= SLOTS {
+            return None;
+        }
+        let page = crate::sys::page_size();
+        // SAFETY: `base` is a live, never-unmapped, zero-filled mapping of SLOTS * slot_span()
+        // bytes; the slot is the last 64 bytes of the first page of its span (64-aligned), and
+        // a zeroed `Slot` is a valid free slot (atomics and plain integers).
+        Some(unsafe { &*((base + i * slot_span() + page - 64) as *const Slot) })
     }
 
     /// The table, made on first use. The caller holds `CLAIM`, so two threads never both make
     /// one (and leak the loser's mapping).
-    fn table_or_create() -> Result<&'static [Slot], Error> {
+    fn table_or_create() -> Result<(), Error> {
         if TABLE.get().is_none() {
             AT_FORK.call_once(|| crate::sys::at_fork_child(after_fork_in_child));
-            let region = crate::AnonRegion::new_unregistered(SLOTS * std::mem::size_of::<Slot>())?;
+            let region = crate::AnonRegion::new_unregistered(SLOTS * slot_span())?;
             // The table lives as long as the process; its pages are freed with the last process
             // that maps it.
             let base = region.as_ptr() as usize;
             std::mem::forget(region);
             let _ = TABLE.set(base);
         }
-        table().ok_or(Error::TooManyProcesses)
+        Ok(())
     }
 
     fn split(r: PresenceRef) -> Option<(&'static Slot, u32)> {
         let idx = (r.0 >> 32).checked_sub(1)? as usize;
-        Some((table()?.get(idx)?, r.0 as u32))
+        Some((slot(idx)?, r.0 as u32))
     }
 
     /// Claims a free or dead slot, leaving `value` (a TID or `RESERVED`) in its word.
     /// Returns the new reference. The caller holds `CLAIM`.
     fn claim(value: u32) -> Result<PresenceRef, Error> {
-        let slots = table_or_create()?;
+        table_or_create()?;
         let start = current_pid() as usize % SLOTS;
         for k in 0..SLOTS {
             let i = (start + k) % SLOTS;
-            let s = &slots[i];
+            let Some(s) = slot(i) else { break };
             // SeqCst on the presence words and generations: claim, take, check and arm form
             // one protocol across processes (a word read before a generation, a recycle that
             // changes the word before the generation); total order keeps the argument simple,
@@ -243,8 +279,14 @@ mod native {
     /// and links it first into its robust list. `false` if the word holds anything else.
     fn take(r: PresenceRef, from: u32) -> bool {
         let Some((s, _)) = split(r) else { return false };
+        // Our private copy of the page that holds the slot's entry (see `Slot`). Done before
+        // the word is taken: if it fails, the slot is not ours and nothing is to undo.
+        let entry_page = s.entry().as_ptr() as usize;
+        if !crate::sys::map_private_fixed(entry_page, crate::sys::page_size()) {
+            return false;
+        }
         let tid = current_tid();
-        s.word.begin_op();
+        s.begin_op();
         let mut cur = s.word.load(Ordering::SeqCst);
         let taken = loop {
             if cur & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != from {
@@ -265,9 +307,9 @@ mod native {
             // first in the list, so the kernel reaches it through private memory only.
             // (`None` means the list is unusable: death is then noticed only by the 20 ms
             // fallback checks of `check`'s callers... which cannot see it either; documented.)
-            let _ = unsafe { s.word.link(Placement::First) };
+            let _ = unsafe { crate::sync::robust::link_at(s.entry(), Placement::First) };
         }
-        s.word.end_op();
+        crate::sync::robust::end_op();
         if taken && cur & FUTEX_WAITERS != 0 {
             s.word.wake(i32::MAX);
         }
@@ -349,7 +391,7 @@ mod native {
     /// wakes the next sleeper. Undone by [`waiter_done`], after [`pass_on_death`].
     pub(crate) fn announce_waiter(r: PresenceRef) {
         if let Some((s, _)) = split(r) {
-            s.word.begin_op();
+            s.begin_op();
         }
     }
 
@@ -383,7 +425,7 @@ mod native {
         if let Some((s, _)) = split(r) {
             // Nobody refers to `r` before this returns, so a death just before this line only
             // leaks the slot.
-            s.word.begin_op();
+            s.begin_op();
         }
         Ok(Reservation { r, parent_tid: tid })
     }
@@ -407,9 +449,16 @@ mod native {
             crate::sync::robust::end_op();
             return;
         };
+        // Bounded: a process that writes our TID back into the slot after the child took it
+        // (the table is shared by the whole tree) must not keep `fork` from returning. A child
+        // still not adopted after this long takes the slot when it does (the word still names
+        // us); only a child that then dies before adopting would go unnoticed.
+        let give_up = std::time::Instant::now() + ADOPTION_BOUND;
         loop {
             let w = s.word.load(Ordering::SeqCst);
-            if w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != res.parent_tid {
+            if w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != res.parent_tid
+                || std::time::Instant::now() >= give_up
+            {
                 break; // adopted (or scribbled over: then it is not ours to fix)
             }
             if child_exited(pid) {

@@ -140,7 +140,9 @@ transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
 /// `Disconnected`). Shared memory made before the fork ([`AnonRegion`](crate::AnonRegion)) is
 /// shared with the child.
 ///
-/// Refuses with [`Error::MultiThreaded`] if the process has more than one thread: the child
+/// Refuses with [`Error::PidNamespace`] if the child would be in another PID namespace (after
+/// `unshare(CLONE_NEWPID)`): the kernel's robust-futex handling compares thread ids, which
+/// collide across namespaces. Refuses with [`Error::MultiThreaded`] if the process has more than one thread: the child
 /// of a multithreaded process has only the forking thread, and a lock held by another thread
 /// (the allocator's, stdout's) would stay locked forever. See [`fork_unchecked`].
 ///
@@ -218,6 +220,9 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
     single_threaded: bool,
 ) -> Result<Child, Error> {
     crate::sync::ident::ensure_fork_hook();
+    if crate::sys::children_in_other_pid_namespace() {
+        return Err(Error::PidNamespace);
+    }
     let token = Token(());
     if single_threaded {
         // Whatever sits in stdout's buffer would otherwise be written twice. Done first: it

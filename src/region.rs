@@ -43,7 +43,14 @@ use crate::sync::ident::{Ident, current_ident};
 /// compromised peer), so a `Shareable` type must be valid for **every bit pattern**: integers,
 /// floats, std atomics, arrays of them, `ShmMutex` of them. `bool` and `char` are not
 /// `Shareable` (a peer writing 7 into a shared `bool` would make every read of it undefined
-/// behaviour); share an `AtomicBool`, a `u8` or a `u32` instead. Typed channels use bytemuck's
+/// behaviour); neither is `AtomicBool`, which std gives `bool`'s validity. Share a `u8`, an
+/// `AtomicU8` or an `AtomicU32` instead.
+///
+/// ```compile_fail
+/// let region = forkipc::AnonRegion::new(4096)?;
+/// let flag = region.alloc(std::sync::atomic::AtomicBool::new(false))?; // not Shareable
+/// # Ok::<(), forkipc::Error>(())
+/// ``` Typed channels use bytemuck's
 /// traits instead (see [`Plain`](crate::Plain)).
 ///
 /// # Safety
@@ -80,7 +87,6 @@ shareable!(
 );
 #[cfg(not(loom))]
 shareable!(
-    std::sync::atomic::AtomicBool,
     std::sync::atomic::AtomicU8,
     std::sync::atomic::AtomicU16,
     std::sync::atomic::AtomicU32,
@@ -135,10 +141,13 @@ impl std::fmt::Debug for AnonRegion {
 impl AnonRegion {
     /// Maps `len` bytes (rounded up to whole pages) of zero-filled shared anonymous memory.
     ///
-    /// Errors: `ZeroSize` for 0, `SizeOverflow` if rounding overflows, `Io` if `mmap` fails.
+    /// Errors: `ZeroSize` for 0, `SizeOverflow` if rounding overflows (or the region is 1 TiB
+    /// or more), `Io` if `mmap` fails, `TooManyRegions` with 4 096 regions alive in this
+    /// process (every region is recorded so that its locks can be robust).
     pub fn new(len: usize) -> Result<AnonRegion, Error> {
         let mut r = Self::new_unregistered(len)?;
-        r.registered = registry::add(r.base.as_ptr() as usize, r.len);
+        // A region whose locks could not be robust is refused rather than silently weaker.
+        r.registered = registry::add(r.base.as_ptr() as usize, r.len)?;
         Ok(r)
     }
 
@@ -318,11 +327,11 @@ mod registry {
         rec != 0 && addr as u64 >= start && (addr as u64).saturating_add(size as u64) <= end
     }
 
-    /// Records a region; `false` if it cannot be recorded (the registry is full, or the
-    /// region is outside what a record can describe): locks in it are then not robust.
-    pub(super) fn add(base: usize, len: usize) -> bool {
+    /// Records a region. `TooManyRegions` if the registry is full; `SizeOverflow` if the
+    /// region is beyond what a record describes (1 TiB, or above 2^48).
+    pub(super) fn add(base: usize, len: usize) -> Result<bool, crate::Error> {
         let Some(rec) = pack(base, len) else {
-            return false;
+            return Err(crate::Error::SizeOverflow);
         };
         for (i, slot) in RECORDS.iter().enumerate() {
             // SeqCst: records and `HIGH` are read by `holds` on other threads; keep it simple.
@@ -331,10 +340,10 @@ mod registry {
                 .is_ok()
             {
                 HIGH.fetch_max(i + 1, Ordering::SeqCst);
-                return true;
+                return Ok(true);
             }
         }
-        false
+        Err(crate::Error::TooManyRegions)
     }
 
     pub(super) fn remove(base: usize, len: usize) {
@@ -350,12 +359,32 @@ mod registry {
         }
     }
 
+    thread_local! {
+        /// The record that answered this thread's last question (most locks of a thread are
+        /// in one region).
+        static LAST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     /// Whether `size` bytes at `addr` lie inside a live public region.
     pub(crate) fn holds(addr: usize, size: usize) -> bool {
+        let last = LAST.with(std::cell::Cell::get);
+        if RECORDS
+            .get(last)
+            .is_some_and(|r| contains(r.load(Ordering::SeqCst), addr, size))
+        {
+            return true;
+        }
         let high = HIGH.load(Ordering::SeqCst);
-        RECORDS[..high]
+        match RECORDS[..high]
             .iter()
-            .any(|r| contains(r.load(Ordering::SeqCst), addr, size))
+            .position(|r| contains(r.load(Ordering::SeqCst), addr, size))
+        {
+            Some(i) => {
+                LAST.with(|l| l.set(i));
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -364,7 +393,7 @@ pub(crate) use registry::holds;
 
 #[cfg(loom)]
 mod registry {
-    pub(super) fn add(_: usize, _: usize) -> bool {
-        false
+    pub(super) fn add(_: usize, _: usize) -> Result<bool, crate::Error> {
+        Ok(false)
     }
 }

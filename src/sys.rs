@@ -286,6 +286,39 @@ pub unsafe fn set_robust_list(head: *mut RobustListHead) -> bool {
     }
 }
 
+/// Maps a private, zero-filled page range over `addr..addr + len` (page-aligned), replacing
+/// whatever this process had mapped there (`MAP_FIXED`). Async-signal-safe (one system call).
+pub fn map_private_fixed(addr: usize, len: usize) -> bool {
+    // SAFETY: the caller names a page range of one of our own mappings whose old contents it
+    // no longer needs in this process (the presence table's page after one's own slot); the
+    // new mapping is private anonymous memory.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    p as usize == addr
+}
+
+/// Whether children forked now would be in another PID namespace than this process (after
+/// `unshare(CLONE_NEWPID)`): thread ids, which robust futexes compare, then collide. `false`
+/// where `/proc` cannot tell.
+pub fn children_in_other_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata("/proc/self/ns/pid"),
+        std::fs::metadata("/proc/self/ns/pid_for_children"),
+    ) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Number of threads in this process, from `/proc/self/stat` (field 20).
 pub fn thread_count() -> io::Result<usize> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;

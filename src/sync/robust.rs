@@ -122,8 +122,11 @@ mod native {
     use super::{Link, Placement, RobustWord};
     use crate::sys::RobustListHead;
 
-    /// Entries one thread can keep linked at once.
-    pub(crate) const SLOTS: usize = 32;
+    /// Lock words one thread can keep linked at once (slot 0 is the presence word's).
+    pub(crate) const LOCK_SLOTS: usize = 32;
+    const SLOTS: usize = LOCK_SLOTS + 1;
+    /// The slot of the entry linked with `Placement::First`.
+    const FIRST_SLOT: usize = 0;
     const ANCHOR: u8 = SLOTS as u8;
     const END: u8 = SLOTS as u8 + 1;
     const NODES: usize = SLOTS + 2;
@@ -283,15 +286,19 @@ mod native {
             // `robust_prev`, or `OwnHead::_prev_slot`). That one write is what glibc's own
             // insertion does; everything else written here is this thread's private storage.
             unsafe {
-                let old = ((*h).list as usize) & !1;
+                // Bit 0 marks a PI futex entry for the kernel: keep it on the link, strip it
+                // to find the entry.
+                let old = (*h).list as usize;
                 *self.node_next(END) = old;
                 *self.nodes[usize::from(END)].prev.get() = self.node_next(ANCHOR) as usize;
                 *self.node_next(ANCHOR) = self.node_next(END) as usize;
                 *self.nodes[usize::from(ANCHOR)].prev.get() = h as usize;
-                *((old - 8) as *mut usize) = self.node_next(END) as usize;
+                *(((old & !1) - 8) as *mut usize) = self.node_next(END) as usize;
                 compiler_fence(Ordering::SeqCst);
                 (*h).list = self.node_next(ANCHOR);
             }
+            // At thread exit, settle and unlink the segment before the kernel walks the list.
+            EXIT.with(|e| e.armed.set(true));
             self.nxt[usize::from(ANCHOR)].set(END);
             self.prv[usize::from(END)].set(ANCHOR);
             self.first.set(ANCHOR);
@@ -299,6 +306,80 @@ mod native {
             self.state.set(STATE_LINKED);
             Some(h)
         }
+    }
+
+    impl Seg {
+        /// At thread exit (the thread's TLS destructors run before it leaves the kernel's
+        /// view): do for each linked word what the kernel would (its holder, this thread, is
+        /// gone: `OWNER_DIED`, wake a waiter), then take the whole segment out of the list.
+        /// The kernel's walk at the thread's exit then never follows a link that lives in
+        /// shared memory (a peer could have pointed it into this process's private memory,
+        /// which, unlike at a process's death, stays in use). The process lives on.
+        fn settle_at_thread_exit(&self) {
+            if self.state.get() != STATE_LINKED {
+                return;
+            }
+            let tid = super::super::ident::current_tid();
+            let mut i = self.nxt[usize::from(ANCHOR)].get();
+            while i != END && usize::from(i) < SLOTS {
+                let entry = self.entry[usize::from(i)].get();
+                if entry != 0 {
+                    // SAFETY: a linked entry's word stays mapped while linked (the region does
+                    // not unmap itself while a word of this process is linked; the presence
+                    // table is never unmapped); it is a u32 32 bytes before the entry.
+                    let word = unsafe { &*((entry - 32) as *const std::sync::atomic::AtomicU32) };
+                    let mut cur = word.load(Ordering::SeqCst);
+                    while cur & crate::sys::FUTEX_TID_MASK == tid {
+                        let new = (cur & crate::sys::FUTEX_WAITERS) | crate::sys::FUTEX_OWNER_DIED;
+                        match word.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst) {
+                            Ok(_) => {
+                                crate::sys::futex_wake(word, i32::MAX);
+                                break;
+                            }
+                            Err(now) => cur = now,
+                        }
+                    }
+                    if usize::from(i) != FIRST_SLOT {
+                        // Relaxed: see `linked_count`.
+                        LINKED.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    self.entry[usize::from(i)].set(0);
+                }
+                i = self.nxt[usize::from(i)].get();
+            }
+            // SAFETY: ANCHOR's `prev` names the `next` field before it (the head's `list`, or
+            // a glibc entry's, which glibc keeps valid and updates when it links or unlinks a
+            // neighbour); END's `next` is what follows the segment (kept by glibc likewise).
+            // Both are this thread's private storage. The two stores are glibc's own unlink.
+            unsafe {
+                let pred = *self.nodes[usize::from(ANCHOR)].prev.get() as *mut usize;
+                let succ = *self.node_next(END);
+                *(((succ & !1) - 8) as *mut usize) = pred as usize;
+                compiler_fence(Ordering::SeqCst);
+                *pred = succ;
+                (*self.head.get()).list_op_pending = std::ptr::null_mut();
+            }
+            self.first.set(ANCHOR);
+            self.state.set(STATE_UNUSABLE);
+        }
+    }
+
+    /// Runs `Seg::settle_at_thread_exit` when the thread's TLS is torn down.
+    struct ExitHook {
+        armed: Cell<bool>,
+    }
+
+    impl Drop for ExitHook {
+        fn drop(&mut self) {
+            if self.armed.get() {
+                // `SEG` has no destructor, so it is still there during other TLS destructors.
+                SEG.with(Seg::settle_at_thread_exit);
+            }
+        }
+    }
+
+    thread_local! {
+        static EXIT: ExitHook = const { ExitHook { armed: Cell::new(false) } };
     }
 
     /// The calling thread's registered robust list head (registering one of our own if the
@@ -324,10 +405,6 @@ mod native {
     }
 
     impl RobustWord {
-        fn entry(&self) -> *mut usize {
-            self.next.as_ptr()
-        }
-
         /// Names this word in `list_op_pending`: if the thread dies before [`end_op`], the
         /// kernel handles the word (marks it `OWNER_DIED` if it names the thread; wakes one
         /// waiter if its owner bits are 0). Used around taking and releasing the word, and
@@ -337,13 +414,7 @@ mod native {
         /// [`end_op`]: RobustWord::end_op
         #[inline]
         pub(crate) fn begin_op(&self) {
-            SEG.with(|s| {
-                if let Some(h) = s.ready() {
-                    // SAFETY: `h` is this thread's registered head; only this thread writes it.
-                    unsafe { (*h).list_op_pending = self.entry() };
-                    compiler_fence(Ordering::SeqCst);
-                }
-            })
+            begin_op_at(&self.next);
         }
 
         /// Ends what `begin_op` announced.
@@ -353,50 +424,83 @@ mod native {
         }
 
         /// Links the word into this thread's list. `None`: not linked (the list is unusable or
-        /// the thread already has `SLOTS` entries); the word is then held without robustness.
+        /// the thread already has `LOCK_SLOTS` lock words linked); the word is then held
+        /// without robustness.
         ///
         /// # Safety
         /// The calling thread must just have taken the word (its TID is in it), and the word
         /// must stay mapped for as long as it is linked (see [`linked_count`]).
         #[inline]
         pub(crate) unsafe fn link(&self, at: Placement) -> Option<Link> {
-            SEG.with(|s| {
-                s.ready()?;
-                let k = s.entry.iter().position(|e| e.get() == 0)?;
-                let kk = k as u8;
-                let i = match at {
-                    Placement::First => ANCHOR,
-                    Placement::Next => s.first.get(),
-                };
-                let j = s.nxt[usize::from(i)].get();
-                let entry = self.entry() as usize;
-                s.entry[k].set(entry);
-                // The one write into shared memory: our own entry points at its private node.
-                // Relaxed: only the kernel reads it, at this thread's death.
-                self.next.store(s.node_next(kk) as usize, Ordering::Relaxed);
-                // SAFETY: the nodes are this thread's private storage; the kernel reads them
-                // only when this thread dies, i.e. between two of its instructions, and each
-                // store below is a single aligned word store, ordered by the compiler fence so
-                // that the kernel never sees a node pointing at an unready one.
-                unsafe {
-                    *s.node_next(kk) = s.kernel_addr(j);
-                    compiler_fence(Ordering::SeqCst);
-                    *s.node_next(i) = entry;
-                }
-                s.prv[k].set(i);
-                s.nxt[k].set(j);
-                s.nxt[usize::from(i)].set(kk);
-                s.prv[usize::from(j)].set(kk);
-                if at == Placement::First {
-                    // The presence word: in a table that is never unmapped, so not counted.
-                    s.first.set(kk);
-                } else {
-                    // Relaxed: see `linked_count`.
-                    LINKED.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Link(kk))
-            })
+            // SAFETY: the caller's contract; the entry is this word's own `next` field.
+            unsafe { link_at(&self.next, at) }
         }
+    }
+
+    /// Names the entry `entry` (a word lives 32 bytes before it) in `list_op_pending`; see
+    /// [`RobustWord::begin_op`].
+    pub(crate) fn begin_op_at(entry: *const AtomicUsize) {
+        SEG.with(|s| {
+            if let Some(h) = s.ready() {
+                // SAFETY: `h` is this thread's registered head; only this thread writes it.
+                unsafe { (*h).list_op_pending = entry as *mut usize };
+                compiler_fence(Ordering::SeqCst);
+            }
+        })
+    }
+
+    /// Links the entry `entry` (its futex word is 32 bytes before it) into this thread's list.
+    /// `Placement::First` has a slot of its own and replaces this thread's previous first
+    /// entry, if any.
+    ///
+    /// # Safety
+    /// As [`RobustWord::link`], for the word 32 bytes before `entry`.
+    pub(crate) unsafe fn link_at(entry: &AtomicUsize, at: Placement) -> Option<Link> {
+        SEG.with(|s| {
+            s.ready()?;
+            let k = match at {
+                Placement::First => {
+                    if s.entry[FIRST_SLOT].get() != 0 {
+                        // SAFETY: slot 0 was linked by this thread.
+                        unsafe { unlink(Link(FIRST_SLOT as u8)) };
+                    }
+                    FIRST_SLOT
+                }
+                Placement::Next => 1 + s.entry[1..].iter().position(|e| e.get() == 0)?,
+            };
+            let kk = k as u8;
+            let i = match at {
+                Placement::First => ANCHOR,
+                Placement::Next => s.first.get(),
+            };
+            let j = s.nxt[usize::from(i)].get();
+            let entry_addr = entry.as_ptr() as usize;
+            s.entry[k].set(entry_addr);
+            // The one write outside our private nodes: our own entry points at its node.
+            // Relaxed: only the kernel reads it, at this thread's death.
+            entry.store(s.node_next(kk) as usize, Ordering::Relaxed);
+            // SAFETY: the nodes are this thread's private storage; the kernel reads them
+            // only when this thread dies, i.e. between two of its instructions, and each
+            // store below is a single aligned word store, ordered by the compiler fence so
+            // that the kernel never sees a node pointing at an unready one.
+            unsafe {
+                *s.node_next(kk) = s.kernel_addr(j);
+                compiler_fence(Ordering::SeqCst);
+                *s.node_next(i) = entry_addr;
+            }
+            s.prv[k].set(i);
+            s.nxt[k].set(j);
+            s.nxt[usize::from(i)].set(kk);
+            s.prv[usize::from(j)].set(kk);
+            if at == Placement::First {
+                // The presence word: in a table that is never unmapped, so not counted.
+                s.first.set(kk);
+            } else {
+                // Relaxed: see `linked_count`.
+                LINKED.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Link(kk))
+        })
     }
 
     /// Clears `list_op_pending`.
@@ -431,8 +535,10 @@ mod native {
             s.nxt[usize::from(i)].set(j);
             s.prv[usize::from(j)].set(i);
             s.entry[k].set(0);
-            if s.first.get() == l.0 {
-                s.first.set(ANCHOR);
+            if usize::from(l.0) == FIRST_SLOT {
+                if s.first.get() == l.0 {
+                    s.first.set(ANCHOR);
+                }
             } else {
                 // Relaxed: see `linked_count`.
                 LINKED.fetch_sub(1, Ordering::Relaxed);
