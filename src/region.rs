@@ -44,14 +44,14 @@ use crate::sync::ident::{Ident, current_ident};
 /// floats, std atomics, arrays of them, `ShmMutex` of them. `bool` and `char` are not
 /// `Shareable` (a peer writing 7 into a shared `bool` would make every read of it undefined
 /// behaviour); neither is `AtomicBool`, which std gives `bool`'s validity. Share a `u8`, an
-/// `AtomicU8` or an `AtomicU32` instead.
+/// `AtomicU8` or an `AtomicU32` instead. Typed channels use bytemuck's traits instead (see
+/// [`Plain`](crate::Plain)).
 ///
 /// ```compile_fail
 /// let region = forkipc::AnonRegion::new(4096)?;
 /// let flag = region.alloc(std::sync::atomic::AtomicBool::new(false))?; // not Shareable
 /// # Ok::<(), forkipc::Error>(())
-/// ``` Typed channels use bytemuck's
-/// traits instead (see [`Plain`](crate::Plain)).
+/// ```
 ///
 /// # Safety
 /// Implementors must be valid for every bit pattern, contain no pointers or references (their
