@@ -19,14 +19,21 @@ mod sys;
 /// matches this crate's.
 pub use bytemuck;
 pub use channel::{
-    ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, DuplexPair, IntoIter, Iter,
-    Plain, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter,
+    ByteMessage, ByteReceiver, ByteSender, Duplex, DuplexPair, Endpoint, IntoIter, Iter, Plain,
+    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TooLarge, TryIter,
     TryRecvError, TrySendError, WriteGrant, byte_channel, channel, duplex,
 };
 #[cfg(feature = "serde")]
-pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
+pub use channel::{
+    EncodeError, SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter, serde_channel,
+};
 pub use error::Error;
 pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+/// The serde channels' wire format (feature `serde`), re-exported so that its error type,
+/// [`postcard::Error`], which serde channels report for a value that fails to encode or a
+/// message that fails to decode, can be named, at the version this crate uses.
+#[cfg(feature = "serde")]
+pub use postcard;
 pub use process::{Child, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use forkipc::bytemuck::{CheckedBitPattern, NoUninit, Pod, Zeroable};
 use forkipc::{
-    ByteSendError, Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError,
-    SendError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitPolicy, byte_channel,
+    Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Sender, TooLarge, TryRecvError, TrySendError, WaitPolicy, byte_channel,
     channel, duplex, fork,
 };
 use support::{Context, Outcome, expect_success, kill_and_reap, wait_child};
@@ -268,14 +268,18 @@ fn byte_messages_random_lengths() -> Outcome {
     ensure!(rx.max_message_len() == max, "receiver's max differs");
 
     let big = vec![7u8; max + 1];
-    let too_large = ByteSendError::TooLarge { len: max + 1, max };
-    ensure!(tx.send(&big) == Err(too_large), "send of max+1 bytes");
+    let too_large = TooLarge { len: max + 1, max };
     ensure!(
-        tx.try_send(&big) == Err(too_large),
+        tx.send(&big) == Err(SendError::Refused((), too_large)),
+        "send of max+1 bytes"
+    );
+    ensure!(
+        tx.try_send(&big) == Err(TrySendError::Refused((), too_large)),
         "try_send of max+1 bytes"
     );
     ensure!(
-        tx.send_timeout(&big, Duration::from_millis(10)) == Err(too_large),
+        tx.send_timeout(&big, Duration::from_millis(10))
+            == Err(SendTimeoutError::Refused((), too_large)),
         "send_timeout of max+1 bytes"
     );
     ensure!(
@@ -420,7 +424,10 @@ fn timeouts_and_empty() -> Outcome {
             rx.try_recv() == Err(TryRecvError::Disconnected),
             "try_recv after the sender left"
         );
-        ensure!(rx.recv() == Err(RecvError), "recv after the sender left");
+        ensure!(
+            rx.recv() == Err(RecvError::Disconnected),
+            "recv after the sender left"
+        );
         Ok(())
     })(&mut child);
     cleanup(&mut child, r)
@@ -501,7 +508,7 @@ fn full_backpressure_hands_value_back() -> Outcome {
     loop {
         match tx.try_send(&msg) {
             Ok(()) => n += 1,
-            Err(ByteSendError::Full) => break,
+            Err(TrySendError::Full(())) => break,
             Err(e) => return Err(format!("byte try_send {n}: {e:?}")),
         }
         ensure!(n < 1 << 20, "byte ring never full");
@@ -509,7 +516,7 @@ fn full_backpressure_hands_value_back() -> Outcome {
     ensure!(n >= 1, "not a single message fit");
     let r = tx.send_timeout(&msg, Duration::from_millis(20));
     ensure!(
-        r == Err(ByteSendError::Timeout),
+        r == Err(SendTimeoutError::Timeout(())),
         "byte send_timeout when full: {r:?}"
     );
     let got = rx.try_iter().count();
@@ -643,7 +650,10 @@ fn blocked_recv_sees_peer_killed_by_sibling() -> Outcome {
         let t_err = support::mono_ns();
         let blocked = t0.elapsed();
         let r = (|| {
-            ensure!(res == Err(RecvError), "recv while blocked: {res:?}");
+            ensure!(
+                res == Err(RecvError::Disconnected),
+                "recv while blocked: {res:?}"
+            );
             ensure!(
                 rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
                 "reason: {:?}",
@@ -839,7 +849,9 @@ fn blocked_sender_sees_receiver_death() -> Outcome {
         let blocked = t0.elapsed();
         let r = (|| {
             match res {
-                Err(SendError(v)) => ensure!(v == 0xdead, "SendError handed back {v:#x}"),
+                Err(SendError::Disconnected(v)) => {
+                    ensure!(v == 0xdead, "SendError handed back {v:#x}")
+                }
                 Ok(()) => return Err("send on a full ring of a dead receiver succeeded".into()),
             }
             ensure!(
@@ -918,7 +930,10 @@ fn dropped_end_in_live_process() -> Outcome {
             res == Err(RecvTimeoutError::Disconnected),
             "after the drop: {res:?}"
         );
-        ensure!(rx.recv() == Err(RecvError), "recv after the drop");
+        ensure!(
+            rx.recv() == Err(RecvError::Disconnected),
+            "recv after the drop"
+        );
         ensure!(
             rx.try_recv() == Err(TryRecvError::Disconnected),
             "try_recv after the drop"
@@ -952,7 +967,7 @@ fn dropped_receiver_fails_blocked_send() -> Outcome {
             let v = loop {
                 match tx.send(i) {
                     Ok(()) => i += 1,
-                    Err(SendError(v)) => break v,
+                    Err(SendError::Disconnected(v)) => break v,
                 }
                 ensure!(i < 1 << 20, "the ring never filled");
             };
@@ -979,7 +994,10 @@ fn dropped_receiver_fails_blocked_send() -> Outcome {
                 ),
                 "send_timeout after the drop"
             );
-            ensure!(tx.send(9) == Err(SendError(9)), "send after the drop");
+            ensure!(
+                tx.send(9) == Err(SendError::Disconnected(9)),
+                "send after the drop"
+            );
             Ok(())
         })
     })
@@ -1097,7 +1115,7 @@ fn inert_copies() -> Outcome {
                 rx.recv_timeout(Duration::from_millis(10)) == Err(RecvTimeoutError::Disconnected),
                 "rx copy recv_timeout"
             );
-            ensure!(rx.recv() == Err(RecvError), "rx copy recv");
+            ensure!(rx.recv() == Err(RecvError::Disconnected), "rx copy recv");
             ensure!(rx.iter().next().is_none(), "rx copy iter");
             drop(rx);
 
@@ -1107,7 +1125,10 @@ fn inert_copies() -> Outcome {
                 "tx_b: {:?}",
                 tx_b.disconnect_reason()
             );
-            ensure!(tx_b.send(11) == Err(SendError(11)), "tx_b copy send");
+            ensure!(
+                tx_b.send(11) == Err(SendError::Disconnected(11)),
+                "tx_b copy send"
+            );
             ensure!(
                 matches!(tx_b.try_send(12), Err(TrySendError::Disconnected(12))),
                 "tx_b copy try_send"
@@ -1141,7 +1162,7 @@ fn inert_copies() -> Outcome {
                 btx.disconnect_reason()
             );
             ensure!(
-                btx.send(b"x") == Err(ByteSendError::Disconnected),
+                btx.send(b"x") == Err(SendError::Disconnected(())),
                 "btx copy send"
             );
             drop(btx);

@@ -6,7 +6,10 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use forkipc::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, fork, serde_channel};
+use forkipc::{
+    EncodeError, RecvTimeoutError, SendError, SerdeReceiver, SerdeSender, TooLarge, TryRecvError,
+    fork, postcard, serde_channel,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use support::{Context, Outcome, expect_success, kill_and_reap};
 
@@ -62,7 +65,7 @@ fn serde_stream_of_structs_round_trips() -> Outcome {
     ensure!(
         matches!(
             rx.recv_timeout(Duration::from_secs(10)),
-            Err(SerdeRecvError::Disconnected)
+            Err(RecvTimeoutError::Disconnected)
         ),
         "expected Disconnected after the stream"
     );
@@ -75,14 +78,18 @@ fn serde_too_large_and_empty_are_reported() -> Outcome {
     ensure!(
         matches!(
             tx.send(&big),
-            Err(SerdeSendError::Send(
-                forkipc::ByteSendError::TooLarge { .. }
+            Err(SendError::Refused(
+                (),
+                EncodeError::TooLarge(TooLarge {
+                    len: 1002,
+                    max: 112
+                })
             ))
         ),
         "a 1000-byte value must not fit a 256-byte ring"
     );
     ensure!(
-        matches!(rx.try_recv(), Err(SerdeRecvError::Empty)),
+        matches!(rx.try_recv(), Err(TryRecvError::Empty)),
         "nothing was sent"
     );
     tx.send(&vec![1, 2, 3]).ctx("send")?;
@@ -93,7 +100,7 @@ fn serde_too_large_and_empty_are_reported() -> Outcome {
     ensure!(
         matches!(
             rx.recv_timeout(Duration::from_millis(20)),
-            Err(SerdeRecvError::Timeout)
+            Err(RecvTimeoutError::Timeout)
         ),
         "expected Timeout"
     );
@@ -111,7 +118,7 @@ fn serde_decode_error_is_reported_not_panicked() -> Outcome {
     for _ in 0..2 {
         let r = rx.recv_timeout(Duration::from_secs(1));
         ensure!(
-            matches!(r, Err(SerdeRecvError::Decode(_))),
+            matches!(r, Err(RecvTimeoutError::Decode(_))),
             "expected Decode, got {r:?}"
         );
     }
@@ -294,7 +301,7 @@ fn regression_serde_string_stays_utf8_while_peer_flips_bytes() -> Outcome {
                         invalid += 1;
                     }
                 }
-                Err(SerdeRecvError::Decode(postcard::Error::DeserializeBadUtf8)) => {
+                Err(RecvTimeoutError::Decode(postcard::Error::DeserializeBadUtf8)) => {
                     decode_errors += 1
                 }
                 Err(e) => return Err(format!("receive {rounds}: {e:?}")),
