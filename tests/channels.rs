@@ -46,6 +46,7 @@ fn main() {
         channel_create_drop_leaves_no_mapping,
         tuples_transfer,
         regression_typed_bool_with_invalid_bits_is_corrupted_not_ub,
+        deadlines_bound_sequences_of_calls,
     ]);
 }
 
@@ -1459,4 +1460,157 @@ fn regression_typed_bool_with_invalid_bits_is_corrupted_not_ub() -> Outcome {
     forge_record(data, cap, 0, MSG | 1, &[1]);
     ensure!(rx.try_recv() == Ok(true), "a forged valid bool");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// `elapsed` lies in `[at_least, at_least + 2 s)`: a deadline was neither cut short nor
+/// overrun by more than a loaded machine explains.
+fn ensure_waited(what: &str, elapsed: Duration, at_least: Duration) -> Outcome {
+    ensure!(
+        elapsed >= at_least && elapsed < at_least + Duration::from_secs(2),
+        "{what} returned after {elapsed:?}, expected at least {at_least:?}"
+    );
+    Ok(())
+}
+
+/// `send_deadline` and `recv_deadline` on typed and byte channels and on a duplex: one overall
+/// deadline bounds a sequence of calls across fork (the child's messages arrive, then its exit
+/// is `Disconnected`, not a timeout); an empty channel times out at the deadline, not before; a
+/// deadline already past still takes a ready message or free room, and otherwise times out at
+/// once; a full ring times out and hands the value back, having sent nothing; a deadline
+/// centuries away is accepted.
+fn deadlines_bound_sequences_of_calls() -> Outcome {
+    const GAP: Duration = Duration::from_millis(30);
+    let far = Instant::now() + Duration::from_secs(300 * 365 * 86_400);
+
+    // Typed, across fork: three messages GAP apart under one deadline, then the disconnect.
+    let (tx, rx) = channel::<u64>(4).ctx("channel")?;
+    let mut child = fork(tx, |tx| {
+        child_main(|| {
+            for i in 0..3u64 {
+                std::thread::sleep(GAP);
+                tx.send_deadline(i, Instant::now() + RECV)
+                    .ctx("send_deadline")?;
+            }
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let deadline = Instant::now() + RECV;
+        for want in 0..3u64 {
+            let got = rx.recv_deadline(deadline).ctx("recv_deadline")?;
+            ensure!(got == want, "got {got}, expected {want}");
+        }
+        let end = rx.recv_deadline(deadline);
+        ensure!(
+            end == Err(RecvTimeoutError::Disconnected),
+            "after the child's exit: {end:?}"
+        );
+        Ok(())
+    })();
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)?;
+
+    // Typed, one process: empty, past, full, far.
+    let (tx, rx) = channel::<u64>(1).ctx("channel")?;
+    let t = Instant::now();
+    let r = rx.recv_deadline(t + Duration::from_millis(50));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "empty: {r:?}");
+    ensure_waited(
+        "recv_deadline(+50ms)",
+        t.elapsed(),
+        Duration::from_millis(50),
+    )?;
+    let t = Instant::now();
+    let r = rx.recv_deadline(t - Duration::from_millis(1));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "past, empty: {r:?}");
+    ensure_waited("recv_deadline(past)", t.elapsed(), Duration::ZERO)?;
+    tx.send_deadline(1, Instant::now() - Duration::from_millis(1))
+        .ctx("send_deadline(past) with room")?;
+    ensure!(
+        rx.recv_deadline(Instant::now() - Duration::from_millis(1)) == Ok(1),
+        "recv_deadline(past) with a message ready"
+    );
+    let mut n = 0u64;
+    while tx.try_send(n).is_ok() {
+        n += 1;
+    }
+    let t = Instant::now();
+    let r = tx.send_deadline(77, t + Duration::from_millis(40));
+    ensure!(
+        r == Err(SendTimeoutError::Timeout(77)),
+        "full ring: {r:?} (the value comes back)"
+    );
+    ensure_waited(
+        "send_deadline(+40ms)",
+        t.elapsed(),
+        Duration::from_millis(40),
+    )?;
+    for want in 0..n {
+        ensure!(rx.recv_deadline(far) == Ok(want), "draining {want} of {n}");
+    }
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Empty),
+        "the timed-out send left something behind"
+    );
+    tx.send_deadline(5, far).ctx("send_deadline(far)")?;
+    ensure!(rx.recv_deadline(far) == Ok(5), "recv_deadline(far)");
+
+    // Byte channel: the same, with () handed back.
+    let (btx, brx) = byte_channel(64).ctx("byte_channel")?;
+    let t = Instant::now();
+    let r = brx.recv_deadline(t + Duration::from_millis(50));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "byte, empty: {r:?}");
+    ensure_waited(
+        "byte recv_deadline(+50ms)",
+        t.elapsed(),
+        Duration::from_millis(50),
+    )?;
+    btx.send_deadline(b"abc", Instant::now() - Duration::from_millis(1))
+        .ctx("byte send_deadline(past) with room")?;
+    let got = brx.recv_deadline(Instant::now() - Duration::from_millis(1));
+    ensure!(
+        got.as_deref() == Ok(&b"abc"[..]),
+        "byte, past, ready: {got:?}"
+    );
+    while btx.try_send(&[1; 16]).is_ok() {}
+    let t = Instant::now();
+    let r = btx.send_deadline(&[2; 16], t + Duration::from_millis(40));
+    ensure!(r == Err(SendTimeoutError::Timeout(())), "byte, full: {r:?}");
+    ensure_waited(
+        "byte send_deadline(+40ms)",
+        t.elapsed(),
+        Duration::from_millis(40),
+    )?;
+    let big = vec![0u8; btx.max_message_len() + 1];
+    let r = btx.send_deadline(&big, far);
+    ensure!(r.is_err_and(|e| e.is_refused()), "byte, too large: {r:?}");
+
+    // Duplex, across fork: a worker answering under the client's deadline.
+    let (me, worker) = duplex::<u64, u64>(4).ctx("duplex")?;
+    let mut child = fork(worker, |w| {
+        child_main(|| {
+            while let Ok(x) = w.recv_deadline(Instant::now() + RECV) {
+                w.send_deadline(x + 1, Instant::now() + RECV)
+                    .ctx("worker send_deadline")?;
+            }
+            Ok(())
+        })
+    })
+    .ctx("fork worker")?;
+    let r = (|| {
+        let deadline = Instant::now() + RECV;
+        for x in 0..100u64 {
+            me.send_deadline(x, deadline).ctx("send_deadline")?;
+            ensure!(me.recv_deadline(deadline) == Ok(x + 1), "reply to {x}");
+        }
+        Ok(())
+    })();
+    drop(me);
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    EncodeError, RecvTimeoutError, SendError, SerdeReceiver, SerdeSender, TooLarge, TryRecvError,
-    fork, postcard, serde_channel,
+    EncodeError, RecvTimeoutError, SendError, SendTimeoutError, SerdeReceiver, SerdeSender,
+    TooLarge, TryRecvError, fork, postcard, serde_channel,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use support::{Context, Outcome, expect_success, kill_and_reap};
@@ -127,6 +127,63 @@ fn serde_decode_error_is_reported_not_panicked() -> Outcome {
         "the valid message after two bad ones"
     );
     Ok(())
+}
+
+/// `send_deadline` / `recv_deadline` on serde endpoints: an empty channel times out at the
+/// deadline, not before; a past deadline still takes a ready message or free room; a full ring
+/// times out having sent nothing; the sender's exit is `Disconnected` under the same deadline.
+fn serde_deadlines() -> Outcome {
+    let (tx, rx) = serde_channel::<String>(256).ctx("serde_channel")?;
+    let t = Instant::now();
+    let r = rx.recv_deadline(t + Duration::from_millis(50));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "empty: {r:?}");
+    let el = t.elapsed();
+    ensure!(
+        el >= Duration::from_millis(50) && el < Duration::from_secs(2),
+        "recv_deadline(+50ms) returned after {el:?}"
+    );
+    let past = || Instant::now() - Duration::from_millis(1);
+    tx.send_deadline(&"now".to_string(), past())
+        .ctx("send_deadline(past) with room")?;
+    let got = rx.recv_deadline(past());
+    ensure!(got.as_deref() == Ok("now"), "past deadline, ready: {got:?}");
+    let filler = "f".repeat(40);
+    while tx.try_send(&filler).is_ok() {}
+    let t = Instant::now();
+    let r = tx.send_deadline(&filler, t + Duration::from_millis(40));
+    ensure!(r == Err(SendTimeoutError::Timeout(())), "full: {r:?}");
+    ensure!(
+        t.elapsed() >= Duration::from_millis(40),
+        "send_deadline(+40ms) returned after {:?}",
+        t.elapsed()
+    );
+    let mut child = fork(tx, |tx| {
+        // Drains nothing: the parent does. Exits at once, dropping the sender.
+        drop(tx);
+        0
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        loop {
+            match rx.recv_deadline(deadline) {
+                Ok(s) => {
+                    ensure!(s == filler, "got {s:?}");
+                    n += 1;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(e) => return Err(format!("after {n} messages: {e:?}")),
+            }
+        }
+        ensure!(n > 0, "nothing was queued");
+        Ok(())
+    })();
+    if r.is_err() {
+        kill_and_reap(&mut child);
+    }
+    r?;
+    expect_success(&mut child, Duration::from_secs(30))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +390,7 @@ fn main() {
         serde_stream_of_structs_round_trips,
         serde_too_large_and_empty_are_reported,
         serde_decode_error_is_reported_not_panicked,
+        serde_deadlines,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);

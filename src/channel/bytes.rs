@@ -1,9 +1,9 @@
 //! Byte channels: variable-length messages, copied or accessed in place.
 
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Mode, Reserved, RxCore, TxCore, endpoint_surface, new_ring};
+use super::{Mode, Reserved, RxCore, TxCore, deadline_at, endpoint_surface, new_ring};
 use crate::ring::{MIN_CAP, ReadGuard};
 use crate::sync::Deadline;
 use crate::{
@@ -120,6 +120,23 @@ impl ByteSender {
         self.put(msg, Mode::Block(Some(&d)))
     }
 
+    /// Sends `msg`, waiting until `deadline` at most for room (a deadline in the past still
+    /// sends if there is room now). A timed-out send has no effect.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout).
+    ///
+    /// # Panics
+    /// As [`send`](Self::send).
+    pub fn send_deadline(
+        &self,
+        msg: &[u8],
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<(), TooLarge>> {
+        let d = deadline_at(deadline);
+        self.put(msg, Mode::Block(Some(&d)))
+    }
+
     /// Reserves `len` bytes in the ring to write a message in place (zero-copy), blocking while
     /// the ring is full. Call [`WriteGrant::commit`] to send it; dropping the grant sends
     /// nothing.
@@ -219,6 +236,16 @@ impl ByteReceiver {
     /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Disconnected`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
         let d = Deadline::after(timeout);
+        self.take(Mode::Block(Some(&d)), Self::to_vec)
+    }
+
+    /// Receives a message, waiting until `deadline` at most (a deadline in the past still takes
+    /// a message that is ready).
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Vec<u8>, RecvTimeoutError> {
+        let d = deadline_at(deadline);
         self.take(Mode::Block(Some(&d)), Self::to_vec)
     }
 

@@ -38,6 +38,7 @@ mod typed;
 mod serde_channel;
 
 use std::cell::Cell;
+use std::time::Instant;
 
 pub use bytes::{ByteMessage, ByteReceiver, ByteSender, WriteGrant, byte_channel};
 #[cfg(feature = "serde")]
@@ -64,6 +65,12 @@ pub(crate) enum Mode<'a> {
     Try,
     /// Block until the deadline, or forever.
     Block(Option<&'a Deadline>),
+}
+
+/// The ring-level deadline for a `*_deadline` call (a past `Instant` is a deadline that has
+/// passed: the call still takes what is ready, as `*_timeout(Duration::ZERO)` does).
+pub(crate) fn deadline_at(at: Instant) -> Deadline {
+    Deadline::after(at.saturating_duration_since(Instant::now()))
 }
 
 /// Creates a ring of `cap` data bytes owned by this process on both sides.

@@ -11,12 +11,12 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{EncodeError, Mode, endpoint_surface};
+use super::{EncodeError, Mode, deadline_at, endpoint_surface};
 use crate::sync::Deadline;
 use crate::{
     ByteReceiver, ByteSender, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
@@ -133,6 +133,23 @@ impl<T: Serialize + DeserializeOwned> SerdeSender<T> {
         self.put(value, Mode::Block(Some(&d)))
     }
 
+    /// Encodes and sends `value`, waiting until `deadline` at most for room (a deadline in the
+    /// past still sends if there is room now). A timed-out send has no effect.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout).
+    ///
+    /// # Panics
+    /// As [`send`](Self::send).
+    pub fn send_deadline(
+        &self,
+        value: &T,
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<(), EncodeError>> {
+        let d = deadline_at(deadline);
+        self.put(value, Mode::Block(Some(&d)))
+    }
+
     /// The largest encoded message this channel accepts.
     pub fn max_message_len(&self) -> usize {
         self.inner.max_message_len()
@@ -189,6 +206,16 @@ impl<T: Serialize + DeserializeOwned> SerdeReceiver<T> {
     /// [`RecvTimeoutError::Decode`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError<postcard::Error>> {
         let d = Deadline::after(timeout);
+        self.take(Mode::Block(Some(&d)))
+    }
+
+    /// Receives a message, waiting until `deadline` at most (a deadline in the past still takes
+    /// a message that is ready).
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError<postcard::Error>> {
+        let d = deadline_at(deadline);
         self.take(Mode::Block(Some(&d)))
     }
 

@@ -4,9 +4,9 @@
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, size_of};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Mode, RxCore, TooLarge, TxCore, endpoint_surface, new_ring};
+use super::{Mode, RxCore, TooLarge, TxCore, deadline_at, endpoint_surface, new_ring};
 use crate::ring::{DisconnectReason, cap_for_messages};
 use crate::sync::Deadline;
 use crate::{
@@ -214,6 +214,16 @@ impl<T: Plain> Sender<T> {
         let d = Deadline::after(timeout);
         self.put(msg, Mode::Block(Some(&d)))
     }
+
+    /// Sends `msg`, waiting until `deadline` at most for room. A deadline in the past still
+    /// sends if there is room now. A timed-out send has no effect.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout).
+    pub fn send_deadline(&self, msg: T, deadline: Instant) -> Result<(), SendTimeoutError<T>> {
+        let d = deadline_at(deadline);
+        self.put(msg, Mode::Block(Some(&d)))
+    }
 }
 
 endpoint_surface!(Sender<T>, |s| s.core);
@@ -339,6 +349,26 @@ impl<T: Plain> Receiver<T> {
         self.take(Mode::Block(Some(&d)))
     }
 
+    /// Receives a message, waiting until `deadline` at most. A deadline in the past still takes
+    /// a message that is ready.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let (tx, rx) = forkipc::channel::<u64>(4)?;
+    /// let deadline = Instant::now() + Duration::from_millis(20); // one budget for the lot
+    /// tx.send(1).unwrap();
+    /// assert_eq!(rx.recv_deadline(deadline), Ok(1));
+    /// assert!(rx.recv_deadline(deadline).unwrap_err().is_timeout());
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        let d = deadline_at(deadline);
+        self.take(Mode::Block(Some(&d)))
+    }
+
     /// A blocking iterator that ends when the channel is disconnected.
     pub fn iter(&self) -> Iter<'_, T> {
         Iter { rx: self }
@@ -454,6 +484,10 @@ impl<A: Plain, B: Plain> Duplex<A, B> {
     pub fn send_timeout(&self, msg: A, timeout: Duration) -> Result<(), SendTimeoutError<A>> {
         self.tx.send_timeout(msg, timeout)
     }
+    /// As [`Sender::send_deadline`].
+    pub fn send_deadline(&self, msg: A, deadline: Instant) -> Result<(), SendTimeoutError<A>> {
+        self.tx.send_deadline(msg, deadline)
+    }
     /// As [`Receiver::recv`].
     #[inline]
     pub fn recv(&self) -> Result<B, RecvError> {
@@ -466,6 +500,10 @@ impl<A: Plain, B: Plain> Duplex<A, B> {
     /// As [`Receiver::recv_timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<B, RecvTimeoutError> {
         self.rx.recv_timeout(timeout)
+    }
+    /// As [`Receiver::recv_deadline`].
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<B, RecvTimeoutError> {
+        self.rx.recv_deadline(deadline)
     }
     /// As [`Receiver::iter`].
     pub fn iter(&self) -> Iter<'_, B> {
