@@ -19,13 +19,15 @@ mod sys;
 /// matches this crate's.
 pub use bytemuck;
 pub use channel::{
-    ByteMessage, ByteReceiver, ByteSender, Duplex, DuplexPair, Endpoint, IntoIter, Iter, Plain,
-    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TooLarge, TryIter,
-    TryRecvError, TrySendError, WriteGrant, byte_channel, channel, duplex,
+    ByteDuplex, ByteMessage, ByteReceiver, ByteSender, Duplex, DuplexPair, Endpoint, IntoIter,
+    Iter, Plain, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
+    TooLarge, TryIter, TryRecvError, TrySendError, WriteGrant, byte_channel, byte_duplex, channel,
+    duplex,
 };
 #[cfg(feature = "serde")]
 pub use channel::{
-    EncodeError, SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter, serde_channel,
+    EncodeError, SerdeDuplex, SerdeDuplexPair, SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter,
+    serde_channel, serde_duplex,
 };
 pub use error::Error;
 pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};

@@ -11,7 +11,9 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::channel::{ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender};
+use crate::channel::{
+    ByteDuplex, ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender,
+};
 use crate::presence;
 use crate::sync::ident::current_ident;
 
@@ -71,13 +73,21 @@ transfer_core!(crate::SerdeSender<T>, [T], inner.core);
 #[cfg(feature = "serde")]
 transfer_core!(crate::SerdeReceiver<T>, [T], inner.core);
 
-impl<A, B> sealed::Sealed for Duplex<A, B> {}
-impl<A, B> Transfer for Duplex<A, B> {
-    fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
-        f(&self.sender().core);
-        f(&self.receiver().core);
-    }
+macro_rules! transfer_duplex {
+    ($t:ty, [$($g:ident),*], $($field:ident).+) => {
+        impl<$($g),*> sealed::Sealed for $t {}
+        impl<$($g),*> Transfer for $t {
+            fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+                f(&self.sender().$($field).+);
+                f(&self.receiver().$($field).+);
+            }
+        }
+    };
 }
+transfer_duplex!(Duplex<A, B>, [A, B], core);
+transfer_duplex!(ByteDuplex, [], core);
+#[cfg(feature = "serde")]
+transfer_duplex!(crate::SerdeDuplex<A, B>, [A, B], inner.core);
 
 macro_rules! transfer_tuple {
     ($($n:tt $t:ident),+) => {

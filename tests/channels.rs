@@ -14,7 +14,7 @@ use forkipc::bytemuck::{CheckedBitPattern, NoUninit, Pod, Zeroable};
 use forkipc::{
     Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError, SendError,
     SendTimeoutError, Sender, TooLarge, TryRecvError, TrySendError, WaitPolicy, byte_channel,
-    channel, duplex, fork,
+    byte_duplex, channel, duplex, fork,
 };
 use support::{Context, Outcome, expect_success, kill_and_reap, wait_child};
 
@@ -47,6 +47,7 @@ fn main() {
         tuples_transfer,
         regression_typed_bool_with_invalid_bits_is_corrupted_not_ub,
         deadlines_bound_sequences_of_calls,
+        byte_duplex_round_trips_across_fork,
     ]);
 }
 
@@ -1608,6 +1609,94 @@ fn deadlines_bound_sequences_of_calls() -> Outcome {
             me.send_deadline(x, deadline).ctx("send_deadline")?;
             ensure!(me.recv_deadline(deadline) == Ok(x + 1), "reply to {x}");
         }
+        Ok(())
+    })();
+    drop(me);
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte duplex
+// ---------------------------------------------------------------------------------------------
+
+/// A byte duplex carries 5 000 requests of random length (0 up to the maximum) to a forked
+/// worker and their answers (each request reversed, then its length) back, in order; the
+/// worker sees the client's drop as the end of its `iter()` and both ends report why they are
+/// disconnected. The worker also answers through a zero-copy grant (`reserve` takes `&self`).
+fn byte_duplex_round_trips_across_fork() -> Outcome {
+    const N: usize = 5_000;
+    const SEED: u64 = 0x00d0_0b1e;
+    let (me, worker) = byte_duplex(4096).ctx("byte_duplex")?;
+    let max = me.max_message_len();
+    ensure!(
+        worker.max_message_len() == max,
+        "both directions have the same maximum"
+    );
+    let mut child = fork(worker, move |w| {
+        child_main(|| {
+            let mut served = 0usize;
+            for req in w.iter() {
+                let mut rep: Vec<u8> = req.iter().rev().copied().collect();
+                rep.extend_from_slice(&(req.len() as u32).to_le_bytes());
+                if served.is_multiple_of(2) || rep.len() > max {
+                    // Too long to answer in one message: send the length alone.
+                    let rep = if rep.len() > max {
+                        &rep[rep.len() - 4..]
+                    } else {
+                        &rep[..]
+                    };
+                    w.send(rep).ctx("worker send")?;
+                } else {
+                    let mut g = w.reserve(rep.len()).ctx("worker reserve")?;
+                    g.copy_from_slice(&rep);
+                    g.commit();
+                }
+                served += 1;
+            }
+            ensure!(served == N, "worker served {served} of {N}");
+            ensure!(
+                w.disconnect_reason() == Some(DisconnectReason::PeerDropped),
+                "worker's reason: {:?}",
+                w.disconnect_reason()
+            );
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let mut rng = support::Rng::new(SEED);
+        let mut req = Vec::new();
+        let mut rep = Vec::new();
+        for i in 0..N {
+            let len = match i {
+                0 => 0,
+                1 => max,
+                _ => rng.below(max as u64 + 1) as usize,
+            };
+            req.resize(len, 0);
+            rng.fill(&mut req);
+            me.send(&req).ctx(&format!("request {i} ({len} bytes)"))?;
+            let n = me.recv_into(&mut rep).ctx(&format!("reply {i}"))?;
+            let (body, tail) = rep.split_at(n - 4);
+            ensure!(
+                tail == (len as u32).to_le_bytes(),
+                "reply {i}: wrong length {tail:?}"
+            );
+            if len + 4 > max {
+                ensure!(body.is_empty(), "reply {i}: a body that cannot fit");
+            } else {
+                ensure!(
+                    body.iter().eq(req.iter().rev()),
+                    "reply {i}: body is not the request reversed"
+                );
+            }
+        }
+        ensure!(
+            me.try_recv() == Err(TryRecvError::Empty),
+            "no extra reply expected"
+        );
+        ensure!(me.disconnect_reason().is_none(), "spurious disconnect");
         Ok(())
     })();
     drop(me);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use forkipc::{
     EncodeError, RecvTimeoutError, SendError, SendTimeoutError, SerdeReceiver, SerdeSender,
-    TooLarge, TryRecvError, fork, postcard, serde_channel,
+    TooLarge, TryRecvError, fork, postcard, serde_channel, serde_duplex,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use support::{Context, Outcome, expect_success, kill_and_reap};
@@ -179,6 +179,81 @@ fn serde_deadlines() -> Outcome {
         ensure!(n > 0, "nothing was queued");
         Ok(())
     })();
+    if r.is_err() {
+        kill_and_reap(&mut child);
+    }
+    r?;
+    expect_success(&mut child, Duration::from_secs(30))
+}
+
+/// What the duplex worker is asked.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+enum Request {
+    /// Summarise a job.
+    Describe(Job),
+    /// Answer with an error, as a service does for a bad request.
+    Fail(String),
+}
+
+/// The worker's answer.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+enum Reply {
+    Summary { id: u64, tags: usize, blob_sum: u64 },
+    Error(String),
+}
+
+fn serve(req: Request) -> Reply {
+    match req {
+        Request::Describe(j) => Reply::Summary {
+            id: j.id,
+            tags: j.tags.len(),
+            blob_sum: j.blob.iter().map(|&b| u64::from(b)).sum(),
+        },
+        Request::Fail(why) => Reply::Error(why),
+    }
+}
+
+/// A serde duplex serves 3 000 requests of owned types (structs with strings, maps and vectors,
+/// enums) to a forked worker and their replies back, in order, each under the client's overall
+/// deadline; the worker's `iter()` yields each request as `Ok` and ends at the client's drop,
+/// and both ends report why they are disconnected.
+fn serde_duplex_round_trips_across_fork() -> Outcome {
+    const N: u64 = 3_000;
+    let (client, server) = serde_duplex::<Request, Reply>(1 << 14).ctx("serde_duplex")?;
+    let mut child = fork(server, |server| {
+        let mut served = 0;
+        for req in server.iter() {
+            let Ok(req) = req else { return 2 };
+            if server.send(&serve(req)).is_err() {
+                return 3;
+            }
+            served += 1;
+        }
+        let dropped = server.disconnect_reason() == Some(forkipc::DisconnectReason::PeerDropped);
+        if served == N && dropped { 0 } else { 4 }
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..N {
+            let req = if i % 7 == 3 {
+                Request::Fail(format!("bad request {i}"))
+            } else {
+                Request::Describe(job(i))
+            };
+            client
+                .send_deadline(&req, deadline)
+                .ctx(&format!("request {i}"))?;
+            let rep = client.recv_deadline(deadline).ctx(&format!("reply {i}"))?;
+            ensure!(rep == serve(req), "reply {i}: {rep:?}");
+        }
+        ensure!(
+            matches!(client.try_recv(), Err(TryRecvError::Empty)),
+            "no extra reply expected"
+        );
+        Ok(())
+    })();
+    drop(client);
     if r.is_err() {
         kill_and_reap(&mut child);
     }
@@ -391,6 +466,7 @@ fn main() {
         serde_too_large_and_empty_are_reported,
         serde_decode_error_is_reported_not_panicked,
         serde_deadlines,
+        serde_duplex_round_trips_across_fork,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);

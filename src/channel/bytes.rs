@@ -335,6 +335,127 @@ impl ByteReceiver {
 
 endpoint_surface!(ByteReceiver, |s| s.core);
 
+/// Creates a pair of connected byte duplex endpoints, for request/response with
+/// variable-length messages: what one sends, the other receives. Each direction is a ring of
+/// `capacity_bytes` (rounded as in [`byte_channel`]).
+///
+/// ```no_run
+/// // A child that upper-cases what it is sent.
+/// let (me, worker) = forkipc::byte_duplex(4096)?;
+/// let mut child = forkipc::fork(worker, |w| {
+///     for req in w.iter() {
+///         if w.send(&req.to_ascii_uppercase()).is_err() {
+///             return 1;
+///         }
+///     }
+///     0
+/// })?;
+/// me.send(b"hello").unwrap();
+/// assert_eq!(me.recv().unwrap(), b"HELLO");
+/// drop(me); // the worker's iterator ends
+/// assert!(child.wait()?.success());
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub fn byte_duplex(capacity_bytes: usize) -> Result<(ByteDuplex, ByteDuplex), Error> {
+    let (atx, arx) = byte_channel(capacity_bytes)?;
+    let (btx, brx) = byte_channel(capacity_bytes)?;
+    Ok((
+        ByteDuplex { tx: atx, rx: brx },
+        ByteDuplex { tx: btx, rx: arx },
+    ))
+}
+
+/// One end of a byte request/response pair, made by [`byte_duplex`]: [`ByteSender`]'s methods
+/// to send, [`ByteReceiver`]'s to receive.
+pub struct ByteDuplex {
+    tx: ByteSender,
+    rx: ByteReceiver,
+}
+
+impl ByteDuplex {
+    /// As [`ByteSender::send`].
+    #[inline]
+    pub fn send(&self, msg: &[u8]) -> Result<(), SendError<(), TooLarge>> {
+        self.tx.send(msg)
+    }
+    /// As [`ByteSender::try_send`].
+    pub fn try_send(&self, msg: &[u8]) -> Result<(), TrySendError<(), TooLarge>> {
+        self.tx.try_send(msg)
+    }
+    /// As [`ByteSender::send_timeout`].
+    pub fn send_timeout(
+        &self,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<(), TooLarge>> {
+        self.tx.send_timeout(msg, timeout)
+    }
+    /// As [`ByteSender::send_deadline`].
+    pub fn send_deadline(
+        &self,
+        msg: &[u8],
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<(), TooLarge>> {
+        self.tx.send_deadline(msg, deadline)
+    }
+    /// As [`ByteSender::reserve`].
+    pub fn reserve(&self, len: usize) -> Result<WriteGrant<'_>, SendError<(), TooLarge>> {
+        self.tx.reserve(len)
+    }
+    /// As [`ByteSender::try_reserve`].
+    pub fn try_reserve(&self, len: usize) -> Result<WriteGrant<'_>, TrySendError<(), TooLarge>> {
+        self.tx.try_reserve(len)
+    }
+    /// As [`ByteReceiver::recv`].
+    #[inline]
+    pub fn recv(&self) -> Result<Vec<u8>, RecvError> {
+        self.rx.recv()
+    }
+    /// As [`ByteReceiver::try_recv`].
+    pub fn try_recv(&self) -> Result<Vec<u8>, TryRecvError> {
+        self.rx.try_recv()
+    }
+    /// As [`ByteReceiver::recv_timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+    /// As [`ByteReceiver::recv_deadline`].
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.rx.recv_deadline(deadline)
+    }
+    /// As [`ByteReceiver::recv_into`].
+    pub fn recv_into(&self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
+        self.rx.recv_into(buf)
+    }
+    /// As [`ByteReceiver::iter`].
+    pub fn iter(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.rx.iter()
+    }
+    /// As [`ByteReceiver::try_iter`].
+    pub fn try_iter(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.rx.try_iter()
+    }
+    /// The largest message this end sends (the same both ways).
+    pub fn max_message_len(&self) -> usize {
+        self.tx.max_message_len()
+    }
+    /// The sending half.
+    pub fn sender(&self) -> &ByteSender {
+        &self.tx
+    }
+    /// The receiving half.
+    pub fn receiver(&self) -> &ByteReceiver {
+        &self.rx
+    }
+    /// Splits into the two halves (for [`ByteReceiver::recv_ref`], which needs the receiver by
+    /// `&mut`).
+    pub fn split(self) -> (ByteSender, ByteReceiver) {
+        (self.tx, self.rx)
+    }
+}
+
+endpoint_surface!(ByteDuplex, |s| (&s.tx.core, &s.rx.core));
+
 /// Space reserved in the ring for one message, written in place. `commit` sends it; dropping
 /// it sends nothing.
 ///

@@ -40,14 +40,19 @@ mod serde_channel;
 use std::cell::Cell;
 use std::time::Instant;
 
-pub use bytes::{ByteMessage, ByteReceiver, ByteSender, WriteGrant, byte_channel};
+pub use bytes::{
+    ByteDuplex, ByteMessage, ByteReceiver, ByteSender, WriteGrant, byte_channel, byte_duplex,
+};
 #[cfg(feature = "serde")]
 pub use error::EncodeError;
 pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TooLarge, TryRecvError, TrySendError,
 };
 #[cfg(feature = "serde")]
-pub use serde_channel::{SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter, serde_channel};
+pub use serde_channel::{
+    SerdeDuplex, SerdeDuplexPair, SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter,
+    serde_channel, serde_duplex,
+};
 pub use typed::{
     Duplex, DuplexPair, IntoIter, Iter, Plain, Receiver, Sender, TryIter, channel, duplex,
 };
@@ -385,8 +390,8 @@ mod sealed {
 }
 
 /// What every endpoint answers, whatever its kind and direction: [`Sender`], [`Receiver`],
-/// [`Duplex`], [`ByteSender`], [`ByteReceiver`], and with feature `serde` `SerdeSender` and
-/// `SerdeReceiver`.
+/// [`Duplex`], [`ByteSender`], [`ByteReceiver`], [`ByteDuplex`], and with feature `serde`
+/// `SerdeSender`, `SerdeReceiver` and `SerdeDuplex`.
 ///
 /// Each endpoint also has these as inherent methods, so the trait is needed only to write code
 /// generic over endpoints. Sealed: implemented by this crate only.

@@ -314,3 +314,126 @@ impl<T> From<ByteReceiver> for SerdeReceiver<T> {
         }
     }
 }
+
+/// Creates a pair of connected serde duplex endpoints, for request/response with owned types:
+/// the first sends `A` and receives `B`, the second the reverse. Each direction is a ring of
+/// `capacity_bytes` (rounded as in [`serde_channel`]).
+///
+/// ```no_run
+/// use forkipc::RecvError;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum Request { Upper(String), Quit }
+///
+/// let (client, server) = forkipc::serde_duplex::<Request, String>(1 << 14)?;
+/// let mut child = forkipc::fork(server, |server| loop {
+///     match server.recv() {
+///         Ok(Request::Upper(s)) => {
+///             if server.send(&s.to_uppercase()).is_err() {
+///                 return 1;
+///             }
+///         }
+///         Ok(Request::Quit) | Err(RecvError::Disconnected) => return 0,
+///         Err(RecvError::Decode(_)) => return 2,
+///     }
+/// })?;
+/// client.send(&Request::Upper("hi".into())).unwrap();
+/// assert_eq!(client.recv().unwrap(), "HI");
+/// client.send(&Request::Quit).unwrap();
+/// assert!(child.wait()?.success());
+/// # Ok::<(), forkipc::Error>(())
+/// ```
+pub fn serde_duplex<A, B>(capacity_bytes: usize) -> Result<SerdeDuplexPair<A, B>, Error>
+where
+    A: Serialize + DeserializeOwned,
+    B: Serialize + DeserializeOwned,
+{
+    let (atx, arx) = serde_channel::<A>(capacity_bytes)?;
+    let (btx, brx) = serde_channel::<B>(capacity_bytes)?;
+    Ok((
+        SerdeDuplex { tx: atx, rx: brx },
+        SerdeDuplex { tx: btx, rx: arx },
+    ))
+}
+
+/// The two ends made by [`serde_duplex`].
+pub type SerdeDuplexPair<A, B> = (SerdeDuplex<A, B>, SerdeDuplex<B, A>);
+
+/// One end of a serde request/response pair, made by [`serde_duplex`]: sends `A`, receives
+/// `B`, with [`SerdeSender`]'s and [`SerdeReceiver`]'s methods.
+pub struct SerdeDuplex<A, B> {
+    tx: SerdeSender<A>,
+    rx: SerdeReceiver<B>,
+}
+
+impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> SerdeDuplex<A, B> {
+    /// As [`SerdeSender::send`].
+    pub fn send(&self, value: &A) -> Result<(), SendError<(), EncodeError>> {
+        self.tx.send(value)
+    }
+    /// As [`SerdeSender::try_send`].
+    pub fn try_send(&self, value: &A) -> Result<(), TrySendError<(), EncodeError>> {
+        self.tx.try_send(value)
+    }
+    /// As [`SerdeSender::send_timeout`].
+    pub fn send_timeout(
+        &self,
+        value: &A,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<(), EncodeError>> {
+        self.tx.send_timeout(value, timeout)
+    }
+    /// As [`SerdeSender::send_deadline`].
+    pub fn send_deadline(
+        &self,
+        value: &A,
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<(), EncodeError>> {
+        self.tx.send_deadline(value, deadline)
+    }
+    /// As [`SerdeReceiver::recv`].
+    pub fn recv(&self) -> Result<B, RecvError<postcard::Error>> {
+        self.rx.recv()
+    }
+    /// As [`SerdeReceiver::try_recv`].
+    pub fn try_recv(&self) -> Result<B, TryRecvError<postcard::Error>> {
+        self.rx.try_recv()
+    }
+    /// As [`SerdeReceiver::recv_timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<B, RecvTimeoutError<postcard::Error>> {
+        self.rx.recv_timeout(timeout)
+    }
+    /// As [`SerdeReceiver::recv_deadline`].
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<B, RecvTimeoutError<postcard::Error>> {
+        self.rx.recv_deadline(deadline)
+    }
+    /// As [`SerdeReceiver::iter`].
+    pub fn iter(&self) -> SerdeIter<'_, B> {
+        self.rx.iter()
+    }
+    /// As [`SerdeReceiver::try_iter`].
+    pub fn try_iter(&self) -> SerdeTryIter<'_, B> {
+        self.rx.try_iter()
+    }
+    /// The largest encoded message this end sends (the same both ways).
+    pub fn max_message_len(&self) -> usize {
+        self.tx.max_message_len()
+    }
+}
+
+impl<A, B> SerdeDuplex<A, B> {
+    /// The sending half.
+    pub fn sender(&self) -> &SerdeSender<A> {
+        &self.tx
+    }
+    /// The receiving half.
+    pub fn receiver(&self) -> &SerdeReceiver<B> {
+        &self.rx
+    }
+    /// Splits into the two halves.
+    pub fn split(self) -> (SerdeSender<A>, SerdeReceiver<B>) {
+        (self.tx, self.rx)
+    }
+}
+
+endpoint_surface!(SerdeDuplex<A, B>, |s| (&s.tx.inner.core, &s.rx.inner.core));
