@@ -121,9 +121,18 @@ transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
 /// `Disconnected`). Shared memory made before the fork ([`AnonRegion`](crate::AnonRegion)) is
 /// shared with the child.
 ///
+/// So pass every endpoint the child uses in `ends`: one that the closure *captures* instead is
+/// such an inert copy in the child (its operations report `Disconnected`, reason
+/// [`NotOwner`](crate::DisconnectReason::NotOwner), and debug builds say so once on stderr),
+/// while the parent's original either closes when the closure is dropped after the fork (a
+/// `move` capture: the peer sees `PeerDropped`) or stays open unused (a borrow: the peer
+/// waits). See "Common mistakes" in the crate docs.
+///
 /// Refuses with [`Error::MultiThreaded`] if the process has more than one thread: the child
 /// of a multithreaded process has only the forking thread, and a lock held by another thread
-/// (the allocator's, stdout's) would stay locked forever. See [`fork_unchecked`].
+/// (the allocator's, stdout's) would stay locked forever. Tests that fork therefore go in a
+/// `harness = false` test target ("Testing code that forks" in the crate docs). See
+/// [`fork_unchecked`].
 ///
 /// Endpoints that this process does not own (inert copies) may be passed but stay inert.
 /// Borrowed data captured by `child` is the child's copy, except memory in an `AnonRegion`,

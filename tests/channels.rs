@@ -48,6 +48,7 @@ fn main() {
         regression_typed_bool_with_invalid_bits_is_corrupted_not_ub,
         deadlines_bound_sequences_of_calls,
         byte_duplex_round_trips_across_fork,
+        mistakes_name_their_fix,
     ]);
 }
 
@@ -1702,4 +1703,104 @@ fn byte_duplex_round_trips_across_fork() -> Outcome {
     drop(me);
     cleanup(&mut child, r)?;
     expect_success(&mut child, WAIT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mistakes made loud
+// ---------------------------------------------------------------------------------------------
+
+/// Mistakes name their fix. An endpoint that the child closure captures instead of receiving it
+/// in `ends` is an inert copy in the child: `send` reports `Disconnected` with the value, the
+/// reason is `NotOwner`, whose `Display` says to pass it to `fork` in `ends`, and a debug build
+/// writes that once to stderr (read back through a pipe; a release build writes nothing). The
+/// parent's end, never handed over, still works. Then `fork` from a process with a second
+/// thread is refused with `MultiThreaded`, whose `Display` says why and names the fix for tests
+/// (`harness = false`).
+fn mistakes_name_their_fix() -> Outcome {
+    let (tx, rx) = channel::<u64>(4).ctx("channel")?;
+    let mut child = fork((), |()| {
+        child_main(|| {
+            // stderr into a pipe for the duration, to see the note.
+            let mut fds = [0; 2];
+            // SAFETY: `fds` is a writable array of two ints.
+            let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            ensure!(r == 0, "pipe2: {}", std::io::Error::last_os_error());
+            // SAFETY: dup and dup2 only manipulate this process's descriptor table.
+            let saved = unsafe { libc::dup(2) };
+            // SAFETY: as above; `fds[1]` is the pipe's write end, open.
+            unsafe { libc::dup2(fds[1], 2) };
+            let first = tx.send(7); // `tx` is the parent's, captured by the closure
+            let second = tx.try_send(8);
+            let mut buf = [0u8; 4096];
+            // SAFETY: `buf` is writable for its length; the read end is non-blocking.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: restore stderr (for `child_main`'s report) and close what we opened.
+            unsafe {
+                libc::dup2(saved, 2);
+                libc::close(saved);
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            let note = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+
+            ensure!(first == Err(SendError::Disconnected(7)), "send: {first:?}");
+            ensure!(
+                matches!(second, Err(TrySendError::Disconnected(8))),
+                "try_send: {second:?}"
+            );
+            let reason = tx.disconnect_reason();
+            ensure!(
+                reason == Some(DisconnectReason::NotOwner),
+                "reason: {reason:?}"
+            );
+            let text = reason.map(|r| r.to_string()).unwrap_or_default();
+            ensure!(
+                text.contains("pass it to fork() in `ends`"),
+                "the reason does not name the fix: {text:?}"
+            );
+            if cfg!(debug_assertions) {
+                ensure!(
+                    note.matches("pass it in `ends`").count() == 1,
+                    "a debug build must say it once on stderr: {note:?}"
+                );
+            } else {
+                ensure!(note.is_empty(), "a release build wrote: {note:?}");
+            }
+            println!("    the child was told: {text}");
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        tx.send(1).ctx("the parent's own end")?;
+        ensure!(rx.recv_timeout(RECV) == Ok(1), "parent round trip");
+        Ok(())
+    })();
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)?;
+
+    // A second thread, then fork.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let _ = stop_rx.recv();
+    });
+    let r = fork((), |()| 0);
+    let _ = stop_tx.send(());
+    let _ = thread.join();
+    match r {
+        Err(e @ forkipc::Error::MultiThreaded) => {
+            let text = e.to_string();
+            println!("    fork with two threads: {text}");
+            ensure!(
+                text.contains("more than one thread") && text.contains("harness = false"),
+                "MultiThreaded does not say why or how to fix it: {text:?}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("fork with two threads: {e:?}")),
+        Ok(mut c) => {
+            kill_and_reap(&mut c);
+            Err("fork with two threads succeeded".into())
+        }
+    }
 }

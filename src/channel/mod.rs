@@ -152,12 +152,45 @@ impl Ownership {
     #[inline(never)]
     fn not_owner(&self) {
         self.reason.set(Some(DisconnectReason::NotOwner));
+        note_not_owner();
     }
 
     /// Records why the ring reported a disconnect.
     #[inline]
     fn disconnected(&self, r: DisconnectReason) {
         self.reason.set(Some(r));
+    }
+}
+
+/// What a debug build writes to stderr the first time a process uses an endpoint it does not
+/// own (see [`note_not_owner`]).
+#[cfg(all(debug_assertions, not(loom)))]
+const NOT_OWNER_NOTE: &str = "forkipc: this process used a channel endpoint that it \
+does not own, so the operation reports Disconnected (DisconnectReason::NotOwner). An endpoint \
+that the child closure captures, instead of receiving it through fork(ends, ..), is an inert \
+copy in the child: pass it in `ends`. (Debug builds print this once per process.)\n";
+
+/// Debug builds: says, once per process, that an endpoint was used where it is not owned, the
+/// classic mistake being an endpoint captured by `fork`'s closure instead of passed in `ends`.
+/// The operation still reports `Disconnected` (the contract for inert copies, which programs
+/// and tests rely on); this line makes the cause visible even when the caller only sees
+/// "disconnected" (an `unwrap`, an `is_err`). One `write(2)` of a constant: async-signal-safe,
+/// so it is fine in a child of `fork_unchecked`.
+#[inline]
+fn note_not_owner() {
+    #[cfg(all(debug_assertions, not(loom)))]
+    {
+        use crate::sync::{AtomicU32, Ordering};
+        /// The pid of the last process that printed the note (a child inherits its parent's).
+        static NOTED_IN: AtomicU32 = AtomicU32::new(0);
+        let pid = crate::sync::ident::current_pid();
+        // Relaxed: a hint only; at worst two threads of one process both print it.
+        if NOTED_IN.swap(pid, Ordering::Relaxed) != pid {
+            let msg = NOT_OWNER_NOTE.as_bytes();
+            // SAFETY: `msg` is readable for `msg.len()` bytes; writing to fd 2 touches no
+            // memory of ours. A failed or short write loses only the note.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        }
     }
 }
 
