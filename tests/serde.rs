@@ -4,11 +4,12 @@ mod support;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    EncodeError, RecvTimeoutError, SendError, SendTimeoutError, SerdeReceiver, SerdeSender,
-    TooLarge, TryRecvError, fork, postcard, serde_channel, serde_duplex,
+    EncodeError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, SerdeReceiver,
+    SerdeSender, TooLarge, TryRecvError, TrySendError, fork, postcard, serde_channel, serde_duplex,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use support::{Context, Outcome, expect_success, kill_and_reap};
@@ -262,6 +263,296 @@ fn serde_duplex_round_trips_across_fork() -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One error family for every kind of channel
+// ---------------------------------------------------------------------------------------------
+
+// One `match` per error type, generic over the message handed back (`T`) and the kind-specific
+// payload (`E`): the same code compiles for typed, byte and serde channels. For typed and byte
+// receives (and typed sends) `E` is `Infallible`, so that arm can never run there.
+
+fn send_label<T, E: Display>(r: Result<(), SendError<T, E>>) -> String {
+    match r {
+        Ok(()) => "sent".into(),
+        Err(SendError::Disconnected(_)) => "disconnected".into(),
+        Err(SendError::Refused(_, why)) => format!("refused: {why}"),
+    }
+}
+
+fn try_send_label<T, E: Display>(r: Result<(), TrySendError<T, E>>) -> String {
+    match r {
+        Ok(()) => "sent".into(),
+        Err(TrySendError::Full(_)) => "full".into(),
+        Err(TrySendError::Disconnected(_)) => "disconnected".into(),
+        Err(TrySendError::Refused(_, why)) => format!("refused: {why}"),
+    }
+}
+
+fn send_timeout_label<T, E: Display>(r: Result<(), SendTimeoutError<T, E>>) -> String {
+    match r {
+        Ok(()) => "sent".into(),
+        Err(SendTimeoutError::Timeout(_)) => "timeout".into(),
+        Err(SendTimeoutError::Disconnected(_)) => "disconnected".into(),
+        Err(SendTimeoutError::Refused(_, why)) => format!("refused: {why}"),
+    }
+}
+
+fn recv_label<M, E: Display>(r: Result<M, RecvError<E>>) -> String {
+    match r {
+        Ok(_) => "message".into(),
+        Err(RecvError::Disconnected) => "disconnected".into(),
+        Err(RecvError::Decode(e)) => format!("decode: {e}"),
+    }
+}
+
+fn try_recv_label<M, E: Display>(r: Result<M, TryRecvError<E>>) -> String {
+    match r {
+        Ok(_) => "message".into(),
+        Err(TryRecvError::Empty) => "empty".into(),
+        Err(TryRecvError::Disconnected) => "disconnected".into(),
+        Err(TryRecvError::Decode(e)) => format!("decode: {e}"),
+    }
+}
+
+fn recv_timeout_label<M, E: Display>(r: Result<M, RecvTimeoutError<E>>) -> String {
+    match r {
+        Ok(_) => "message".into(),
+        Err(RecvTimeoutError::Timeout) => "timeout".into(),
+        Err(RecvTimeoutError::Disconnected) => "disconnected".into(),
+        Err(RecvTimeoutError::Decode(e)) => format!("decode: {e}"),
+    }
+}
+
+/// What the parent sees of the stream a child sends and then ends by exiting: each
+/// `recv_timeout` labelled, until the disconnect, then one more of each receive flavour.
+fn labels_until_disconnect<M, E: Display>(
+    mut recv_timeout: impl FnMut() -> Result<M, RecvTimeoutError<E>>,
+    try_recv: impl FnOnce() -> Result<M, TryRecvError<E>>,
+    recv: impl FnOnce() -> Result<M, RecvError<E>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let l = recv_timeout_label(recv_timeout());
+        let end = l == "disconnected" || l == "timeout";
+        out.push(l);
+        if end {
+            break;
+        }
+    }
+    out.push(try_recv_label(try_recv()));
+    out.push(recv_label(recv()));
+    out
+}
+
+/// The same `match`es (the generic helpers above) classify every outcome of typed, byte and
+/// serde channels: full, timeout, empty, message, and, across fork, a child's exit as
+/// disconnected after its messages; byte and serde sends refuse a message too large, with the
+/// sizes; a serde message that does not decode is `Decode` (naming postcard's error), between
+/// two good messages, never a disconnect. The typed and byte receivers are also matched
+/// crossbeam's way, without a `Decode` arm (their payload is `Infallible`).
+fn one_match_serves_every_kind() -> Outcome {
+    const WAIT: Duration = Duration::from_millis(10);
+    const LONG: Duration = Duration::from_secs(10);
+    let ended = [
+        "message",
+        "message",
+        "disconnected",
+        "disconnected",
+        "disconnected",
+    ];
+
+    // Typed.
+    let (tx, rx) = forkipc::channel::<u32>(1).ctx("channel")?;
+    let mut fills = 0;
+    while try_send_label(tx.try_send(1)) == "sent" {
+        fills += 1;
+    }
+    ensure!(fills >= 1, "typed: not one message fit");
+    ensure!(
+        send_timeout_label(tx.send_timeout(2, WAIT)) == "timeout",
+        "typed send_timeout"
+    );
+    while try_recv_label(rx.try_recv()) == "message" {}
+    ensure!(
+        recv_timeout_label(rx.recv_timeout(WAIT)) == "timeout",
+        "typed recv_timeout"
+    );
+    // crossbeam's exhaustive match, no arm for `Decode`:
+    match rx.try_recv() {
+        Ok(_) => return Err("typed: a message from nowhere".into()),
+        Err(TryRecvError::Empty) => {}
+        Err(TryRecvError::Disconnected) => return Err("typed: disconnected".into()),
+    }
+    let mut child =
+        fork(tx, |tx| (tx.send(1).is_err() || tx.send(2).is_err()) as i32).ctx("fork typed")?;
+    let got = labels_until_disconnect(|| rx.recv_timeout(LONG), || rx.try_recv(), || rx.recv());
+    expect_success(&mut child, LONG)?;
+    ensure!(got == ended, "typed stream: {got:?}");
+    drop(rx);
+    let (tx, rx) = forkipc::channel::<u32>(1).ctx("channel")?;
+    drop(rx);
+    ensure!(send_label(tx.send(3)) == "disconnected", "typed send");
+
+    // Byte.
+    let (tx, rx) = forkipc::byte_channel(64).ctx("byte_channel")?;
+    let max = tx.max_message_len();
+    let refused = format!(
+        "refused: a message of {} bytes exceeds the channel's maximum of {max}",
+        max + 1
+    );
+    ensure!(
+        try_send_label(tx.try_send(&vec![0; max + 1])) == refused,
+        "byte try_send too large: {:?}",
+        try_send_label(tx.try_send(&vec![0; max + 1]))
+    );
+    while try_send_label(tx.try_send(b"abcdefgh")) == "sent" {}
+    ensure!(
+        send_timeout_label(tx.send_timeout(b"abcdefgh", WAIT)) == "timeout",
+        "byte send_timeout"
+    );
+    while try_recv_label(rx.try_recv()) == "message" {}
+    ensure!(
+        recv_timeout_label(rx.recv_timeout(WAIT)) == "timeout",
+        "byte recv_timeout"
+    );
+    match rx.recv_timeout(WAIT) {
+        Ok(_) => return Err("byte: a message from nowhere".into()),
+        Err(RecvTimeoutError::Timeout) => {}
+        Err(RecvTimeoutError::Disconnected) => return Err("byte: disconnected".into()),
+    }
+    let mut child = fork(tx, |tx| {
+        (tx.send(b"one").is_err() || tx.send(b"two").is_err()) as i32
+    })
+    .ctx("fork byte")?;
+    let got = labels_until_disconnect(|| rx.recv_timeout(LONG), || rx.try_recv(), || rx.recv());
+    expect_success(&mut child, LONG)?;
+    ensure!(got == ended, "byte stream: {got:?}");
+    drop(rx);
+    let (tx, rx) = forkipc::byte_channel(64).ctx("byte_channel")?;
+    drop(rx);
+    ensure!(send_label(tx.send(b"x")) == "disconnected", "byte send");
+
+    // Serde. The child sends raw bytes: postcard's "one", then bytes that are not a String
+    // (invalid UTF-8), then "two".
+    let (btx, brx) = forkipc::byte_channel(64).ctx("byte_channel")?;
+    let tx: SerdeSender<String> = btx.into();
+    let rx: SerdeReceiver<String> = brx.into();
+    let long = "x".repeat(max);
+    let refused = format!(
+        "refused: the encoded message of {} bytes exceeds the channel's maximum of {max}",
+        max + 1
+    );
+    ensure!(
+        try_send_label(tx.try_send(&long)) == refused,
+        "serde try_send too large: {:?}",
+        try_send_label(tx.try_send(&long))
+    );
+    while try_send_label(tx.try_send(&"abcdefg".to_string())) == "sent" {}
+    ensure!(
+        send_timeout_label(tx.send_timeout(&"abcdefg".to_string(), WAIT)) == "timeout",
+        "serde send_timeout"
+    );
+    while try_recv_label(rx.try_recv()) == "message" {}
+    ensure!(
+        recv_timeout_label(rx.recv_timeout(WAIT)) == "timeout",
+        "serde recv_timeout"
+    );
+    drop(tx);
+    let (raw_tx, raw_rx) = forkipc::byte_channel(64).ctx("byte_channel")?;
+    let rx: SerdeReceiver<String> = raw_rx.into();
+    let mut child = fork(raw_tx, |tx| {
+        let sent = [&b"\x03one"[..], &[0x02, 0xc3, 0x28], b"\x03two"]
+            .iter()
+            .all(|m| tx.send(m).is_ok());
+        i32::from(!sent)
+    })
+    .ctx("fork serde")?;
+    let got = labels_until_disconnect(|| rx.recv_timeout(LONG), || rx.try_recv(), || rx.recv());
+    expect_success(&mut child, LONG)?;
+    let decode = format!("decode: {}", postcard::Error::DeserializeBadUtf8);
+    ensure!(
+        got == [
+            "message",
+            &decode,
+            "message",
+            "disconnected",
+            "disconnected",
+            "disconnected"
+        ],
+        "serde stream: {got:?}"
+    );
+    let (tx, rx) = serde_channel::<String>(64).ctx("serde_channel")?;
+    drop(rx);
+    ensure!(
+        send_label(tx.send(&"x".to_string())) == "disconnected",
+        "serde send"
+    );
+    Ok(())
+}
+
+/// `SerdeReceiver::iter` in a forked child yields a message that does not decode as an `Err`
+/// and goes on to the next one, ending only at the disconnect; `try_iter` does the same without
+/// blocking. (Before, `iter` ended silently at the first such message, as if disconnected.)
+fn serde_iter_yields_decode_errors_and_goes_on() -> Outcome {
+    let (raw_tx, raw_rx) = forkipc::byte_channel(4096).ctx("byte_channel")?;
+    let (report_tx, report_rx) = forkipc::channel::<[u32; 4]>(1).ctx("report channel")?;
+    let mut child = fork((raw_rx, report_tx), |(raw_rx, report_tx)| {
+        let rx: SerdeReceiver<Job> = raw_rx.into();
+        let (mut ok, mut bad, mut in_order) = (0u32, 0u32, 1u32);
+        for m in rx.iter() {
+            match m {
+                Ok(j) => {
+                    in_order &= u32::from(j == job(u64::from(ok)));
+                    ok += 1;
+                }
+                Err(_) => bad += 1,
+            }
+        }
+        let ended =
+            u32::from(rx.disconnect_reason() == Some(forkipc::DisconnectReason::PeerDropped));
+        i32::from(report_tx.send([ok, bad, in_order, ended]).is_err())
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let mut buf = vec![0u8; 4096];
+        for i in 0..100u64 {
+            let enc = postcard::to_slice(&job(i), &mut buf).ctx("encode")?;
+            raw_tx.send(enc).ctx("send job")?;
+            if i % 10 == 4 {
+                raw_tx.send(&[0xff; 3]).ctx("send garbage")?; // a truncated varint: no Job
+            }
+        }
+        drop(raw_tx);
+        let [ok, bad, in_order, ended] = report_rx
+            .recv_timeout(Duration::from_secs(30))
+            .ctx("report")?;
+        ensure!(ok == 100, "{ok} of 100 jobs decoded");
+        ensure!(bad == 10, "{bad} of 10 undecodable messages reported");
+        ensure!(in_order == 1, "the good jobs came out of order");
+        ensure!(ended == 1, "the iteration ended before the sender's drop");
+        Ok(())
+    })();
+    if r.is_err() {
+        kill_and_reap(&mut child);
+    }
+    r?;
+    expect_success(&mut child, Duration::from_secs(30))?;
+
+    // try_iter: what is ready, errors included, then it stops.
+    let (raw_tx, raw_rx) = forkipc::byte_channel(256).ctx("byte_channel")?;
+    let rx: SerdeReceiver<u32> = raw_rx.into();
+    raw_tx.send(&[5]).ctx("send")?;
+    raw_tx.send(&[]).ctx("send")?; // empty: postcard needs a byte for a u32
+    raw_tx.send(&[7]).ctx("send")?;
+    let got: Vec<Result<u32, bool>> = rx.try_iter().map(|r| r.map_err(|_| true)).collect();
+    ensure!(got == [Ok(5), Err(true), Ok(7)], "try_iter: {got:?}");
+    ensure!(
+        rx.try_iter().next().is_none(),
+        "try_iter on an empty channel"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Regression: issue 8, defect 4 ("decoding memory the peer can still write")
 // ---------------------------------------------------------------------------------------------
 
@@ -467,6 +758,8 @@ fn main() {
         serde_decode_error_is_reported_not_panicked,
         serde_deadlines,
         serde_duplex_round_trips_across_fork,
+        one_match_serves_every_kind,
+        serde_iter_yields_decode_errors_and_goes_on,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);
