@@ -49,6 +49,7 @@ fn main() {
         deadlines_bound_sequences_of_calls,
         byte_duplex_round_trips_across_fork,
         mistakes_name_their_fix,
+        one_reservation_at_a_time,
     ]);
 }
 
@@ -1803,4 +1804,50 @@ fn mistakes_name_their_fix() -> Outcome {
             Err("fork with two threads succeeded".into())
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reservations
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `f`, silencing the panic message, and says whether it panicked.
+fn panics<R>(f: impl FnOnce() -> R) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.is_err()
+}
+
+/// `ByteSender::reserve` takes `&self`, like `send`, and a sender still hands out one
+/// reservation at a time (a second would cover the same ring bytes): while a grant lives,
+/// another `reserve`, `try_reserve` or send panics and changes nothing; the live grant then
+/// commits normally, and once it is committed or dropped the sender works again.
+fn one_reservation_at_a_time() -> Outcome {
+    let (tx, rx) = byte_channel(4096).ctx("byte_channel")?;
+    let mut g = tx.reserve(8).ctx("reserve")?;
+    ensure!(
+        panics(|| tx.try_reserve(8).map(|g| g.len())),
+        "a second try_reserve"
+    );
+    ensure!(
+        panics(|| tx.reserve(8).map(|g| g.len())),
+        "a second reserve"
+    );
+    ensure!(panics(|| tx.send(b"x")), "send while a grant lives");
+    ensure!(panics(|| tx.try_send(b"x")), "try_send while a grant lives");
+    g.copy_from_slice(b"12345678");
+    g.commit();
+    tx.send(b"after").ctx("send after the commit")?;
+    drop(tx.reserve(4).ctx("reserve, then drop")?);
+    tx.send(b"again").ctx("send after a dropped grant")?;
+    for want in [&b"12345678"[..], b"after", b"again"] {
+        let got = rx.try_recv().ctx("try_recv")?;
+        ensure!(got == want, "got {got:?}, expected {want:?}");
+    }
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Empty),
+        "the refused calls sent something"
+    );
+    Ok(())
 }

@@ -2,9 +2,10 @@
 
 mod support;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use forkipc::{
@@ -552,6 +553,54 @@ fn serde_iter_yields_decode_errors_and_goes_on() -> Outcome {
     Ok(())
 }
 
+thread_local! {
+    /// The sender that `Reentrant::serialize` sends on, and how often it was serialized.
+    static REENTER: RefCell<(Option<Rc<SerdeSender<Reentrant>>>, u32)> =
+        const { RefCell::new((None, 0)) };
+}
+
+/// A value whose `Serialize` sends on the very sender that is encoding it (reached through a
+/// thread-local), the second time it is serialized: postcard sizes a value, then encodes it
+/// into the reserved ring space, so that second call runs while the space is reserved.
+#[derive(Deserialize, Debug, PartialEq)]
+struct Reentrant;
+
+impl Serialize for Reentrant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tx = REENTER.with(|r| {
+            let mut r = r.borrow_mut();
+            r.1 += 1;
+            if r.1 == 2 { r.0.clone() } else { None }
+        });
+        if let Some(tx) = tx {
+            let _ = tx.send(&Reentrant);
+        }
+        s.serialize_unit_struct("Reentrant")
+    }
+}
+
+/// A send from inside the value's own `Serialize`, on the same sender, while the outer send
+/// holds its reservation, would be handed the same ring bytes: it panics instead, the outer
+/// send unwinds without sending anything, and the sender works afterwards.
+fn serde_send_from_serialize_panics_not_corrupts() -> Outcome {
+    let (tx, rx) = serde_channel::<Reentrant>(4096).ctx("serde_channel")?;
+    let tx = Rc::new(tx);
+    REENTER.with(|r| *r.borrow_mut() = (Some(tx.clone()), 0));
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tx.send(&Reentrant)));
+    std::panic::set_hook(hook);
+    REENTER.with(|r| *r.borrow_mut() = (None, 0));
+    ensure!(r.is_err(), "the nested send did not panic: {r:?}");
+    ensure!(
+        matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+        "something was sent"
+    );
+    tx.send(&Reentrant).ctx("send afterwards")?;
+    ensure!(rx.try_recv() == Ok(Reentrant), "the later send");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regression: issue 8, defect 4 ("decoding memory the peer can still write")
 // ---------------------------------------------------------------------------------------------
@@ -760,6 +809,7 @@ fn main() {
         serde_duplex_round_trips_across_fork,
         one_match_serves_every_kind,
         serde_iter_yields_decode_errors_and_goes_on,
+        serde_send_from_serialize_panics_not_corrupts,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);
