@@ -103,7 +103,7 @@ pub enum RecvTimeoutError<E = Infallible> {
 }
 
 /// Why a byte channel refused a message: it is larger than the ring can ever hold
-/// (`max_message_len()`). Serde channels report the same inside [`EncodeError::TooLarge`].
+/// (`max_message_len()`). Serde channels report the same inside `EncodeError::TooLarge`.
 #[derive(PartialEq, Eq, Clone, Copy, Debug, Hash)]
 pub struct TooLarge {
     /// The message's length in bytes (for serde channels: once encoded).
