@@ -601,6 +601,91 @@ fn serde_send_from_serialize_panics_not_corrupts() -> Outcome {
     Ok(())
 }
 
+/// Every kind of endpoint (typed, byte and serde; sender, receiver and duplex) answers the same
+/// questions the same way, through the `Endpoint` trait: in the parent, nothing is
+/// disconnected while the child holds the other ends, and all of them report `PeerDropped` once
+/// it exits; in the child, the parent's copies (reached by the closure, not handed over) report
+/// `NotOwner`; `set_wait_policy` / `wait_policy` round-trip on each.
+fn every_endpoint_answers_the_same_questions() -> Outcome {
+    use forkipc::{DisconnectReason, Endpoint, WaitPolicy};
+    let (t_tx, t_rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (t_rx2_tx, t_rx2) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (d_a, d_b) = forkipc::duplex::<u64, u32>(4).ctx("duplex")?;
+    let (b_tx, b_rx) = forkipc::byte_channel(256).ctx("byte_channel")?;
+    let (b_rx2_tx, b_rx2) = forkipc::byte_channel(256).ctx("byte_channel")?;
+    let (bd_a, bd_b) = forkipc::byte_duplex(256).ctx("byte_duplex")?;
+    let (s_tx, s_rx) = serde_channel::<String>(256).ctx("serde_channel")?;
+    let (s_rx2_tx, s_rx2) = serde_channel::<String>(256).ctx("serde_channel")?;
+    let (sd_a, sd_b) = serde_duplex::<String, u64>(256).ctx("serde_duplex")?;
+    let (go_tx, go_rx) = forkipc::channel::<u8>(1).ctx("go channel")?;
+    let mine: [&dyn Endpoint; 9] = [
+        &t_tx, &t_rx2, &d_a, &b_tx, &b_rx2, &bd_a, &s_tx, &s_rx2, &sd_a,
+    ];
+    let reasons = |ends: &[&dyn Endpoint]| -> Vec<Option<DisconnectReason>> {
+        ends.iter().map(|e| e.disconnect_reason()).collect()
+    };
+    let theirs = (
+        (t_rx, t_rx2_tx, d_b),
+        (b_rx, b_rx2_tx, bd_b),
+        (s_rx, s_rx2_tx, sd_b),
+        go_rx,
+    );
+    let mut child = fork(theirs, |theirs| {
+        // The parent's ends, reached through the closure: inert copies here.
+        let not_owner = reasons(&mine)
+            .iter()
+            .all(|r| *r == Some(DisconnectReason::NotOwner))
+            && mine.iter().all(|e| e.is_disconnected());
+        let go = theirs.3.recv_timeout(Duration::from_secs(30));
+        drop(theirs);
+        if !not_owner {
+            2
+        } else if go.is_err() {
+            3
+        } else {
+            0
+        }
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let before = reasons(&mine);
+        ensure!(
+            before.iter().all(Option::is_none),
+            "while the child lives: {before:?}"
+        );
+        ensure!(
+            mine.iter().all(|e| !e.is_disconnected()),
+            "is_disconnected disagrees with disconnect_reason"
+        );
+        for e in mine {
+            e.set_wait_policy(WaitPolicy::Block);
+            ensure!(
+                e.wait_policy() == WaitPolicy::Block,
+                "wait_policy round trip"
+            );
+        }
+        go_tx.send(1).ctx("go")?;
+        Ok(())
+    })();
+    if r.is_err() {
+        kill_and_reap(&mut child);
+    }
+    r?;
+    expect_success(&mut child, Duration::from_secs(30))?;
+    let after = reasons(&mine);
+    ensure!(
+        after
+            .iter()
+            .all(|r| *r == Some(DisconnectReason::PeerDropped)),
+        "after the child's exit: {after:?}"
+    );
+    ensure!(
+        mine.iter().all(|e| e.is_disconnected()),
+        "is_disconnected after the child's exit"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regression: issue 8, defect 4 ("decoding memory the peer can still write")
 // ---------------------------------------------------------------------------------------------
@@ -810,6 +895,7 @@ fn main() {
         one_match_serves_every_kind,
         serde_iter_yields_decode_errors_and_goes_on,
         serde_send_from_serialize_panics_not_corrupts,
+        every_endpoint_answers_the_same_questions,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);

@@ -464,3 +464,89 @@ impl<E> From<RecvError<E>> for RecvTimeoutError<E> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// A message type with no `Debug`, `Display` or `PartialEq`.
+    struct Opaque;
+
+    #[test]
+    fn debug_needs_no_debug_message() {
+        assert_eq!(
+            format!("{:?}", SendError::<Opaque>::Disconnected(Opaque)),
+            "Disconnected(..)"
+        );
+        assert_eq!(
+            format!("{:?}", TrySendError::<Opaque>::Full(Opaque)),
+            "Full(..)"
+        );
+        assert_eq!(
+            format!("{:?}", SendTimeoutError::<Opaque>::Timeout(Opaque)),
+            "Timeout(..)"
+        );
+        let refused = TrySendError::Refused(Opaque, TooLarge { len: 9, max: 8 });
+        assert_eq!(
+            format!("{refused:?}"),
+            "Refused(.., TooLarge { len: 9, max: 8 })"
+        );
+    }
+
+    #[test]
+    fn display_and_source_name_the_refusal() {
+        let e = SendError::Refused((), TooLarge { len: 9, max: 8 });
+        assert_eq!(
+            e.to_string(),
+            "message refused: a message of 9 bytes exceeds the channel's maximum of 8"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()),
+            Some(TooLarge { len: 9, max: 8 }.to_string())
+        );
+        let d: RecvError = RecvError::Disconnected;
+        assert_eq!(
+            d.to_string(),
+            "receiving on an empty and disconnected channel"
+        );
+        assert!(d.source().is_none());
+        let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        assert!(e.to_string().starts_with("message refused"));
+    }
+
+    #[test]
+    fn accessors_and_conversions_are_crossbeams() {
+        let e: TrySendError<u8, TooLarge> = SendError::Disconnected(7).into();
+        assert!(e.is_disconnected() && !e.is_full() && !e.is_refused());
+        assert_eq!(e.into_inner(), 7);
+        let e: SendTimeoutError<u8, TooLarge> =
+            SendError::Refused(7, TooLarge { len: 1, max: 0 }).into();
+        assert_eq!(e.refusal(), Some(&TooLarge { len: 1, max: 0 }));
+        assert_eq!(e.into_inner(), 7);
+        let e: TryRecvError = RecvError::Disconnected.into();
+        assert!(e.is_disconnected() && !e.is_empty() && !e.is_decode());
+        let e: RecvTimeoutError<&str> = RecvError::Decode("bad").into();
+        assert_eq!(e.decode_error(), Some(&"bad"));
+        assert!(!e.is_timeout());
+    }
+
+    #[test]
+    fn narrowing_maps_timeout_to_the_try_variant() {
+        let full: SendTimeoutError<(), TooLarge> = SendTimeoutError::Timeout(());
+        assert_eq!(full.with_msg(5u8).into_try(), TrySendError::Full(5));
+        let gone: SendTimeoutError<(), TooLarge> = SendTimeoutError::Disconnected(());
+        assert_eq!(gone.with_msg(5u8).into_send(), SendError::Disconnected(5));
+        let big = SendTimeoutError::Refused((), TooLarge { len: 2, max: 1 });
+        assert_eq!(
+            big.map_refusal(|t| t.len).into_try(),
+            TrySendError::Refused((), 2)
+        );
+        let empty: RecvTimeoutError = RecvTimeoutError::Timeout;
+        assert_eq!(empty.into_try(), TryRecvError::Empty);
+        assert_eq!(
+            RecvTimeoutError::<u8>::Disconnected.into_recv(),
+            RecvError::Disconnected
+        );
+    }
+}
