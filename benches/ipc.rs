@@ -11,6 +11,7 @@
 
 mod baselines;
 mod forkipc_rows;
+mod many_rows;
 mod support;
 
 use support::{Group, Session, Unit, find_row, interleave};
@@ -35,6 +36,21 @@ fn main() {
             baselines::mib(),
             forkipc_rows::mib(),
         ),
+        group(
+            "many children: round trips",
+            many_rows::select_rtt(),
+            Vec::new(),
+        ),
+        group(
+            "many children: Select streams of 64 B",
+            many_rows::select_streams(),
+            Vec::new(),
+        ),
+        group(
+            "many children: tiny jobs",
+            many_rows::pool_streams(),
+            Vec::new(),
+        ),
     ];
     println!("forkipc IPC benchmarks: {}", support::describe_run());
     println!();
@@ -51,7 +67,7 @@ struct Target {
     bound: f64,
 }
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 9] = [
     Target {
         row: forkipc_rows::ADAPTIVE_RTT,
         baseline: baselines::SPIN_RTT,
@@ -76,6 +92,26 @@ const TARGETS: [Target; 5] = [
         row: forkipc_rows::ZERO_COPY_1MIB,
         baseline: baselines::MEMCPY_1MIB,
         bound: 0.9,
+    },
+    Target {
+        row: many_rows::SELECT_RTT_8,
+        baseline: many_rows::DUPLEX_RTT,
+        bound: 1.2,
+    },
+    Target {
+        row: many_rows::POOL_RTT,
+        baseline: many_rows::DUPLEX_RTT,
+        bound: 2.0,
+    },
+    Target {
+        row: many_rows::POOL_MAP_1,
+        baseline: many_rows::PIPELINE_1,
+        bound: 0.8,
+    },
+    Target {
+        row: many_rows::POOL_MAP_2,
+        baseline: many_rows::PIPELINE_2,
+        bound: 0.8,
     },
 ];
 

@@ -7,10 +7,13 @@
 mod channel;
 mod error;
 mod mutex;
+#[cfg(not(loom))]
+mod pool;
 mod presence;
 mod process;
 mod region;
 mod ring;
+mod select;
 mod sync;
 mod sys;
 
@@ -30,15 +33,18 @@ pub use channel::{
     serde_channel, serde_duplex,
 };
 pub use error::Error;
-pub use mutex::{LockError, ShmMutex, ShmMutexGuard, TryLockError};
+pub use mutex::{LockError, NotRecoverableError, ShmMutex, ShmMutexGuard, TryLockError};
+#[cfg(not(loom))]
+pub use pool::{JobError, JobHandle, Map as PoolMap, Pool, PoolBuilder};
 /// The serde channels' wire format (feature `serde`), re-exported so that its error type,
 /// [`postcard::Error`], which serde channels report for a value that fails to encode or a
 /// message that fails to decode, can be named, at the version this crate uses.
 #[cfg(feature = "serde")]
 pub use postcard;
-pub use process::{Child, Transfer, fork, fork_unchecked};
+pub use process::{Child, Outcome, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;
+pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 pub use sync::WaitPolicy;
 
 /// Internals exposed for the loom models in `loom-tests/` only.
@@ -92,6 +98,12 @@ pub mod __testing {
     /// system call (`None`: nothing), so a test can kill the parent exactly there.
     pub fn set_before_fork_hook(f: Option<fn()>) {
         crate::process::testing::set_before_fork(f)
+    }
+
+    /// In a fork child: the page where it records a panic for its parent (address, length),
+    /// if `fork` armed one. Writing there plays a compromised child.
+    pub fn panic_capture_page() -> Option<(*mut u8, usize)> {
+        crate::process::panic_capture::armed_page()
     }
 
     /// As [`ring_memory`], for a typed receiver.

@@ -16,6 +16,8 @@
 //!  24  prev   unused (glibc's layout)
 //!  32  next   robust-list entry, written by the holder, never read back (see `sync::robust`)
 //!  40  gen    bumped each time the slot is claimed; references carry (slot, gen)
+//!  44  bell   the process's doorbell: a futex word a `Select` in this process sleeps on;
+//!             bumped and woken by a peer that finds one of the watched sides asleep
 //! ```
 //!
 //! A forking parent claims a slot for the child *with its own TID* and names it in its
@@ -83,6 +85,19 @@ mod loom_stub {
     pub(crate) fn pass_on_death(_: PresenceRef) {}
     pub(crate) fn announce_waiter(_: PresenceRef) {}
     pub(crate) fn waiter_done() {}
+    loom::lazy_static! {
+        /// Under loom all model threads are one "process": one doorbell.
+        static ref BELL: FutexWord = FutexWord::new(0);
+    }
+    pub(crate) fn bell(_: PresenceRef) -> Option<&'static FutexWord> {
+        Some(&BELL)
+    }
+    pub(crate) fn ring_bell(r: PresenceRef) {
+        if let Some(b) = bell(r) {
+            b.fetch_add(1, crate::sync::Ordering::SeqCst);
+            b.wake(i32::MAX);
+        }
+    }
     // `fork` is never called under loom; these keep `process.rs` compiling.
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Reservation {
@@ -118,6 +133,30 @@ mod native {
     struct Slot {
         word: RobustWord,
         gen_: crate::sync::AtomicU32,
+        bell: FutexWord,
+    }
+
+    const _: () = {
+        assert!(std::mem::offset_of!(Slot, gen_) == 40);
+        assert!(std::mem::offset_of!(Slot, bell) == 44);
+        assert!(std::mem::size_of::<Slot>() == 64);
+    };
+
+    /// The doorbell of the process behind `r` (whatever its generation: ringing a recycled
+    /// slot's bell only wakes its new owner's `Select` for nothing).
+    pub(crate) fn bell(r: PresenceRef) -> Option<&'static FutexWord> {
+        split(r).map(|(s, _)| &s.bell)
+    }
+
+    /// Rings the doorbell of the process behind `r`: changes the word (so a `Select` about to
+    /// sleep on its old value does not) and wakes every sleeper on it.
+    pub(crate) fn ring_bell(r: PresenceRef) {
+        if let Some(b) = bell(r) {
+            // SeqCst: ordered after the ringer's publication (message, free space, close), which
+            // the selector re-checks after reading the bell.
+            b.fetch_add(1, Ordering::SeqCst);
+            b.wake(i32::MAX);
+        }
     }
 
     /// Address of the table's first slot (the mapping is never unmapped).

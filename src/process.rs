@@ -2,13 +2,22 @@
 //!
 //! The child runs the closure and leaves with `_exit` (a panic exits with status 101): it never
 //! returns into the caller's code, never runs the parent's destructors and never flushes the
-//! parent's buffered I/O twice (stdout is flushed before forking).
+//! parent's buffered I/O twice (stdout is flushed before forking). A panic that escapes the
+//! closure is recorded in a page shared with the parent (`panic_capture`), so that the parent
+//! can tell how the child ended ([`Outcome`]).
+
+pub(crate) mod outcome;
+pub(crate) mod panic_capture;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+pub use outcome::Outcome;
+use outcome::PANIC_EXIT_CODE;
+use panic_capture::{PanicReport, PanicSlot};
 
 use crate::Error;
 use crate::channel::{
@@ -24,7 +33,8 @@ mod sealed {
 }
 use sealed::Token;
 
-/// Values that `fork` can hand to the child: `()`, every channel endpoint, and tuples of them.
+/// Values that `fork` can hand to the child: `()`, every channel endpoint, tuples of them, and
+/// `Vec`s of them.
 ///
 /// # How ownership works across `fork`
 ///
@@ -89,6 +99,16 @@ transfer_duplex!(ByteDuplex, [], core);
 #[cfg(feature = "serde")]
 transfer_duplex!(crate::SerdeDuplex<A, B>, [A, B], inner.core);
 
+impl<T: Transfer> sealed::Sealed for Vec<T> {}
+/// Any number of endpoints of one type (e.g. one sender per channel of a fan-in).
+impl<T: Transfer> Transfer for Vec<T> {
+    fn for_each_core(&self, t: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+        for e in self {
+            e.for_each_core(t, f);
+        }
+    }
+}
+
 macro_rules! transfer_tuple {
     ($($n:tt $t:ident),+) => {
         impl<$($t: Transfer),+> sealed::Sealed for ($($t,)+) {}
@@ -114,6 +134,15 @@ transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
 /// Exit status: the closure's return value; **101** if the closure panicked (as a Rust
 /// program's `main` does); **125** if the parent died while forking, before the child could
 /// take over its endpoints (the closure then does not run).
+///
+/// A panic is also *recorded*: its message and location go to the child's stderr as usual
+/// (through whatever panic hook is set) and into a page shared with the parent, so
+/// [`Child::wait_outcome`] returns [`Outcome::Panicked`] with them, and the peers of the
+/// endpoints that the unwinding dropped see
+/// [`DisconnectReason::PeerPanicked`](crate::DisconnectReason::PeerPanicked) rather than a
+/// clean `PeerDropped`. The location comes from a panic hook that the first `fork` installs in
+/// the parent, chained to the hook set then (so that hook still runs); set your own hook
+/// before forking, or chain to the previous one with `std::panic::take_hook`.
 ///
 /// `ends` (an endpoint, a tuple of them, or `()`) moves to the child: the child owns those
 /// endpoints, and the parent's copies vanish without closing anything. Endpoints not passed
@@ -183,7 +212,9 @@ pub(crate) mod testing {
 /// locked at the moment of the fork: in practice the closure may use only async-signal-safe
 /// operations (no allocation, no stdout, no std locks). forkipc's own operations on endpoints
 /// passed in `ends` allocate nothing on the fast path, and the child's side of this function
-/// does only async-signal-safe work itself. Neither side touches stdout: flush it yourself
+/// does only async-signal-safe work itself (the panic capture included: a system call and
+/// stores; it allocates nothing even when recording a panic, though std's panic machinery
+/// does). Neither side touches stdout: flush it yourself
 /// before calling (or buffered output is written twice), and in the child flush what the
 /// closure printed, if it may (the child exits with `_exit`).
 pub unsafe fn fork_unchecked<E: Transfer, F: FnOnce(E) -> i32>(
@@ -213,6 +244,11 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
         // thread may hold stdout's lock there (and the child could never take it).
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
+    // Where the child records a panic; made before anything is reserved (nothing to undo if
+    // it fails). The hook that notes locations is installed here, in the parent: the child
+    // must not allocate or lock (fork_unchecked).
+    let panic_slot = PanicSlot::new()?;
+    panic_capture::install_hook();
     // Which of the ends this process owns (and so hands over); the rest stay inert.
     let mut owned: Vec<bool> = Vec::new();
     ends.for_each_core(&token, &mut |c| owned.push(c.is_owned()));
@@ -267,7 +303,17 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
             // Take the ends that the parent owned; ones it did not own stay inert.
             for_each_owned(&mut |c| c.set_owner(me));
         }
-        let code = catch_unwind(AssertUnwindSafe(|| child(ends))).unwrap_or(101);
+        // Async-signal-safe: a system call and stores.
+        let slot = panic_slot.arm();
+        let code = match catch_unwind(AssertUnwindSafe(|| child(ends))) {
+            Ok(code) => code,
+            Err(payload) => {
+                slot.record(&*payload);
+                // Not dropped: its destructor is arbitrary code, and the process ends now.
+                std::mem::forget(payload);
+                PANIC_EXIT_CODE
+            }
+        };
         if single_threaded {
             // Only safe when no other thread can have held stdout's lock at the fork.
             let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -278,6 +324,7 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
     }
     // Parent: forget our copies of the handed-over ends without closing them.
     let pid = pid as u32;
+    panic_slot.keep_from_later_forks();
     for_each_owned(&mut |c| c.set_owner(0));
     drop(ends);
     let pidfd = crate::sys::pidfd_open(pid);
@@ -288,16 +335,26 @@ unsafe fn fork_inner<E: Transfer, F: FnOnce(E) -> i32>(
         pid,
         status: None,
         pidfd,
+        panic_slot: Some(panic_slot),
+        panic: None,
     })
 }
 
 /// A forked child process. Like `std::process::Child`, dropping it neither kills nor reaps
-/// the child: call [`wait`](Child::wait) (or [`kill`](Child::kill) then `wait`).
+/// the child: call [`wait`](Child::wait) (or [`kill`](Child::kill) then `wait`, or
+/// [`wait_or_kill`](Child::wait_or_kill)).
+///
+/// How it ended, a panic's message included: [`wait_outcome`](Child::wait_outcome), or
+/// [`outcome`](Child::outcome) after any of the waits.
 #[derive(Debug)]
 pub struct Child {
     pid: u32,
     status: Option<ExitStatus>,
     pidfd: Option<OwnedFd>,
+    /// The page where the child records a panic; read and unmapped when the child is reaped.
+    panic_slot: Option<PanicSlot>,
+    /// What the child recorded, read when it was reaped (only for exit status 101).
+    panic: Option<PanicReport>,
 }
 
 impl Child {
@@ -322,6 +379,13 @@ impl Child {
                 let s = ExitStatus::from_raw(status);
                 self.status = Some(s);
                 self.pidfd = None;
+                // Read once, now: later reads could differ (a descendant may still write the
+                // page), and the page is unmapped as soon as it is read.
+                if let Some(slot) = self.panic_slot.take()
+                    && s.code() == Some(PANIC_EXIT_CODE)
+                {
+                    self.panic = slot.read();
+                }
                 return Ok(Some(s));
             }
             let e = std::io::Error::last_os_error();
@@ -344,6 +408,33 @@ impl Child {
     /// Reaps the child if it has exited; never blocks.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         self.reap(false)
+    }
+
+    /// Waits for the child to exit, reaps it, and tells how it ended: exited with a code,
+    /// panicked (with the panic's message and location), or killed by a signal. See
+    /// [`Outcome`].
+    ///
+    /// ```no_run
+    /// use forkipc::{Outcome, fork};
+    /// let mut child = fork((), |()| -> i32 { panic!("input {} is bad", 7) })?;
+    /// match child.wait_outcome()? {
+    ///     Outcome::Panicked { message, .. } => assert_eq!(message, "input 7 is bad"),
+    ///     other => println!("{other}"),
+    /// }
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
+    pub fn wait_outcome(&mut self) -> Result<Outcome, Error> {
+        let status = self.wait()?;
+        Ok(Outcome::from_status(status, self.panic.clone()))
+    }
+
+    /// How the child ended, once it has been reaped (by [`wait`](Child::wait),
+    /// [`try_wait`](Child::try_wait), [`wait_timeout`](Child::wait_timeout),
+    /// [`wait_or_kill`](Child::wait_or_kill) or [`wait_outcome`](Child::wait_outcome));
+    /// `None` while it has not been. Never blocks, never makes a system call.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.status
+            .map(|s| Outcome::from_status(s, self.panic.clone()))
     }
 
     /// Waits at most `timeout` for the child to exit (any duration, `Duration::MAX`
@@ -388,6 +479,31 @@ impl Child {
                 }
             }
         }
+    }
+
+    /// Waits at most `timeout` for the child to exit; if it has not, kills it (SIGKILL) and
+    /// reaps it. Either way the child is reaped when this returns `Ok`: the status is the
+    /// child's own if it exited in time, a death by SIGKILL otherwise. For a worker that must
+    /// not outlive a deadline; [`outcome`](Child::outcome) then tells how it ended.
+    ///
+    /// Only the child is killed, not processes it forked. Any duration is accepted
+    /// (`Duration::MAX`: wait for ever).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let mut child = forkipc::fork((), |()| loop {
+    ///     std::thread::sleep(Duration::from_secs(1));
+    /// })?;
+    /// let status = child.wait_or_kill(Duration::from_millis(100))?;
+    /// assert!(status.code().is_none()); // it did not finish in time: killed
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
+    pub fn wait_or_kill(&mut self, timeout: Duration) -> Result<ExitStatus, Error> {
+        if let Some(s) = self.wait_timeout(timeout)? {
+            return Ok(s);
+        }
+        self.kill()?;
+        self.wait()
     }
 
     /// Sends SIGKILL to the child (unless it has already been reaped). A child that is already

@@ -160,13 +160,17 @@ struct FutexWaitv {
 
 const FUTEX2_SIZE_U32: u32 = 2;
 
+/// The most words one `futex_waitv` call takes (the kernel's `FUTEX_WAITV_MAX`).
+pub const FUTEX_WAITV_MAX: usize = 128;
+
 /// Whether `futex_waitv` (Linux 5.16) is unusable here: cached after the first answer that
 /// will not change (`ENOSYS`, `EPERM`, `EINVAL`).
 static WAITV_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Sleeps until any of `words` stops holding its expected value, is woken, or `deadline`.
-/// Returns `None` when `futex_waitv` is unavailable; the caller then waits on the first word
-/// alone, with a short timeout, and re-checks the others itself.
+/// Returns `None` when `futex_waitv` is unavailable, or when there are more than
+/// [`FUTEX_WAITV_MAX`] words; the caller then waits on the first word alone, with a short
+/// timeout, and re-checks the others itself.
 ///
 /// Unavailable means: the kernel lacks it (`ENOSYS`), a seccomp filter refuses it (profiles
 /// written before Linux 5.16 answer `EPERM`), or the kernel rejects the call (`EINVAL`); these
@@ -178,21 +182,18 @@ pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> 
     if WAITV_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
-    let mut v: [FutexWaitv; 2] = [
-        FutexWaitv {
-            val: 0,
-            uaddr: 0,
-            flags: 0,
-            reserved: 0,
-        },
-        FutexWaitv {
-            val: 0,
-            uaddr: 0,
-            flags: 0,
-            reserved: 0,
-        },
-    ];
-    let n = words.len().min(v.len());
+    if words.len() > FUTEX_WAITV_MAX {
+        // Never drop a word silently: the caller sleeps on fewer and re-checks the rest.
+        return None;
+    }
+    const EMPTY: FutexWaitv = FutexWaitv {
+        val: 0,
+        uaddr: 0,
+        flags: 0,
+        reserved: 0,
+    };
+    let mut v: [FutexWaitv; FUTEX_WAITV_MAX] = [EMPTY; FUTEX_WAITV_MAX];
+    let n = words.len();
     for (slot, (word, expected)) in v.iter_mut().zip(words) {
         slot.val = u64::from(*expected);
         slot.uaddr = word.as_ptr() as u64;

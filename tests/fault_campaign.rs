@@ -10,16 +10,26 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the four kill cases (40% child
-//! killed mid-stream, 20% streamer killed under a grandchild receiver, 15% receiver killed under
-//! a blocked sender, 25% mutex holder killed). The flags are taken out of the argument list
-//! (the runner in `support` reads the remaining words as case-name filters) by re-executing
-//! this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` / `FORKIPC_CAMPAIGN_SEED`. The
-//! per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the kill count unless set.
+//! `--kills N` is the total number of SIGKILLs, split over the seven kill cases (30% child
+//! killed mid-stream, 16% streamer killed under a grandchild receiver, 12% receiver killed under
+//! a blocked sender, 18% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
+//! receiver and the sender, 8% the owner of a forgotten guard). The flags are taken out of the
+//! argument list (the runner in `support` reads the remaining words as case-name filters) by
+//! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
+//! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
+//! kill count unless set.
 //!
-//! Kill moments are random (a seeded `Rng`, printed; the kill's timing relative to the victim
-//! still depends on scheduling, so a failure names the trial seed, which fixes everything but
-//! that timing). Every case asserts the promise (no lost, duplicated or torn message; `PeerDied`
+//! The woken-waiter and forgotten-guard cases count a survivor that is not served within
+//! `HANG_DEADLINE` (and a victim that crashes) as a broken trial, kill and reap everything, and
+//! go on; the case fails at the end, or at once at the first broken trial unless
+//! `FORKIPC_CAMPAIGN_MAX_HANGS=N` raises that cap (to measure how often a defect shows; each
+//! hang costs `HANG_DEADLINE`).
+//!
+//! Kill moments are random (a seeded `Rng`; the kill's timing relative to the victim still
+//! depends on scheduling, so a failure names the trial seed, which fixes everything but that
+//! timing). Without `--seed`, every run takes a new seed from the clock and the pid, so CI
+//! explores; the seed and the command that replays the run are printed at the start and in the
+//! summary. Every case asserts the promise (no lost, duplicated or torn message; `PeerDied`
 //! after the kill; `OwnerDied` or a clean lock, never a hang or two holders) and records counts
 //! and latencies in a shared-memory tally; when the run ends, the binary prints a summary block
 //! for the README.
@@ -30,19 +40,17 @@ mod support;
 mod fuzz_body;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, ByteReceiver, ByteSender, Child, DisconnectReason, Receiver, RecvTimeoutError,
-    SendTimeoutError, Sender, Shareable, ShmMutex, Transfer, TryLockError, TryRecvError,
+    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, LockError, Receiver, RecvTimeoutError,
+    SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError, TryRecvError,
 };
-use support::{Context, Outcome, Rng};
+use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
 
 const DEFAULT_KILLS: u64 = 400;
-const DEFAULT_SEED: u64 = 0x00f0_4c1b_5eed;
 /// Generous bound for anything that must happen "promptly" (death detection must be < 100 ms;
 /// this is the failure threshold, the 100 ms promise is counted and reported).
 const DETECT_BOUND: Duration = Duration::from_secs(2);
@@ -54,11 +62,19 @@ fn main() {
     reexec_without_flags();
     let cfg = Config::from_env();
     if std::env::var_os("FORKIPC_CASE_TIMEOUT").is_none() {
-        // The largest case gets 40% of the kills; allow 60 ms per kill on top of the default.
-        let secs = 120 + cfg.total_kills * 60 / 1000;
+        // The largest case gets a third of the kills; allow 60 ms per kill on top of the
+        // default, and the broken trials each case may wait out.
+        let secs = 120 + cfg.total_kills * 60 / 1000 + cfg.max_hangs * HANG_DEADLINE.as_secs();
         // SAFETY: still single-threaded: nothing else reads or writes the environment.
         unsafe { std::env::set_var("FORKIPC_CASE_TIMEOUT", secs.to_string()) };
     }
+    // Printed now as well as in the summary: a run killed from outside never prints that.
+    println!(
+        "fault campaign: seed {:#x}, {} kills; replay: {}",
+        cfg.seed,
+        cfg.total_kills,
+        replay_command(&cfg)
+    );
     let _ = CONFIG.set(cfg);
     let _ = STATS.set(Stats::new_shared());
     let _ = START.set(Instant::now());
@@ -69,12 +85,16 @@ fn main() {
         parent_side_killed_mid_stream,
         sender_blocked_receiver_killed,
         mutex_holder_killed_at_random_points,
+        woken_waiter_killed_mutex,
+        woken_waiter_killed_presence,
+        forgotten_guard_owner_killed,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
         fuzz_corpus_deterministic,
         scribbled_lock_word_while_held_then_relock_keeps_death_detected,
         scribbled_lock_word_while_held_then_unmap_does_not_crash,
+        killed_inside_fork_is_reported_dead,
     ]);
 }
 
@@ -84,11 +104,19 @@ fn main() {
 #[derive(Clone, Copy, Debug)]
 struct Config {
     seed: u64,
+    /// `--seed` / `FORKIPC_CAMPAIGN_SEED` was given (else the seed came from the clock).
+    seed_given: bool,
     total_kills: u64,
     kills_child: u64,
     kills_parent_side: u64,
     kills_sender: u64,
     kills_mutex: u64,
+    kills_woken_mutex: u64,
+    kills_woken_presence: u64,
+    kills_forgotten: u64,
+    /// A pattern that can hang on a known defect stops after this many hangs (each costs
+    /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
+    max_hangs: u64,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -108,30 +136,53 @@ impl Config {
         let total = num("FORKIPC_CAMPAIGN_KILLS")
             .unwrap_or(DEFAULT_KILLS)
             .max(4);
-        let seed = num("FORKIPC_CAMPAIGN_SEED").unwrap_or(DEFAULT_SEED);
-        let kills_child = total * 40 / 100;
-        let kills_parent_side = total * 20 / 100;
-        let kills_sender = total * 15 / 100;
+        let given = num("FORKIPC_CAMPAIGN_SEED");
+        let seed = given.unwrap_or_else(fresh_seed);
+        let share = |pct: u64| total * pct / 100;
+        let (kills_child, kills_parent_side, kills_sender, kills_mutex) =
+            (share(30), share(16), share(12), share(18));
+        // The woken-waiter trials deliver two SIGKILLs each.
+        let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
             seed,
+            seed_given: given.is_some(),
             total_kills: total,
             kills_child,
             kills_parent_side,
             kills_sender,
-            kills_mutex: total - kills_child - kills_parent_side - kills_sender,
+            kills_mutex,
+            kills_woken_mutex,
+            kills_woken_presence,
+            kills_forgotten: total
+                - kills_child
+                - kills_parent_side
+                - kills_sender
+                - kills_mutex
+                - kills_woken_mutex
+                - kills_woken_presence,
+            max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
 }
 
+/// A new seed for every run that names none, so CI explores instead of replaying one run:
+/// the clock's nanoseconds and the pid, mixed.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(t ^ u64::from(getpid()).rotate_left(32))
+}
+
+fn replay_command(cfg: &Config) -> String {
+    format!(
+        "cargo test --release --test fault_campaign -- --kills {} --seed {:#x}",
+        cfg.total_kills, cfg.seed
+    )
+}
+
 fn config() -> Config {
-    *CONFIG.get().unwrap_or(&Config {
-        seed: DEFAULT_SEED,
-        total_kills: 0,
-        kills_child: 0,
-        kills_parent_side: 0,
-        kills_sender: 0,
-        kills_mutex: 0,
-    })
+    *CONFIG.get().expect("the configuration is set in main")
 }
 
 /// Moves `--kills N` / `--seed S` (or `--kills=N`) into the environment and re-executes, so
@@ -182,8 +233,10 @@ const SAMPLES: usize = 1 << 16;
 
 #[repr(C)]
 struct Stats {
-    kills: [AtomicU64; 4],
-    case_ns: [AtomicU64; 4],
+    kills: [AtomicU64; KINDS],
+    case_ns: [AtomicU64; KINDS],
+    /// Trials whose survivor was not served within `HANG_DEADLINE`, or whose victim crashed.
+    broken: [AtomicU64; KINDS],
     msgs_checked: AtomicU64,
     lost: AtomicU64,
     duplicated: AtomicU64,
@@ -192,6 +245,7 @@ struct Stats {
     try_recv_after_death_empty: AtomicU64,
     try_recv_after_death_disconnected: AtomicU64,
     sender_blocked_at_kill: AtomicU64,
+    parent_side_before_g: AtomicU64,
     mutex_clean: AtomicU64,
     mutex_owner_died_waiter: AtomicU64,
     mutex_owner_died_parent: AtomicU64,
@@ -206,8 +260,24 @@ struct Stats {
     fuzz_inputs: AtomicU64,
     fuzz_messages: AtomicU64,
     fuzz_corrupted_runs: AtomicU64,
+    /// Woken-waiter trials and broken ones, by variant (mutex, presence) and kill order.
+    woken_trials: [[AtomicU64; ORDERS]; 2],
+    woken_broken: [[AtomicU64; ORDERS]; 2],
+    /// Held-off trials in which this process could spin at SCHED_FIFO.
+    woken_fifo: AtomicU64,
+    woken_w2_ok: AtomicU64,
+    woken_w2_owner_died: AtomicU64,
+    woken_w1_locked: AtomicU64,
+    woken_r2_peer_died: AtomicU64,
+    forgot_trials: [AtomicU64; SCRIPTS],
+    forgot_broken: [AtomicU64; SCRIPTS],
+    forgot_served: AtomicU64,
+    forgot_crashed: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
+    /// Last kill -> the survivor of a woken-waiter or forgotten-guard trial is served.
+    wdet_n: AtomicU64,
+    wdet: [AtomicU64; SAMPLES],
     mdet_n: AtomicU64,
     mdet: [AtomicU64; SAMPLES],
 }
@@ -221,6 +291,10 @@ const K_CHILD: usize = 0;
 const K_PARENT_SIDE: usize = 1;
 const K_SENDER: usize = 2;
 const K_MUTEX: usize = 3;
+const K_WOKEN_MUTEX: usize = 4;
+const K_WOKEN_PRESENCE: usize = 5;
+const K_FORGOTTEN: usize = 6;
+const KINDS: usize = 7;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -289,6 +363,7 @@ extern "C" fn print_summary() {
     let kill_secs: f64 = s.case_ns.iter().map(|a| ld(a) as f64 / 1e9).sum();
     let det = samples(&s.det_n, &s.det);
     let mdet = samples(&s.mdet_n, &s.mdet);
+    let wdet = samples(&s.wdet_n, &s.wdet);
     let over = det
         .iter()
         .filter(|&&d| d > PROMISE.as_nanos() as u64)
@@ -305,8 +380,15 @@ extern "C" fn print_summary() {
     line(String::new());
     line("---- forkipc fault campaign ------------------------------------------------".into());
     line(format!(
-        "seed {:#x}, {} kills requested; rerun: cargo test --release --test fault_campaign -- --kills {} --seed {:#x}",
-        cfg.seed, cfg.total_kills, cfg.total_kills, cfg.seed
+        "seed {:#x} ({}), {} kills requested; rerun: {}",
+        cfg.seed,
+        if cfg.seed_given {
+            "given"
+        } else {
+            "from the clock"
+        },
+        cfg.total_kills,
+        replay_command(&cfg)
     ));
     line(format!(
         "SIGKILLs delivered          {total} in {kill_secs:.1} s of kill cases ({:.0} kills/s); whole run {:.1} s",
@@ -322,8 +404,9 @@ extern "C" fn print_summary() {
         kills[K_CHILD]
     ));
     line(format!(
-        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel)",
-        kills[K_PARENT_SIDE]
+        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {})",
+        kills[K_PARENT_SIDE],
+        ld(&s.parent_side_before_g)
     ));
     line(format!(
         "  receiver under a sender   {:>6}   (sender blocked on a full ring at the kill: {})",
@@ -331,6 +414,50 @@ extern "C" fn print_summary() {
         ld(&s.sender_blocked_at_kill)
     ));
     line(format!("  mutex holder killed       {:>6}", kills[K_MUTEX]));
+    let by_order = |v: usize| {
+        let t: Vec<u64> = s.woken_trials[v].iter().map(ld).collect();
+        let b: Vec<u64> = s.woken_broken[v].iter().map(ld).collect();
+        format!(
+            "victim then holder {}/{}, holder then victim {}/{}, victim held off: first {}/{}, after the wake {}/{}",
+            b[0], t[0], b[1], t[1], b[2], t[2], b[3], t[3]
+        )
+    };
+    line(format!(
+        "  woken waiter W1 + holder  {:>6}   (W2 then locked: Ok {}, OwnerDied {}; W1 had locked first: {}; hung {})",
+        kills[K_WOKEN_MUTEX],
+        ld(&s.woken_w2_ok),
+        ld(&s.woken_w2_owner_died),
+        ld(&s.woken_w1_locked),
+        ld(&s.broken[K_WOKEN_MUTEX])
+    ));
+    line(format!("      hung/trials by kill order: {}", by_order(0)));
+    line(format!(
+        "  woken receiver R1 + sender{:>6}   (R2 then saw Disconnected(PeerDied): {}; hung {})",
+        kills[K_WOKEN_PRESENCE],
+        ld(&s.woken_r2_peer_died),
+        ld(&s.broken[K_WOKEN_PRESENCE])
+    ));
+    line(format!("      hung/trials by kill order: {}", by_order(1)));
+    line(format!(
+        "      (a victim held off: this process spun at SCHED_FIFO in {} of those trials, else the victim at SCHED_IDLE only)",
+        ld(&s.woken_fifo)
+    ));
+    let ft: Vec<u64> = s.forgot_trials.iter().map(ld).collect();
+    let fb: Vec<u64> = s.forgot_broken.iter().map(ld).collect();
+    line(format!(
+        "  owner of a forgotten guard{:>6}   (receiver saw PeerDied and waiter got OwnerDied: {}; broken {}, of which the owner crashed first: {})",
+        kills[K_FORGOTTEN],
+        ld(&s.forgot_served),
+        ld(&s.broken[K_FORGOTTEN]),
+        ld(&s.forgot_crashed)
+    ));
+    line(format!(
+        "      broken/trials by script: {}",
+        (0..SCRIPTS)
+            .map(|i| format!("{} {}/{}", SCRIPT_NAMES[i], fb[i], ft[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
@@ -372,6 +499,16 @@ extern "C" fn print_summary() {
         us(mdet.last().copied().unwrap_or(0)),
     ));
     line(format!(
+        "last kill -> survivor served (woken waiter, forgotten guard), n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
+        wdet.len(),
+        us(pct(&wdet, 0.5)),
+        us(pct(&wdet, 0.99)),
+        us(wdet.last().copied().unwrap_or(0)),
+        wdet.iter()
+            .filter(|&&d| d > PROMISE.as_nanos() as u64)
+            .count()
+    ));
+    line(format!(
         "SIGSTOP 2 s checks          {} (Timeout / TimedOut, never reported dead, nothing lost)",
         ld(&s.stop_checks)
     ));
@@ -402,89 +539,6 @@ extern "C" fn print_summary() {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-/// A child that is killed and reaped when dropped (unless already reaped).
-struct Reap(Child);
-
-impl Reap {
-    fn status(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        support::wait_child(&mut self.0, timeout)
-    }
-
-    /// Requires that the child ended by our SIGKILL, not on its own.
-    fn expect_killed(&mut self, what: &str) -> Outcome {
-        let st = self.status(LONG)?;
-        ensure!(
-            st.signal() == Some(libc::SIGKILL),
-            "{what} was not ended by our SIGKILL but by {st:?} (it failed on its own: see stderr)"
-        );
-        Ok(())
-    }
-
-    fn expect_success(&mut self, what: &str) -> Outcome {
-        let st = self.status(LONG)?;
-        ensure!(st.success(), "{what} failed: {st:?} (see stderr)");
-        Ok(())
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
-
-/// Forks a child running `f`; an `Err` is printed to stderr and becomes exit status 1.
-fn spawn<E: Transfer, F: FnOnce(E) -> Outcome>(what: &str, ends: E, f: F) -> Result<Reap, String> {
-    let tag = what.to_string();
-    let child = forkipc::fork(ends, move |e| match f(e) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("child '{tag}' failed: {e}");
-            1
-        }
-    })
-    .ctx(what)?;
-    Ok(Reap(child))
-}
-
-fn spin_for(d: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
-
-/// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while !cond() {
-        if t.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    true
-}
-
-/// The scheduler state letter of process `pid` (`R`, `S`, `T` stopped, `Z`...).
-fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn getpid() -> u32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() as u32 }
-}
-
-/// splitmix64's finaliser: a good 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 fn fnv(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
@@ -761,6 +815,9 @@ enum KillAt {
     Msgs(u64),
     /// This long after the victim started streaming.
     Delay(Duration),
+    /// This long after the victim was forked, whatever it has done by then (the parent-side
+    /// streamer may still be making its channels or be inside `fork`).
+    Early(Duration),
 }
 
 impl KillAt {
@@ -788,23 +845,75 @@ fn run_trials(
     n: u64,
     mut trial: impl FnMut(&mut Rng, u64) -> Outcome,
 ) -> Outcome {
+    run_trials_counting_broken(kind, salt, n, 1, |rng, tseed| {
+        trial(rng, tseed).map(|()| TrialEnd::Passed)
+    })
+}
+
+/// How a trial ended, when it did not fail outright.
+enum TrialEnd {
+    Passed,
+    /// The promise was broken in a way that left nothing behind (a survivor not served within
+    /// `HANG_DEADLINE`, then killed and reaped; a victim that crashed): counted, and the trials
+    /// go on, so that a run tells how often a defect shows.
+    Broken(String),
+}
+
+/// As `run_trials`, for trials that deliver `kills_per_trial` SIGKILLs each and may end
+/// `Broken`: the case fails at the end (or at the `max_hangs`-th broken trial) naming the
+/// first broken trial.
+fn run_trials_counting_broken(
+    kind: usize,
+    salt: u64,
+    n: u64,
+    kills_per_trial: u64,
+    mut trial: impl FnMut(&mut Rng, u64) -> Result<TrialEnd, String>,
+) -> Outcome {
     let cfg = config();
     let start = Instant::now();
     let mut rng = Rng::new(cfg.seed ^ salt);
     let mut res = Ok(());
+    let (mut done, mut broken, mut first) = (0, 0, String::new());
     for i in 0..n {
         let tseed = rng.next_u64();
         let mut trng = Rng::new(tseed);
-        if let Err(e) = trial(&mut trng, tseed) {
-            res = Err(format!(
-                "trial {i} of {n} (trial seed {tseed:#x}, campaign seed {:#x}): {e}",
-                cfg.seed
-            ));
+        let name = format!(
+            "trial {i} of {n} (trial seed {tseed:#x}, campaign seed {:#x})",
+            cfg.seed
+        );
+        match trial(&mut trng, tseed) {
+            Ok(TrialEnd::Passed) => {}
+            Ok(TrialEnd::Broken(e)) => {
+                broken += 1;
+                bump(&stats().broken[kind]);
+                if first.is_empty() {
+                    first = format!("{name}: {e}");
+                }
+            }
+            Err(e) => {
+                res = Err(format!("{name}: {e}"));
+                break;
+            }
+        }
+        done += 1;
+        stats().kills[kind].fetch_add(kills_per_trial, Ordering::Relaxed);
+        if broken >= cfg.max_hangs {
             break;
         }
-        bump(&stats().kills[kind]);
     }
     stats().case_ns[kind].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    if res.is_ok() && broken > 0 {
+        res = Err(format!(
+            "{broken} of {done} trials broken{}; the first: {first}",
+            if done < n {
+                format!(
+                    " (stopped there; {n} were planned, FORKIPC_CAMPAIGN_MAX_HANGS raises the cap)"
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     res
 }
 
@@ -835,11 +944,11 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
         if killed.is_none() {
             let due = match plan {
                 KillAt::Msgs(k) => check.next >= k,
-                KillAt::Delay(d) => start.elapsed() >= d,
+                KillAt::Delay(d) | KillAt::Early(d) => start.elapsed() >= d,
             };
             if due {
                 killed = Some(Instant::now());
-                child.0.kill().ctx("kill")?;
+                child.kill().ctx("kill")?;
             }
         }
         match check.step(&trx, &brx, LONG)? {
@@ -863,14 +972,16 @@ fn child_killed_trial(rng: &mut Rng, tseed: u64) -> Outcome {
         "kill -> Disconnected took {detect:?} ({plan:?})"
     );
     check.finish(&trx, &brx, typed)?;
-    child.expect_killed("the streamer")
+    child.expect_killed("the streamer", LONG)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 1b. The receiver's peer that dies is its parent: the case process C forks a streamer S, S
-// makes the channels and forks a grandchild G that receives; C kills S. G checks the stream
-// and the disconnect and reports a verdict to C over a channel C made before forking S, handed
-// down through both forks. C is a child subreaper, so orphaned G is reparented to C and reaped.
+// makes the channels and forks a grandchild G that receives; C kills S (one trial in 8 early,
+// maybe before G exists: then C's verdict channel, still S's, must report the death). G checks
+// the stream and the disconnect and reports a verdict to C over a channel C made before forking
+// S, handed down through both forks. C is a child subreaper, so orphaned G is reparented to C
+// and reaped.
 
 /// Control words shared by C, S and G (in an `AnonRegion` made by C).
 #[repr(C)]
@@ -958,7 +1069,14 @@ fn parent_side_killed_mid_stream() -> Outcome {
     let res = run_trials(K_PARENT_SIDE, 0xb0b, n, |rng, tseed| {
         let r = parent_side_trial(rng, tseed, ctl);
         if r.is_err() {
+            // G may not exist (S died first), or exist without having named itself yet.
             let g = ctl.g_pid.load(Ordering::SeqCst);
+            let g = if g == 0 && has_children() == Ok(true) {
+                wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0);
+                ctl.g_pid.load(Ordering::SeqCst)
+            } else {
+                g
+            };
             if g != 0 {
                 // SAFETY: plain kill of a pid that is our (reparented) descendant.
                 unsafe { libc::kill(g as libc::pid_t, libc::SIGKILL) };
@@ -974,7 +1092,12 @@ fn parent_side_killed_mid_stream() -> Outcome {
 fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     ctl.reset();
     let (vtx, vrx) = forkipc::channel::<Verdict>(4).ctx("verdict channel")?;
-    let plan = KillAt::pick(rng);
+    // One trial in 8 kills S early: before, while or just after it forks G.
+    let plan = if rng.below(8) == 0 {
+        KillAt::Early(Duration::from_micros(rng.below(600)))
+    } else {
+        KillAt::pick(rng)
+    };
     let (tcap, bcap, pause) = (typed_cap(rng), byte_cap(rng), rng.below(4) == 0);
     let s = forkipc::fork(vtx, move |vtx| {
         let (Ok((ttx, trx)), Ok((btx, brx))) = (
@@ -984,11 +1107,12 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
             return 2;
         };
         let g = forkipc::fork((trx, brx, vtx), move |(trx, brx, vtx)| {
+            // G names itself: S may be killed between the fork and any store of its own.
+            ctl.g_pid.store(u64::from(getpid()), Ordering::SeqCst);
             grandchild_receiver(tseed, &trx, &brx, &vtx, ctl)
         });
-        match g {
-            Ok(g) => ctl.g_pid.store(u64::from(g.id()), Ordering::SeqCst),
-            Err(_) => return 2,
+        if g.is_err() {
+            return 2;
         }
         stream_forever(tseed, pause, &ttx, &btx)
     })
@@ -1001,14 +1125,28 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
             spin_for(d);
             ok
         }
+        KillAt::Early(d) => {
+            spin_for(d);
+            true
+        }
     };
     ensure!(
         ready,
         "the grandchild made no progress within {LONG:?} ({plan:?})"
     );
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    s.0.kill().ctx("kill S")?;
-    s.expect_killed("the streamer S")?;
+    s.kill().ctx("kill S")?;
+    s.expect_killed("the streamer S", LONG)?;
+    // S is reaped. Had it forked G, G would be our child now (the kernel reparents an exiting
+    // process's children before the process can be reaped, and a fork that a SIGKILL
+    // interrupts creates no child). No child: S died before G existed.
+    if !has_children()? {
+        return streamer_died_before_grandchild(ctl, &vrx, plan);
+    }
+    ensure!(
+        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0),
+        "G exists but never started"
+    );
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
     let verdict = vrx.recv_timeout(LONG);
     // G is our child now (we are its subreaper): reap it.
@@ -1028,6 +1166,53 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     );
     ensure!(v[3] == g_pid, "verdict from pid {} but G is {g_pid}", v[3]);
     Ok(())
+}
+
+/// S was killed before it forked G: there is nothing to reap, and the verdict channel's
+/// sender, which S held (it never got to hand it to G), must report S's death to us.
+fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt) -> Outcome {
+    let r = vrx.recv_timeout(DETECT_BOUND);
+    let detect =
+        Duration::from_nanos(support::mono_ns().saturating_sub(ctl.t_kill.load(Ordering::SeqCst)));
+    ensure!(
+        r == Err(RecvTimeoutError::Disconnected)
+            && vrx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "S was killed before forking G ({plan:?}); the verdict channel, whose sender S held, \
+         returned {r:?} after {detect:?} with disconnect_reason() {:?}, not \
+         Disconnected(PeerDied){}",
+        vrx.disconnect_reason(),
+        if r == Err(RecvTimeoutError::Timeout) {
+            ": S's death is never reported (killed inside forkipc::fork, after the \
+             sender was handed to G's reserved presence slot but before G existed?)"
+        } else {
+            ""
+        }
+    );
+    record_detect(detect);
+    bump(&stats().parent_side_before_g);
+    Ok(())
+}
+
+/// Whether this process has any child (running or exited, not yet reaped).
+fn has_children() -> Result<bool, String> {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves any exited child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ECHILD) => Ok(false),
+        e => Err(format!("waitid(P_ALL): {e}")),
+    }
 }
 
 fn grandchild_receiver(
@@ -1178,9 +1363,9 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     );
     spin_for(delay);
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    r.0.kill().ctx("kill R")?;
-    r.expect_killed("the receiver R")?;
-    s.expect_success("the sender S")?;
+    r.kill().ctx("kill R")?;
+    r.expect_killed("the receiver R", LONG)?;
+    s.expect_success("the sender S", LONG)?;
     let ns = ctl.detect_ns.load(Ordering::SeqCst);
     record_detect(Duration::from_nanos(ns));
     if ctl.blocked.load(Ordering::SeqCst) != 0 {
@@ -1314,8 +1499,8 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
     );
     spin_for(Duration::from_micros(rng.below(1000)));
     ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
-    a.0.kill().ctx("kill A")?;
-    a.expect_killed("the holder A")?;
+    a.kill().ctx("kill A")?;
+    a.expect_killed("the holder A", LONG)?;
     let (g, parent_died) = lock_checked(m, "parent after the kill")?;
     drop(g);
     // Two live processes now: the parent and E (plus B if present) increment `c` exactly.
@@ -1338,10 +1523,10 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
         );
         g[2] += 1;
     }
-    e.expect_success("the incrementer E")?;
+    e.expect_success("the incrementer E", LONG)?;
     ctl.stop.store(1, Ordering::SeqCst);
     if let Some(b) = b.as_mut() {
-        b.expect_success("the contender B")?;
+        b.expect_success("the contender B", LONG)?;
     }
     let waiter_died = ctl.owner_died_seen.load(Ordering::SeqCst);
     let b_count = ctl.count.load(Ordering::SeqCst);
@@ -1373,6 +1558,797 @@ fn mutex_trial(rng: &mut Rng, m: &ShmMutex<Guarded>, ctl: &Ctl) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 1d. A woken waiter killed. When a robust-futex owner dies, the kernel marks the word and wakes
+// *one* waiter; if that waiter is itself killed before it acts, nobody else is woken unless its
+// own death hands the wake-up on (glibc keeps `list_op_pending` pointed at the mutex while a
+// waiter sleeps, so the kernel's exit handling of the dead waiter wakes the next one).
+//
+// Mutex variant: holder H locks; W1, then W2, sleep in `lock`; W1 and H are SIGKILLed; W2 must
+// get the lock (`Ok` if W1 took it and unlocked cleanly, else `OwnerDied`) within
+// `HANG_DEADLINE`. Presence variant: one sender S holds the sending ends of two channels;
+// receivers R1, then R2, sleep in `recv` (on S's presence word among others); R1 and S are
+// SIGKILLed; R2 must see `Disconnected(PeerDied)` after every message S sent it.
+//
+// Kill orders: victim then holder, or holder then victim, a random gap apart; and the review's
+// deterministic recipe, where the victim cannot leave the futex queue before the holder's death
+// wakes it: the sleeping victim is moved to this process's CPU at SCHED_IDLE, and this process
+// spins there (at SCHED_FIFO where permitted) from the victim's kill until the holder is dead,
+// so the kernel's one wake-up goes to a process that can only die. "After the wake" kills the
+// holder first and the victim as soon as the holder's death shows.
+
+/// Everything a survivor is owed must arrive within this; a longer wait is a hang: the survivor
+/// is killed and reaped, and the trial counted as broken.
+const HANG_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest this process keeps a CPU to itself waiting for the holder's death to be handled.
+const HOLD_MAX: Duration = Duration::from_millis(20);
+const ORDERS: usize = 4;
+
+/// The mutex's data: `[a, b]`, equal outside critical sections.
+type Pair = [u64; 2];
+
+/// What a trial's processes report (in a region made for the trial).
+#[derive(Default)]
+#[repr(C)]
+struct Watch {
+    holder_ready: AtomicU64,
+    victim_ready: AtomicU64,
+    survivor_ready: AtomicU64,
+    /// What the victim got before it was killed (a `GOT_` code, 0 for nothing), and when; in
+    /// the forgotten-guard trials, the receiver's outcome.
+    victim_got: AtomicU64,
+    victim_ns: AtomicU64,
+    victim_releasing: AtomicU64,
+    victim_released: AtomicU64,
+    /// What the survivor got (a `GOT_` code, 0 while still waiting), and when.
+    survivor_got: AtomicU64,
+    survivor_ns: AtomicU64,
+    waiter_pid: AtomicU64,
+    go: AtomicU64,
+    /// The forgotten-guard owner has done its script's steps (it now relocks or idles).
+    scripted: AtomicU64,
+}
+
+// SAFETY: atomics only.
+unsafe impl Shareable for Watch {}
+
+const GOT_OK: u64 = 1;
+const GOT_OWNER_DIED: u64 = 2;
+const GOT_NOT_RECOVERABLE: u64 = 3;
+const GOT_BROKEN_INVARIANT: u64 = 4;
+const GOT_PEER_DIED: u64 = 5;
+const GOT_OTHER_DISCONNECT: u64 = 6;
+const GOT_MESSAGE: u64 = 7;
+
+fn got_name(code: u64) -> &'static str {
+    match code {
+        0 => "nothing",
+        GOT_OK => "Ok",
+        GOT_OWNER_DIED => "OwnerDied",
+        GOT_NOT_RECOVERABLE => "NotRecoverable",
+        GOT_BROKEN_INVARIANT => "Ok with the data mid-update (two holders?)",
+        GOT_PEER_DIED => "Disconnected(PeerDied)",
+        GOT_OTHER_DISCONNECT => "Disconnected for another reason",
+        GOT_MESSAGE => "a message nobody sent",
+        _ => "an unknown code",
+    }
+}
+
+/// Sleeps until killed.
+fn park() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A mutex's lock word (its first 4 bytes), read the way the kernel reads it.
+fn lock_word<T>(m: &ShmMutex<T>) -> u32 {
+    // SAFETY: `ShmMutex` is repr(C) and starts with its 32-bit futex word, which lives as long
+    // as `m`; an atomic load of it races with nothing unsafe.
+    unsafe { (*(m as *const ShmMutex<T> as *const AtomicU32)).load(Ordering::SeqCst) }
+}
+
+const FUTEX_WAITERS: u32 = 0x8000_0000;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// The system call process `pid` is blocked in, by number, if it is blocked in one and
+/// /proc/PID/syscall is readable.
+fn blocked_syscall(pid: u32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether `pid` sleeps in a futex wait; where /proc/PID/syscall is unreadable, whether it
+/// sleeps at all.
+fn asleep_in_futex(pid: u32) -> bool {
+    proc_state(pid) == Some('S')
+        && match std::fs::read_to_string(format!("/proc/{pid}/syscall")) {
+            Ok(_) => blocked_syscall(pid)
+                .is_some_and(|n| n == libc::SYS_futex || n == libc::SYS_futex_waitv),
+            Err(_) => true,
+        }
+}
+
+/// What process `pid` is doing, for a hang report.
+fn describe(pid: u32) -> String {
+    let call = match blocked_syscall(pid) {
+        Some(n) if n == libc::SYS_futex => "futex".to_string(),
+        Some(n) if n == libc::SYS_futex_waitv => "futex_waitv".to_string(),
+        Some(n) => format!("#{n}"),
+        None => "none (or unreadable)".to_string(),
+    };
+    format!(
+        "pid {pid} is in state {:?}, blocked in syscall {call}",
+        proc_state(pid)
+    )
+}
+
+/// Waits until `ready` is set (`pid` says it is about to block), then until `pid` sleeps in a
+/// futex wait.
+fn await_blocked(ready: &AtomicU64, pid: u32, what: &str) -> Outcome {
+    ensure!(
+        wait_until(LONG, || ready.load(Ordering::SeqCst) == 1),
+        "{what} never got to the point where it blocks"
+    );
+    await_futex_sleep(pid, what)
+}
+
+fn await_futex_sleep(pid: u32, what: &str) -> Outcome {
+    ensure!(
+        wait_until(LONG, || asleep_in_futex(pid)),
+        "{what} never went to sleep in a futex wait: {}",
+        describe(pid)
+    );
+    Ok(())
+}
+
+/// Whether child `pid` has exited (it is left reapable).
+fn exited(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves the child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info`, or left it zeroed (si_pid 0) when nothing exited.
+    r == -1 || unsafe { info.si_pid() } != 0
+}
+
+/// Reaps child `pid` if it has exited; `None` while it runs.
+fn reap_if_exited(pid: u32) -> Result<Option<std::process::ExitStatus>, String> {
+    let mut st = 0;
+    // SAFETY: `st` is writable; `pid` is our own unreaped child.
+    let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut st, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r == pid as libc::pid_t => Ok(Some(std::process::ExitStatus::from_raw(st))),
+        _ => Err(format!(
+            "waitpid({pid}): {}",
+            std::io::Error::last_os_error()
+        )),
+    }
+}
+
+/// A descendant we have no `Child` handle for (the forgotten-guard waiter, P's child until P
+/// dies, ours after): killed, and reaped if it is ours by then, when dropped unless disarmed.
+struct Stray(Option<u32>);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: nobody but us reaps `pid` (P never waits for it), so until we do, the pid
+            // names it (alive or a zombie) and cannot have been reused.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // Fails harmlessly while it is still P's child; then `reap_strays` reaps it.
+            let _ = support::wait_pid(pid as libc::pid_t, LONG);
+        }
+    }
+}
+
+fn this_process() -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(0)
+}
+
+/// Two CPUs this process may use (the victim's and the holder's), if it may use two.
+fn two_cpus() -> Option<(usize, usize)> {
+    let set = nix::sched::sched_getaffinity(this_process()).ok()?;
+    let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    Some((cpus.next()?, cpus.next()?))
+}
+
+/// Pins process `pid` (0: this one) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Outcome {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).ctx("CpuSet::set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid as i32), &set)
+        .ctx("sched_setaffinity")
+}
+
+/// Sets the scheduling policy of `pid` (0: this process); false if refused.
+fn set_policy(pid: u32, policy: libc::c_int, priority: libc::c_int) -> bool {
+    let p = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `p` is a valid sched_param that the call only reads.
+    unsafe { libc::sched_setscheduler(pid as libc::pid_t, policy, &p) == 0 }
+}
+
+/// This process alone on one CPU while the value lives: pinned there, at SCHED_FIFO where
+/// permitted (else a SCHED_IDLE process pinned there still does not preempt it on wake-up).
+struct CpuHold {
+    saved: nix::sched::CpuSet,
+    fifo: bool,
+}
+
+impl CpuHold {
+    fn new(cpu: usize) -> Result<CpuHold, String> {
+        let saved = nix::sched::sched_getaffinity(this_process()).ctx("sched_getaffinity")?;
+        pin(0, cpu)?;
+        let fifo = set_policy(0, libc::SCHED_FIFO, 1);
+        Ok(CpuHold { saved, fifo })
+    }
+}
+
+impl Drop for CpuHold {
+    fn drop(&mut self) {
+        if self.fifo {
+            set_policy(0, libc::SCHED_OTHER, 0);
+        }
+        let _ = nix::sched::sched_setaffinity(this_process(), &self.saved);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum KillOrder {
+    /// The victim, then the holder this long after.
+    VictimFirst(Duration),
+    /// The holder, then the victim this long after (it may just have been woken, or have
+    /// taken the lock already).
+    HolderFirst(Duration),
+    /// The victim, then the holder, the victim kept off the CPU until the holder is dead.
+    HeldVictimFirst,
+    /// The holder, then the victim as soon as the holder's death shows (the victim woken, or
+    /// about to be, and kept off the CPU so it dies before it acts).
+    HeldAfterWake,
+}
+
+impl KillOrder {
+    fn pick(rng: &mut Rng, can_hold: bool) -> KillOrder {
+        let gap = Duration::from_micros(rng.below(300));
+        match rng.below(if can_hold { 4 } else { 2 }) {
+            0 => KillOrder::VictimFirst(gap),
+            1 => KillOrder::HolderFirst(gap),
+            2 => KillOrder::HeldVictimFirst,
+            _ => KillOrder::HeldAfterWake,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            KillOrder::VictimFirst(_) => 0,
+            KillOrder::HolderFirst(_) => 1,
+            KillOrder::HeldVictimFirst => 2,
+            KillOrder::HeldAfterWake => 3,
+        }
+    }
+}
+
+/// SIGKILLs the sleeping `victim` and the `holder` in `order`; `death_shows` tells when the
+/// kernel has started on the holder's death. Returns when the last kill was sent (mono ns).
+fn kill_pair(
+    order: KillOrder,
+    victim: &mut Reap,
+    holder: &mut Reap,
+    cpus: Option<(usize, usize)>,
+    death_shows: &dyn Fn() -> bool,
+) -> Result<u64, String> {
+    match order {
+        KillOrder::VictimFirst(gap) => {
+            victim.kill().ctx("kill the victim")?;
+            spin_for(gap);
+            holder.kill().ctx("kill the holder")?;
+        }
+        KillOrder::HolderFirst(gap) => {
+            holder.kill().ctx("kill the holder")?;
+            spin_for(gap);
+            victim.kill().ctx("kill the victim")?;
+        }
+        KillOrder::HeldVictimFirst | KillOrder::HeldAfterWake => {
+            let (mine, other) = cpus.ctx("two CPUs")?;
+            let (v, h) = (victim.id(), holder.id());
+            pin(v, mine)?;
+            ensure!(
+                set_policy(v, libc::SCHED_IDLE, 0),
+                "sched_setscheduler(SCHED_IDLE) on the victim: {}",
+                std::io::Error::last_os_error()
+            );
+            pin(h, other)?;
+            let hold = CpuHold::new(mine)?;
+            if hold.fifo {
+                bump(&stats().woken_fifo);
+            }
+            let t = Instant::now();
+            if let KillOrder::HeldVictimFirst = order {
+                victim.kill().ctx("kill the victim")?;
+                holder.kill().ctx("kill the holder")?;
+            } else {
+                holder.kill().ctx("kill the holder")?;
+                while !death_shows() && t.elapsed() < HOLD_MAX {
+                    std::hint::spin_loop();
+                }
+                victim.kill().ctx("kill the victim")?;
+            }
+            // The holder's exit has handled its robust list (and sent its one wake-up) before
+            // it becomes a zombie.
+            while !exited(h) && t.elapsed() < HOLD_MAX {
+                std::hint::spin_loop();
+            }
+            drop(hold);
+        }
+    }
+    Ok(support::mono_ns())
+}
+
+fn woken_waiter_killed_mutex() -> Outcome {
+    let n = config().kills_woken_mutex / 2;
+    let cpus = two_cpus();
+    run_trials_counting_broken(K_WOKEN_MUTEX, 0x0ed1, n, 2, |rng, _| {
+        woken_mutex_trial(rng, cpus)
+    })
+}
+
+fn woken_mutex_trial(rng: &mut Rng, cpus: Option<(usize, usize)>) -> Result<TrialEnd, String> {
+    let s = stats();
+    let order = KillOrder::pick(rng, cpus.is_some());
+    bump(&s.woken_trials[0][order.index()]);
+    // If W1 gets the lock before its death: repair, then unlock cleanly, or hold it.
+    let w1_releases = rng.below(2) == 0;
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m: &ShmMutex<Pair> = region.alloc(ShmMutex::new([0; 2])).ctx("alloc")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let mut h = spawn("holder H", (), move |()| {
+        let mut g = m.lock().map_err(|e| format!("lock: {e:?}"))?;
+        g[0] += 1; // mid-update until the holder leaves: a != b
+        wt.holder_ready.store(1, Ordering::SeqCst);
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "H never locked"
+    );
+    let h_tid = lock_word(m) & FUTEX_TID_MASK;
+    let mut w1 = spawn("waiter W1", (), move |()| {
+        wt.victim_ready.store(1, Ordering::SeqCst);
+        let (mut g, died) = match m.lock() {
+            Ok(g) => (g, false),
+            Err(LockError::OwnerDied(g)) => (g, true),
+            Err(e) => return Err(format!("lock: {e:?}")),
+        };
+        let got = if died { GOT_OWNER_DIED } else { GOT_OK };
+        wt.victim_got.store(got, Ordering::SeqCst);
+        g[1] = g[0];
+        g[0] += 1;
+        if w1_releases {
+            wt.victim_releasing.store(1, Ordering::SeqCst);
+            g[1] += 1;
+            g.mark_consistent();
+            drop(g);
+            wt.victim_released.store(1, Ordering::SeqCst);
+            park()
+        }
+        let _held = g;
+        park()
+    })?;
+    await_blocked(&wt.victim_ready, w1.id(), "W1")?;
+    let mut w2 = spawn("waiter W2", (), move |()| {
+        wt.survivor_ready.store(1, Ordering::SeqCst);
+        let got = match m.lock() {
+            Ok(g) if g[0] == g[1] => GOT_OK,
+            Ok(_) => GOT_BROKEN_INVARIANT,
+            Err(LockError::OwnerDied(mut g)) => {
+                g[1] = g[0];
+                g.mark_consistent();
+                GOT_OWNER_DIED
+            }
+            Err(LockError::NotRecoverable) => GOT_NOT_RECOVERABLE,
+        };
+        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.survivor_got.store(got, Ordering::SeqCst);
+        Ok(())
+    })?;
+    await_blocked(&wt.survivor_ready, w2.id(), "W2")?;
+    let t_kill = kill_pair(order, &mut w1, &mut h, cpus, &|| {
+        lock_word(m) & FUTEX_TID_MASK != h_tid
+    })?;
+    let served = w2.wait_timeout(HANG_DEADLINE).ctx("waiting for W2")?;
+    h.expect_killed("the holder H", LONG)?;
+    w1.expect_killed("the waiter W1", LONG)?;
+    let w1_got = wt.victim_got.load(Ordering::SeqCst);
+    if w1_got != 0 {
+        bump(&s.woken_w1_locked);
+    }
+    let Some(st) = served else {
+        let word = lock_word(m);
+        let msg = format!(
+            "HANG: W2 was not given the lock within {HANG_DEADLINE:?} of the kills ({order:?}); \
+             W1 had got {} before its death; the lock word is {word:#x}{}; {}",
+            got_name(w1_got),
+            if word == FUTEX_OWNER_DIED | FUTEX_WAITERS {
+                " (owner died, nobody holds it, a waiter sleeps: the kernel's one wake-up \
+                 went to the dying W1 and was never passed on)"
+            } else {
+                ""
+            },
+            describe(w2.id())
+        );
+        bump(&s.woken_broken[0][order.index()]);
+        return Ok(TrialEnd::Broken(msg));
+    };
+    ensure!(st.success(), "W2 failed: {st:?} (see stderr)");
+    let got = wt.survivor_got.load(Ordering::SeqCst);
+    let (releasing, released) = (
+        wt.victim_releasing.load(Ordering::SeqCst) == 1,
+        wt.victim_released.load(Ordering::SeqCst) == 1,
+    );
+    match got {
+        GOT_OK => {
+            ensure!(
+                releasing,
+                "W2 got a clean lock although its last holder ({}) died holding it ({order:?})",
+                if w1_got == 0 { "H" } else { "W1" }
+            );
+            bump(&s.woken_w2_ok);
+        }
+        GOT_OWNER_DIED => {
+            ensure!(
+                !released,
+                "W2 got OwnerDied although W1 had repaired the data and unlocked ({order:?})"
+            );
+            bump(&s.woken_w2_owner_died);
+        }
+        other => {
+            return Err(format!(
+                "W2's lock returned {} ({order:?})",
+                got_name(other)
+            ));
+        }
+    }
+    let ns = wt.survivor_ns.load(Ordering::SeqCst);
+    record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+    Ok(TrialEnd::Passed)
+}
+
+fn woken_waiter_killed_presence() -> Outcome {
+    let n = config().kills_woken_presence / 2;
+    let cpus = two_cpus();
+    run_trials_counting_broken(K_WOKEN_PRESENCE, 0x0ed2, n, 2, |rng, tseed| {
+        woken_presence_trial(rng, tseed, cpus)
+    })
+}
+
+/// Receives `n` messages of the typed stream `tseed` and checks each.
+fn recv_checked(rx: &Receiver<[u64; 8]>, tseed: u64, n: u64) -> Outcome {
+    let mut check = StreamCheck::new(tseed);
+    while check.next < n {
+        let w = rx
+            .recv_timeout(LONG)
+            .map_err(|e| format!("message {}: {e:?}", check.next))?;
+        check.check_typed(&w)?;
+        check.next += 1;
+    }
+    stats().msgs_checked.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A receiver: checks the `n` messages of stream `tseed`, sets `ready`, blocks in `recv`, and
+/// reports how that returned (a `GOT_` code in `got`) and when (`at`).
+fn receive_then_block(
+    rx: &Receiver<[u64; 8]>,
+    tseed: u64,
+    n: u64,
+    ready: &AtomicU64,
+    got: &AtomicU64,
+    at: &AtomicU64,
+) -> Outcome {
+    recv_checked(rx, tseed, n)?;
+    ready.store(1, Ordering::SeqCst);
+    let code = match rx.recv() {
+        Ok(_) => GOT_MESSAGE,
+        Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
+        Err(_) => GOT_OTHER_DISCONNECT,
+    };
+    at.store(support::mono_ns(), Ordering::SeqCst);
+    got.store(code, Ordering::SeqCst);
+    Ok(())
+}
+
+fn woken_presence_trial(
+    rng: &mut Rng,
+    tseed: u64,
+    cpus: Option<(usize, usize)>,
+) -> Result<TrialEnd, String> {
+    let s = stats();
+    let order = KillOrder::pick(rng, cpus.is_some());
+    bump(&s.woken_trials[1][order.index()]);
+    let (n1, n2) = (rng.below(9), rng.below(9));
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let (tx1, rx1) = forkipc::channel::<[u64; 8]>(8).ctx("channel 1")?;
+    let (tx2, rx2) = forkipc::channel::<[u64; 8]>(8).ctx("channel 2")?;
+    let mut sender = spawn("sender S", (tx1, tx2), move |(tx1, tx2)| {
+        for seq in 0..n1 {
+            tx1.send(typed_msg(!tseed, seq)).ctx("send to R1")?;
+        }
+        for seq in 0..n2 {
+            tx2.send(typed_msg(tseed, seq)).ctx("send to R2")?;
+        }
+        wt.holder_ready.store(1, Ordering::SeqCst);
+        park()
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "S never sent"
+    );
+    let mut r1 = spawn("receiver R1", rx1, move |rx1| {
+        let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
+        receive_then_block(&rx1, !tseed, n1, ready, got, at)?;
+        park()
+    })?;
+    await_blocked(&wt.victim_ready, r1.id(), "R1")?;
+    let mut r2 = spawn("receiver R2", rx2, move |rx2| {
+        let (ready, got, at) = (&wt.survivor_ready, &wt.survivor_got, &wt.survivor_ns);
+        receive_then_block(&rx2, tseed, n2, ready, got, at)
+    })?;
+    await_blocked(&wt.survivor_ready, r2.id(), "R2")?;
+    let s_pid = sender.id();
+    let t_kill = kill_pair(order, &mut r1, &mut sender, cpus, &|| exited(s_pid))?;
+    let served = r2.wait_timeout(HANG_DEADLINE).ctx("waiting for R2")?;
+    sender.expect_killed("the sender S", LONG)?;
+    r1.expect_killed("the receiver R1", LONG)?;
+    let Some(st) = served else {
+        let msg = format!(
+            "HANG: R2 was not told of S's death within {HANG_DEADLINE:?} of the kills \
+             ({order:?}; R1 had got {} before its death): the kernel wakes one sleeper on S's \
+             presence word per death, and the one it woke (R1) died without waking the rest? {}",
+            got_name(wt.victim_got.load(Ordering::SeqCst)),
+            describe(r2.id())
+        );
+        bump(&s.woken_broken[1][order.index()]);
+        return Ok(TrialEnd::Broken(msg));
+    };
+    ensure!(st.success(), "R2 failed: {st:?} (see stderr)");
+    let got = wt.survivor_got.load(Ordering::SeqCst);
+    ensure!(
+        got == GOT_PEER_DIED,
+        "R2's recv returned {} after S and R1 were killed ({order:?})",
+        got_name(got)
+    );
+    bump(&s.woken_r2_peer_died);
+    let ns = wt.survivor_ns.load(Ordering::SeqCst);
+    record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+    Ok(TrialEnd::Passed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1e. The owner of a forgotten guard killed. `mem::forget` of a guard is safe Rust: the lock
+// stays held, and its robust-list entry stays in the owner's list. Owner P locks M in a region
+// A of its own, forgets the guard, forks a waiter W (the only way to share A), sends a few
+// messages to a receiver R and then runs a script (below); this process SIGKILLs P at a random
+// moment. R, blocked in `recv`, must see `Disconnected(PeerDied)` after every message, and W,
+// blocked in `lock`, must get `OwnerDied`, both within `HANG_DEADLINE`; P must not crash first.
+// If A's memory can leave P's address space while the entry is listed, the next list operation
+// writes through it (a crash) and the kernel's exit-time walk stops there, so neither M nor P's
+// presence is ever marked dead.
+
+const SCRIPTS: usize = 5;
+const SCRIPT_NAMES: [&str; SCRIPTS] = [
+    "A kept, idle",
+    "A kept, relocking another mutex",
+    "A dropped, idle",
+    "A dropped, relocking a mutex in a region mapped after",
+    "A dropped, relocking a mutex in a region mapped before",
+];
+
+fn forgotten_guard_owner_killed() -> Outcome {
+    // W is P's child; when P dies it becomes ours, to reap.
+    set_subreaper()?;
+    let n = config().kills_forgotten;
+    let res = run_trials_counting_broken(K_FORGOTTEN, 0xf0e6, n, 1, forgotten_guard_trial);
+    reap_strays();
+    res
+}
+
+/// Locks and unlocks `m` until killed.
+fn relock_forever(m: &ShmMutex<u64>) -> ! {
+    loop {
+        for _ in 0..64 {
+            if let Ok(mut g) = m.lock() {
+                *g += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// P: see the section comment. Runs until killed.
+fn forgetful_owner(
+    tx: Sender<[u64; 8]>,
+    wt: &Watch,
+    script: usize,
+    tseed: u64,
+    n_msgs: u64,
+    b_len: usize,
+) -> Outcome {
+    let a = AnonRegion::new(4096).ctx("region A")?;
+    let m: &ShmMutex<Pair> = a.alloc(ShmMutex::new([0; 2])).ctx("alloc M")?;
+    let before = AnonRegion::new(4096).ctx("region mapped before")?;
+    let other: &ShmMutex<u64> = before.alloc(ShmMutex::new(0)).ctx("alloc")?;
+    let mut g = m.lock().map_err(|e| format!("lock M: {e:?}"))?;
+    g[0] += 1; // mid-update, for good
+    std::mem::forget(g);
+    let w = forkipc::fork((), move |()| {
+        let got = match m.lock() {
+            Ok(_) => GOT_OK,
+            Err(LockError::OwnerDied(mut g)) => {
+                g[1] = g[0];
+                g.mark_consistent();
+                GOT_OWNER_DIED
+            }
+            Err(LockError::NotRecoverable) => GOT_NOT_RECOVERABLE,
+        };
+        wt.survivor_ns.store(support::mono_ns(), Ordering::SeqCst);
+        wt.survivor_got.store(got, Ordering::SeqCst);
+        0
+    })
+    .ctx("fork the waiter W")?;
+    wt.waiter_pid.store(u64::from(w.id()), Ordering::SeqCst);
+    // Neither killed nor reaped by P: P dies first, and W is then the case process's child.
+    drop(w);
+    for seq in 0..n_msgs {
+        tx.send(typed_msg(tseed, seq)).ctx("send")?;
+    }
+    wt.holder_ready.store(1, Ordering::SeqCst);
+    ensure!(
+        wait_until(LONG, || wt.go.load(Ordering::SeqCst) == 1),
+        "never told to go"
+    );
+    if script >= 2 {
+        drop(a);
+    }
+    let b = if script == 3 {
+        Some(AnonRegion::new(b_len).ctx("region B")?)
+    } else {
+        None
+    };
+    let after = match &b {
+        Some(b) => Some(b.alloc(ShmMutex::new(0)).ctx("alloc")?),
+        None => None,
+    };
+    wt.scripted.store(1, Ordering::SeqCst);
+    match script {
+        1 | 4 => relock_forever(other),
+        3 => relock_forever(after.ctx("the mutex in B")?),
+        _ => park(),
+    }
+}
+
+fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> {
+    let s = stats();
+    let script = rng.below(SCRIPTS as u64) as usize;
+    let n_msgs = rng.below(9);
+    let delay = Duration::from_micros(rng.below(1000));
+    let b_len = 4096 << rng.below(2);
+    bump(&s.forgot_trials[script]);
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let (tx, rx) = forkipc::channel::<[u64; 8]>(8).ctx("channel")?;
+    let mut p = spawn("owner P", tx, move |tx| {
+        forgetful_owner(tx, wt, script, tseed, n_msgs, b_len)
+    })?;
+    ensure!(
+        wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+        "P never got ready"
+    );
+    let w_pid = wt.waiter_pid.load(Ordering::SeqCst) as u32;
+    let mut w = Stray(Some(w_pid));
+    await_futex_sleep(w_pid, "the waiter W")?;
+    let mut r = spawn("receiver R", rx, move |rx| {
+        let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
+        receive_then_block(&rx, tseed, n_msgs, ready, got, at)
+    })?;
+    await_blocked(&wt.victim_ready, r.id(), "R")?;
+    wt.go.store(1, Ordering::SeqCst);
+    // The kill comes at a random moment after the script's steps (P may crash in them).
+    let p_pid = p.id();
+    ensure!(
+        wait_until(LONG, || wt.scripted.load(Ordering::SeqCst) == 1
+            || exited(p_pid)),
+        "P never ran its script"
+    );
+    spin_for(delay);
+    let t_kill = support::mono_ns();
+    p.kill().ctx("kill P")?;
+    let p_status = p.status(LONG)?;
+    // P is reaped, so W is ours now. Both survivors get HANG_DEADLINE from here.
+    let deadline = Instant::now() + HANG_DEADLINE;
+    let (mut r_status, mut w_status) = (None, None);
+    while r_status.is_none() || w_status.is_none() {
+        if r_status.is_none() {
+            r_status = r.try_wait().ctx("try_wait R")?;
+        }
+        if w_status.is_none() {
+            w_status = reap_if_exited(w_pid)?;
+            if w_status.is_some() {
+                w.0 = None;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let name = SCRIPT_NAMES[script];
+    let mut broken = Vec::new();
+    if p_status.signal() != Some(libc::SIGKILL) {
+        bump(&s.forgot_crashed);
+        broken.push(format!(
+            "CRASH: P ended by {p_status:?}, not by our SIGKILL"
+        ));
+    }
+    match r_status {
+        None => broken.push(format!(
+            "HANG: R was not told of P's death within {HANG_DEADLINE:?}: {}",
+            describe(r.id())
+        )),
+        Some(st) => {
+            ensure!(st.success(), "R failed: {st:?} (see stderr)");
+            let got = wt.victim_got.load(Ordering::SeqCst);
+            ensure!(
+                got == GOT_PEER_DIED,
+                "R's recv returned {} after P was killed ({name})",
+                got_name(got)
+            );
+            let ns = wt.victim_ns.load(Ordering::SeqCst);
+            record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+        }
+    }
+    match w_status {
+        None => {
+            broken.push(format!(
+                "HANG: W was not given the forgotten lock within {HANG_DEADLINE:?}: {}",
+                describe(w_pid)
+            ));
+            drop(w);
+        }
+        Some(st) => {
+            ensure!(st.success(), "W failed: {st:?}");
+            let got = wt.survivor_got.load(Ordering::SeqCst);
+            ensure!(
+                got == GOT_OWNER_DIED,
+                "W's lock of the mutex P forgot returned {} after P was killed ({name})",
+                got_name(got)
+            );
+            let ns = wt.survivor_ns.load(Ordering::SeqCst);
+            record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
+        }
+    }
+    if broken.is_empty() {
+        bump(&s.forgot_served);
+        return Ok(TrialEnd::Passed);
+    }
+    bump(&s.forgot_broken[script]);
+    Ok(TrialEnd::Broken(format!(
+        "{} (script: {name}; killed {delay:?} after its steps)",
+        broken.join("; ")
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
 // A `try_recv` polling loop must learn that the sender's process died: after a SIGKILL,
 // `try_recv` answers `Disconnected`, not `Empty` forever (an earlier version of
 // `RxCore::read`'s non-blocking path checked only the closed flag, not the peer's presence).
@@ -1392,8 +2368,8 @@ fn try_recv_reports_disconnected_after_peer_death() -> Outcome {
         brx.recv_timeout(LONG).as_deref() == Ok(&b"one"[..]),
         "first byte message"
     );
-    child.0.kill().ctx("kill")?;
-    child.expect_killed("sender")?;
+    child.kill().ctx("kill")?;
+    child.expect_killed("sender", LONG)?;
     ensure!(
         rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
         "reason {:?}",
@@ -1442,7 +2418,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         }
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     let mut next = 0u64;
     for _ in 0..100 {
         ensure!(
@@ -1450,7 +2426,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
             "no message before the stop"
         );
     }
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     // Drain what was sent before the stop, then wait STOP_FOR in one recv_timeout.
     let t = loop {
@@ -1472,7 +2448,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         proc_state(pid) == Some('T'),
         "the sender is no longer stopped"
     );
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     while next < N {
         ensure!(
             recv_expect(&rx, seed, &mut next, LONG)?,
@@ -1485,7 +2461,7 @@ fn stopped_sender_is_not_dead() -> Outcome {
         "after all {N} messages: expected Disconnected(PeerDropped), reason {:?}",
         rx.disconnect_reason()
     );
-    child.expect_success("the paced sender")?;
+    child.expect_success("the paced sender", LONG)?;
     bump(&stats().stop_checks);
     println!("    stopped sender: recv_timeout waited {t:?} -> Timeout; {N} messages, none lost");
     Ok(())
@@ -1527,12 +2503,12 @@ fn stopped_receiver_is_not_dead() -> Outcome {
         );
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     for seq in 0..10 {
         tx.send_timeout(typed_msg(seed, seq), LONG)
             .map_err(|e| format!("send {seq}: {e:?}"))?;
     }
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     let mut seq = 10;
     let waited = loop {
@@ -1558,14 +2534,17 @@ fn stopped_receiver_is_not_dead() -> Outcome {
         "a stopped receiver is reported as {:?}",
         tx.disconnect_reason()
     );
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     // The timed-out send had no effect: send it again, then the rest.
     for seq in seq..N {
         tx.send_timeout(typed_msg(seed, seq), LONG)
             .map_err(|e| format!("send {seq}: {e:?}"))?;
     }
     drop(tx);
-    child.expect_success("the receiver (checks all messages exactly once, in order)")?;
+    child.expect_success(
+        "the receiver (checks all messages exactly once, in order)",
+        LONG,
+    )?;
     bump(&stats().stop_checks);
     println!("    stopped receiver: send_timeout waited {waited:?} -> Timeout; {N} messages exact");
     Ok(())
@@ -1588,12 +2567,12 @@ fn stopped_mutex_holder_is_not_dead() -> Outcome {
         drop(g);
         Ok(())
     })?;
-    let pid = child.0.id();
+    let pid = child.id();
     ensure!(
         wait_until(LONG, || held.load(Ordering::SeqCst) == 1),
         "holder never locked"
     );
-    child.0.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
+    child.signal(libc::SIGSTOP).ctx("SIGSTOP")?;
     wait_stopped(pid)?;
     let t = Instant::now();
     let r = m.lock_timeout(STOP_FOR);
@@ -1604,13 +2583,13 @@ fn stopped_mutex_holder_is_not_dead() -> Outcome {
     );
     drop(r);
     ensure!(waited >= STOP_FOR, "TimedOut after {waited:?}");
-    child.0.signal(libc::SIGCONT).ctx("SIGCONT")?;
+    child.signal(libc::SIGCONT).ctx("SIGCONT")?;
     release.store(1, Ordering::SeqCst);
     match m.lock_timeout(LONG) {
         Ok(g) => ensure!(*g == 1, "value {} after the holder's increment", *g),
         Err(e) => return Err(format!("after SIGCONT and release: {e:?}")),
     }
-    child.expect_success("the stopped holder")?;
+    child.expect_success("the stopped holder", LONG)?;
     bump(&stats().stop_checks);
     println!("    stopped mutex holder: lock_timeout waited {waited:?} -> TimedOut, then Ok");
     Ok(())
@@ -2122,7 +3101,7 @@ fn scribbled_lock_word_then_death(scribble: u32, after_unlock: fn(&ShmMutex<u64>
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(1) => break,
             Err(RecvTimeoutError::Timeout) if t.elapsed() < LONG => {
-                if let Some(st) = v.0.try_wait().ctx("try_wait")? {
+                if let Some(st) = v.try_wait().ctx("try_wait")? {
                     // Give the peer the promised 100 ms (and more) to see the death.
                     let r = rx.recv_timeout(DETECT_BOUND);
                     return Err(format!(
@@ -2143,8 +3122,8 @@ fn scribbled_lock_word_then_death(scribble: u32, after_unlock: fn(&ShmMutex<u64>
             }
         }
     }
-    v.0.kill().ctx("kill V")?;
-    v.expect_killed("V")?;
+    v.kill().ctx("kill V")?;
+    v.expect_killed("V", LONG)?;
     let t = Instant::now();
     let r = rx.recv_timeout(DETECT_BOUND);
     ensure!(
@@ -2176,4 +3155,73 @@ fn scribbled_lock_word_while_held_then_unmap_does_not_crash() -> Outcome {
         let mb = other.alloc(ShmMutex::new(0u64)).expect("alloc");
         drop(mb.lock());
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by the parent-side case's early kills (src/process.rs, `fork_unchecked`): a process
+// killed inside `forkipc::fork`, after the ends it hands over were pointed at the presence
+// slot reserved for the child but before the child exists (a SIGKILL during the fork system
+// call cancels the child), leaves that slot reserved for good, so the peers of those ends never
+// learn that their owner died. S makes its fork slow (64 MiB of touched memory: page tables to
+// copy) and is killed at a random moment around it; whenever no child came of the fork, the
+// peer of the end S was handing over must see `Disconnected(PeerDied)`.
+
+const FORK_ATTEMPTS: u64 = 24;
+
+fn killed_inside_fork_is_reported_dead() -> Outcome {
+    // A child that did come of the fork is ours to reap once S is gone.
+    set_subreaper()?;
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
+    let mut rng = Rng::new(config().seed ^ 0xf02c);
+    let (mut no_child, mut child) = (0, 0);
+    for attempt in 0..FORK_ATTEMPTS {
+        wt.holder_ready.store(0, Ordering::SeqCst);
+        wt.waiter_pid.store(0, Ordering::SeqCst);
+        let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+        let mut s = spawn("forker S", tx, move |tx| {
+            let ballast = vec![1u8; 64 << 20];
+            std::hint::black_box(&ballast);
+            wt.holder_ready.store(1, Ordering::SeqCst);
+            forkipc::fork(tx, move |_tx| {
+                wt.waiter_pid.store(u64::from(getpid()), Ordering::SeqCst);
+                park()
+            })
+            .ctx("fork")?;
+            park()
+        })?;
+        ensure!(
+            wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
+            "S never got to its fork"
+        );
+        let d = Duration::from_micros(rng.below(3000));
+        spin_for(d);
+        s.kill().ctx("kill S")?;
+        s.expect_killed("S", LONG)?;
+        if has_children()? {
+            ensure!(
+                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0),
+                "S's child never started"
+            );
+            drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
+            child += 1;
+            continue;
+        }
+        no_child += 1;
+        let r = rx.recv_timeout(DETECT_BOUND);
+        ensure!(
+            r == Err(RecvTimeoutError::Disconnected)
+                && rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child came \
+             of the fork, but the end S was handing over never reported S's death: \
+             recv_timeout({DETECT_BOUND:?}) returned {r:?}, disconnect_reason() {:?} (the \
+             presence slot reserved for the child stays reserved?)",
+            rx.disconnect_reason()
+        );
+    }
+    reap_strays();
+    println!(
+        "    {no_child} kills left no child (each reported to the peer), {child} came after the fork"
+    );
+    Ok(())
 }

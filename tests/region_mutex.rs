@@ -11,7 +11,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkipc::{AnonRegion, Child, Error, LockError, Shareable, ShmMutex, TryLockError};
+use forkipc::{
+    AnonRegion, Child, Error, LockError, NotRecoverableError, Shareable, ShmMutex, TryLockError,
+};
 use support::{Context, Outcome};
 
 fn main() {
@@ -33,6 +35,10 @@ fn main() {
         mutex_holder_thread_exit_reports_owner_died,
         guard_held_across_fork_stays_with_parent,
         guard_copy_in_child_is_inert,
+        into_guard_recovers_after_owner_death,
+        into_guard_dropped_unrepaired_is_not_recoverable,
+        lock_or_recover_repairs_only_after_owner_death,
+        lock_or_recover_repair_panic_leaves_not_recoverable,
     ]);
 }
 
@@ -1519,4 +1525,224 @@ fn guard_copy_in_child_is_inert() -> Outcome {
     let g = lock_ok(m, "final")?;
     ensure!(*g == 2, "final {}", *g);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Recovery ergonomics: `into_guard` and `lock_or_recover`.
+
+/// Forks a child that locks `m`, sets `a = mark` (breaking the pair) and exits holding the
+/// lock: the next locker gets `OwnerDied`.
+fn die_holding(m: &ShmMutex<Pair>, mark: u64) -> Outcome {
+    let mut child = spawn("dies holding", move || {
+        let mut g = lock_ok(m, "dying holder")?;
+        g.a = mark;
+        std::mem::forget(g);
+        Ok(())
+    })?;
+    expect_ok(&mut child, "dies holding")
+}
+
+fn into_guard_recovers_after_owner_death() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m = region
+        .alloc(ShmMutex::new(Pair { a: 0, b: 0 }))
+        .ctx("alloc")?;
+
+    // lock().or_else(LockError::into_guard): the guard, held and inconsistent.
+    die_holding(m, 1)?;
+    let mut g = m
+        .lock()
+        .or_else(LockError::into_guard)
+        .map_err(|e| format!("lock + into_guard after a death: {e:?}"))?;
+    ensure!(
+        g.is_inconsistent(),
+        "into_guard's guard is not marked inconsistent"
+    );
+    ensure!(*g == Pair { a: 1, b: 0 }, "holder's write lost: {:?}", *g);
+    g.b = g.a;
+    g.mark_consistent();
+    drop(g);
+    let g = lock_ok(m, "after repair")?;
+    ensure!(
+        !g.is_inconsistent() && *g == Pair { a: 1, b: 1 },
+        "{:?}",
+        *g
+    );
+    drop(g);
+
+    // try_lock and lock_timeout too; other errors are handed back unchanged.
+    die_holding(m, 2)?;
+    let r = m.try_lock();
+    ensure!(
+        r.as_ref().is_err_and(TryLockError::is_owner_died),
+        "try_lock after a death: {}",
+        describe_try(&r)
+    );
+    let mut g = r
+        .or_else(TryLockError::into_guard)
+        .map_err(|e| format!("try_lock + into_guard: {e:?}"))?;
+    ensure!(g.is_inconsistent(), "try_lock's guard not inconsistent");
+    // Held by us: another process sees WouldBlock / TimedOut handed back by into_guard.
+    let mut other = spawn("contender", move || {
+        let r = m.try_lock().or_else(TryLockError::into_guard);
+        ensure!(
+            matches!(r, Err(TryLockError::WouldBlock)),
+            "try_lock on a held mutex: {}",
+            describe_try(&r)
+        );
+        drop(r);
+        let r = m
+            .lock_timeout(Duration::from_millis(20))
+            .or_else(TryLockError::into_guard);
+        ensure!(
+            matches!(r, Err(TryLockError::TimedOut)),
+            "lock_timeout on a held mutex: {}",
+            describe_try(&r)
+        );
+        Ok(())
+    })?;
+    expect_ok(&mut other, "contender")?;
+    g.b = g.a;
+    g.mark_consistent();
+    drop(g);
+
+    die_holding(m, 3)?;
+    let mut g = m
+        .lock_timeout(LONG)
+        .or_else(TryLockError::into_guard)
+        .map_err(|e| format!("lock_timeout + into_guard: {e:?}"))?;
+    ensure!(g.is_inconsistent() && g.a == 3, "lock_timeout: {:?}", *g);
+    g.b = g.a;
+    g.mark_consistent();
+    drop(g);
+    let g = lock_ok(m, "final")?;
+    ensure!(*g == Pair { a: 3, b: 3 }, "final {:?}", *g);
+    Ok(())
+}
+
+fn into_guard_dropped_unrepaired_is_not_recoverable() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m = region
+        .alloc(ShmMutex::new(Pair { a: 0, b: 0 }))
+        .ctx("alloc")?;
+    die_holding(m, 1)?;
+    let g = m
+        .lock()
+        .or_else(LockError::into_guard)
+        .map_err(|e| format!("lock + into_guard: {e:?}"))?;
+    drop(g); // without mark_consistent
+    ensure!(
+        m.is_not_recoverable(),
+        "dropped unrepaired, still recoverable"
+    );
+    let mut third = spawn("third process", move || {
+        let r = m.lock().or_else(LockError::into_guard);
+        ensure!(
+            matches!(r, Err(LockError::NotRecoverable)),
+            "lock + into_guard: {}",
+            describe_lock(&r)
+        );
+        drop(r);
+        let r = m.lock_or_recover(|_| panic!("repair must not run"));
+        ensure!(
+            matches!(r, Err(NotRecoverableError)),
+            "lock_or_recover on a not-recoverable mutex: {:?}",
+            r.as_ref().map(|g| **g)
+        );
+        drop(r);
+        let r = m.try_lock().or_else(TryLockError::into_guard);
+        ensure!(
+            matches!(r, Err(TryLockError::NotRecoverable)),
+            "try_lock + into_guard: {}",
+            describe_try(&r)
+        );
+        Ok(())
+    })?;
+    expect_ok(&mut third, "third process")?;
+    ensure!(
+        NotRecoverableError.to_string() == "the lock is not recoverable",
+        "display"
+    );
+    Ok(())
+}
+
+fn lock_or_recover_repairs_only_after_owner_death() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m = region
+        .alloc(ShmMutex::new(Pair { a: 0, b: 0 }))
+        .ctx("alloc")?;
+    let mut repairs = 0;
+    {
+        let mut g = m
+            .lock_or_recover(|_| repairs += 1)
+            .map_err(|e| format!("healthy mutex: {e}"))?;
+        g.a += 1;
+        g.b += 1;
+    }
+    ensure!(repairs == 0, "repair ran on a healthy mutex");
+
+    // A holder killed mid-update (SIGKILL, not a clean exit).
+    let d = region.alloc(Deathbed::new()).ctx("alloc deathbed")?;
+    let mut holder = spawn_holder(d, 7, 1)?;
+    await_stage(&d.stage, 1, "holder")?;
+    holder.kill().ctx("kill")?;
+    expect_sigkilled(&mut holder, "holder")?;
+    let mut seen = None;
+    let g =
+        d.m.lock_or_recover(|p| {
+            repairs += 1;
+            seen = Some(*p);
+            p.b = p.a;
+        })
+        .map_err(|e| format!("after a holder's death: {e}"))?;
+    ensure!(repairs == 1, "repair ran {repairs} times");
+    ensure!(seen == Some(Pair { a: 7, b: 0 }), "repair saw {seen:?}");
+    ensure!(
+        !g.is_inconsistent(),
+        "guard still inconsistent after the repair"
+    );
+    ensure!(*g == Pair { a: 7, b: 7 }, "after repair {:?}", *g);
+    drop(g);
+
+    // Repaired for everyone: a child locks plainly.
+    let mut child = spawn("after recovery", move || {
+        let g = lock_ok(&d.m, "child after recovery")?;
+        ensure!(*g == Pair { a: 7, b: 7 }, "child sees {:?}", *g);
+        Ok(())
+    })?;
+    expect_ok(&mut child, "after recovery")?;
+    let _g =
+        d.m.lock_or_recover(|_| repairs += 1)
+            .map_err(|e| format!("after recovery: {e}"))?;
+    ensure!(repairs == 1, "repair ran again on a recovered mutex");
+    Ok(())
+}
+
+fn lock_or_recover_repair_panic_leaves_not_recoverable() -> Outcome {
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let m = region
+        .alloc(ShmMutex::new(Pair { a: 0, b: 0 }))
+        .ctx("alloc")?;
+    die_holding(m, 4)?;
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _g = m.lock_or_recover(|_| panic!("cannot repair"));
+    }));
+    std::panic::set_hook(prev);
+    ensure!(r.is_err(), "the repair's panic did not propagate");
+    ensure!(
+        m.is_not_recoverable(),
+        "a repair that panicked left the mutex recoverable"
+    );
+    let mut child = spawn("after the failed repair", move || {
+        let r = m.lock();
+        ensure!(
+            matches!(r, Err(LockError::NotRecoverable)),
+            "lock() gave {}",
+            describe_lock(&r)
+        );
+        Ok(())
+    })?;
+    expect_ok(&mut child, "after the failed repair")
 }

@@ -143,7 +143,7 @@ fn close_wakes_sleeper() {
         c.set_policy(WaitPolicy::Block);
         let producer = thread::spawn(move || {
             send_now(&p, 0, 12);
-            p.close();
+            p.close(false);
         });
         expect_recv(&c, 0, 12);
         match read(&c) {
@@ -162,7 +162,7 @@ fn close_wakes_sleeper_on_empty_ring() {
     common::model("close_wakes_sleeper_on_empty_ring", || {
         let (p, c) = new_ring();
         c.set_policy(WaitPolicy::Block);
-        let producer = thread::spawn(move || p.close());
+        let producer = thread::spawn(move || p.close(false));
         match read(&c) {
             Err(RingError::Disconnected(DisconnectReason::PeerDropped)) => {}
             Err(e) => panic!("expected PeerDropped, got {e:?}"),

@@ -315,18 +315,14 @@ impl RxCore {
         }
         let r = match mode {
             Mode::Try => match self.c.try_read() {
-                // Empty: tell apart "nothing yet" from "nothing ever again".
-                Err(RingError::WouldBlock) if self.c.peer_closed() => match self.c.try_read() {
-                    Err(RingError::WouldBlock) => {
-                        Err(RingError::Disconnected(DisconnectReason::PeerDropped))
-                    }
-                    other => other,
-                },
-                Err(RingError::WouldBlock) if !self.c.peer_alive() => match self.c.try_read() {
-                    Err(RingError::WouldBlock) => {
-                        Err(RingError::Disconnected(DisconnectReason::PeerDied))
-                    }
-                    other => other,
+                // Empty: tell apart "nothing yet" from "nothing ever again" (after one more
+                // look, so that what was sent before the close or the death is delivered).
+                Err(RingError::WouldBlock) => match self.c.peer_gone() {
+                    Some(reason) => match self.c.try_read() {
+                        Err(RingError::WouldBlock) => Err(RingError::Disconnected(reason)),
+                        other => other,
+                    },
+                    None => Err(RingError::WouldBlock),
                 },
                 other => other,
             },
@@ -389,20 +385,15 @@ impl RxCore {
         if let Some(r) = self.own.reason.get().or(self.c.broken()) {
             return Some(r);
         }
-        if self.c.peer_closed() {
-            Some(DisconnectReason::PeerDropped)
-        } else if !self.c.peer_alive() {
-            Some(DisconnectReason::PeerDied)
-        } else {
-            None
-        }
+        self.c.peer_gone()
     }
 }
 
 impl Drop for TxCore {
     fn drop(&mut self) {
         if self.own.owned() {
-            self.p.close();
+            // Dropped by unwinding: the peer reports `PeerPanicked`, not a clean hang-up.
+            self.p.close(std::thread::panicking());
         }
     }
 }
@@ -410,7 +401,8 @@ impl Drop for TxCore {
 impl Drop for RxCore {
     fn drop(&mut self) {
         if self.own.owned() {
-            self.c.close();
+            // Dropped by unwinding: the peer reports `PeerPanicked`, not a clean hang-up.
+            self.c.close(std::thread::panicking());
         }
     }
 }
@@ -443,7 +435,8 @@ mod sealed {
 /// ```
 pub trait Endpoint: sealed::Sealed {
     /// Why this end is disconnected, if it is: the peer's owner dropped its end
-    /// ([`PeerDropped`](DisconnectReason::PeerDropped)), the peer's process died
+    /// ([`PeerDropped`](DisconnectReason::PeerDropped)), or dropped it while unwinding from a
+    /// panic ([`PeerPanicked`](DisconnectReason::PeerPanicked)), the peer's process died
     /// ([`PeerDied`](DisconnectReason::PeerDied)), the ring's shared memory is corrupt
     /// ([`Corrupted`](DisconnectReason::Corrupted)), or this process does not own this end
     /// ([`NotOwner`](DisconnectReason::NotOwner): it was handed to a child, or it is a copy

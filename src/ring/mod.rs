@@ -6,7 +6,7 @@
 //! ```text
 //! offset 0     RingHeader (repr(C)), each field on its own 128-byte line:
 //!   head       u64  consumer position (monotonic byte count); written by the consumer only
-//!   rx         SideState of the consumer: wait word, closed flag, owner presence
+//!   rx         SideState of the consumer: wait word, closed word, owner presence
 //!   tx         SideState of the producer
 //! offset 512   data area: `cap` bytes, cap a power of two >= 64, holding records:
 //!
@@ -72,26 +72,90 @@ pub(crate) const MIN_CAP: usize = 64;
 #[cfg(not(loom))]
 const TIGHT_POLLS: u32 = 256;
 
+/// Values of `SideState::closed`.
+const OPEN: u32 = 0;
+const CLOSED: u32 = 1;
+const CLOSED_PANICKING: u32 = 2;
+
+/// What a peer reports for a side whose `closed` word reads `v` (non-zero).
+#[inline]
+fn close_reason(v: u32) -> DisconnectReason {
+    if v == CLOSED_PANICKING {
+        DisconnectReason::PeerPanicked
+    } else {
+        DisconnectReason::PeerDropped
+    }
+}
+
+/// `wait::wait_until` reports every close as `PeerDropped`: tell a panicking owner's close
+/// apart by the value it stored in `peer.closed` (never reset once set).
+fn refine_close(e: RingError, peer: &SideState) -> RingError {
+    match e {
+        RingError::Disconnected(DisconnectReason::PeerDropped) => {
+            RingError::Disconnected(close_reason(peer.closed.load(Ordering::SeqCst)))
+        }
+        e => e,
+    }
+}
+
 /// One side's shared state.
 #[repr(C)]
 pub(crate) struct SideState {
     /// 1 while this side sleeps or is about to; the other side wakes it only then.
     wait: FutexWord,
-    /// 0 while open; 1 once the owning process dropped this side's endpoint.
+    /// `OPEN` (0); `CLOSED` (1) once the owning process dropped this side's endpoint;
+    /// `CLOSED_PANICKING` (2) if it dropped it while unwinding from a panic. Written once, by
+    /// the owner; any other non-zero value (a scribbling peer) reads as `CLOSED`.
     closed: AtomicU32,
     /// The owning process's presence (`PresenceRef`), 0 if unknown.
     owner: AtomicU64,
+    /// While a `Select` in the owning process watches this side: `BELL_FLAG | PresenceRef`
+    /// of the process whose doorbell to ring instead of waking `wait`; 0 otherwise. Stored
+    /// before `wait = 1`. A peer may scribble it: it is only ever used to ring a bell, which
+    /// `presence::ring_bell` validates (a wrong bell is a spurious wake-up somewhere).
+    bell: AtomicU64,
 }
+
+/// Marks `SideState::bell` as set (a `PresenceRef` may be 0 under loom).
+const BELL_FLAG: u64 = 1 << 63;
 
 impl SideState {
     /// The publishing half of the Dekker handshake, after the caller's barrier: wake this side
     /// if (and only if) it said it is asleep.
     #[inline]
     fn wake_if_asleep(&self) {
-        if self.wait.load(Ordering::Relaxed) != 0 {
+        // Acquire: pairs with the Release store of `wait = 1` in `arm_select`, so a selector's
+        // `bell`, stored before it, is seen here. (A plain `mov` on x86, like Relaxed.)
+        if self.wait.load(Ordering::Acquire) != 0 {
             self.wait.store(0, Ordering::Relaxed);
-            self.wait.wake(1);
+            let bell = self.bell.load(Ordering::Relaxed);
+            if bell & BELL_FLAG != 0 {
+                presence::ring_bell(PresenceRef(bell & !BELL_FLAG));
+            } else {
+                self.wait.wake(1);
+            }
         }
+    }
+
+    /// A `Select` watching this side: ask the peer to ring `me`'s doorbell when it publishes
+    /// something for this side, as if this side were asleep. The caller then issues the heavy
+    /// barrier and re-checks (the same Dekker handshake as `wait::wait_until`).
+    pub(crate) fn arm_select(&self, me: PresenceRef) {
+        self.bell.store(BELL_FLAG | me.0, Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `wait` in `wake_if_asleep` (bell first).
+        self.wait.store(1, Ordering::Release);
+    }
+
+    /// Undoes `arm_select`. A peer that already saw `wait = 1` may still ring the bell once:
+    /// a spurious wake-up of a later `Select`, which re-checks.
+    pub(crate) fn disarm_select(&self) {
+        self.wait.store(0, Ordering::Relaxed);
+        self.bell.store(0, Ordering::Relaxed);
+    }
+
+    /// The owning process's presence as recorded now.
+    pub(crate) fn owner_ref(&self) -> PresenceRef {
+        PresenceRef(self.owner.load(Ordering::SeqCst))
     }
 
     /// Whether this side's owning process is alive. A dead owner counts only if the side
@@ -119,8 +183,9 @@ impl SideState {
     fn new() -> SideState {
         SideState {
             wait: FutexWord::new(0),
-            closed: AtomicU32::new(0),
+            closed: AtomicU32::new(OPEN),
             owner: AtomicU64::new(0),
+            bell: AtomicU64::new(0),
         }
     }
 }
@@ -139,6 +204,11 @@ pub(crate) struct RingHeader {
 pub enum DisconnectReason {
     /// The peer's owning process dropped its endpoint.
     PeerDropped,
+    /// The peer's owning process dropped its endpoint while unwinding from a panic (the panic
+    /// dropped it): a crash, not a clean hang-up. If the peer is a fork child,
+    /// [`Child::wait_outcome`](crate::Child::wait_outcome) gives the panic's message. (With
+    /// `panic = "abort"` there is no unwinding: the peer is seen as `PeerDied`.)
+    PeerPanicked,
     /// The peer's owning process died without dropping it (killed, crashed, exited).
     PeerDied,
     /// The ring's shared memory held something impossible; the channel is unusable for good.
@@ -153,6 +223,7 @@ impl std::fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DisconnectReason::PeerDropped => "the peer dropped its endpoint",
+            DisconnectReason::PeerPanicked => "the peer panicked",
             DisconnectReason::PeerDied => "the peer process died",
             DisconnectReason::Corrupted => "the channel's shared memory is corrupted",
             DisconnectReason::NotOwner => {
@@ -423,10 +494,14 @@ impl Producer {
         if len > max {
             return Err(RingError::TooLarge { len, max });
         }
-        if self.hdr().rx.closed.load(Ordering::Relaxed) != 0 {
-            return Err(RingError::Disconnected(DisconnectReason::PeerDropped));
+        // Liveness first, then the close flag: an owner that closes and then exits (the usual
+        // order) is reported as having closed, whichever of the two we happen to see first.
+        let alive = self.peer_alive();
+        let closed = self.hdr().rx.closed.load(Ordering::SeqCst);
+        if closed != OPEN {
+            return Err(RingError::Disconnected(close_reason(closed)));
         }
-        if !self.peer_alive() {
+        if !alive {
             return Err(RingError::Disconnected(DisconnectReason::PeerDied));
         }
         let rec = record_size(len);
@@ -473,7 +548,7 @@ impl Producer {
             || len > max_message_len(cap)
             || tail - self.head_seen.get() + (rec + HDR) as u64 > cap as u64
             || self.broken.get().is_some()
-            || self.hdr().rx.closed.load(Ordering::Relaxed) != 0
+            || self.hdr().rx.closed.load(Ordering::Relaxed) != OPEN
             || !self.peer_alive()
         {
             return false;
@@ -544,6 +619,18 @@ impl Producer {
             Err(e) => Err(e),
             Ok(_) => Ok(true),
         })
+        .map_err(|e| refine_close(e, &hdr.rx))
+    }
+
+    /// This end's shared state and the peer's (for `Select`).
+    pub(crate) fn sides(&self) -> (&SideState, &SideState) {
+        (&self.hdr().tx, &self.hdr().rx)
+    }
+
+    /// Whether a `len`-byte send would not block: room, or a send that fails at once
+    /// (disconnected, too large). Reserves nothing.
+    pub(crate) fn send_ready(&self, len: usize) -> bool {
+        !matches!(self.try_reserve(len), Err(RingError::WouldBlock))
     }
 
     /// Whether the consumer side's owner is alive: a word in the presence table, read on every
@@ -554,10 +641,12 @@ impl Producer {
         self.hdr().rx.owner_alive()
     }
 
-    /// Marks the producer side closed and wakes the consumer.
-    pub fn close(&self) {
+    /// Marks the producer side closed and wakes the consumer. `panicking`: the endpoint is
+    /// dropped by unwinding, and the consumer reports `PeerPanicked` instead of `PeerDropped`.
+    pub fn close(&self, panicking: bool) {
         let hdr = self.hdr();
-        hdr.tx.closed.store(1, Ordering::SeqCst);
+        let v = if panicking { CLOSED_PANICKING } else { CLOSED };
+        hdr.tx.closed.store(v, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
         hdr.rx.wake_if_asleep();
@@ -804,15 +893,37 @@ impl Consumer {
                 }
             }
         })
+        .map_err(|e| refine_close(e, &hdr.tx))
     }
 
-    /// Marks the consumer side closed and wakes the producer.
-    pub fn close(&self) {
+    /// Marks the consumer side closed and wakes the producer; `panicking` as in
+    /// [`Producer::close`].
+    pub fn close(&self, panicking: bool) {
         let hdr = self.hdr();
-        hdr.rx.closed.store(1, Ordering::SeqCst);
+        let v = if panicking { CLOSED_PANICKING } else { CLOSED };
+        hdr.rx.closed.store(v, Ordering::SeqCst);
         // Dekker with the sleeper's `wait = 1; heavy barrier; check closed`.
         fence(Ordering::SeqCst);
         hdr.tx.wake_if_asleep();
+    }
+
+    /// This end's shared state and the peer's (for `Select`).
+    pub(crate) fn sides(&self) -> (&SideState, &SideState) {
+        (&self.hdr().rx, &self.hdr().tx)
+    }
+
+    /// Whether a receive would not block: a committed message waits (padding skipped), or the
+    /// ring is disconnected (closed after the last message, peer dead, corrupt). Consumes
+    /// nothing but padding.
+    pub(crate) fn recv_ready(&self) -> bool {
+        match self.try_read() {
+            Ok(g) => {
+                std::mem::forget(g); // peeked only: the message stays for the caller
+                true
+            }
+            Err(RingError::WouldBlock) => self.peer_closed() || !self.peer_alive(),
+            Err(_) => true,
+        }
     }
 
     /// Whether the producer side's owner is alive (see [`SideState::owner_alive`]).
@@ -822,7 +933,24 @@ impl Consumer {
 
     /// Whether the producer closed its side.
     pub(crate) fn peer_closed(&self) -> bool {
-        self.hdr().tx.closed.load(Ordering::SeqCst) != 0
+        self.peer_close_reason().is_some()
+    }
+
+    /// Whether (and why) the producer is gone for good: it closed its side (`PeerDropped`,
+    /// `PeerPanicked`) or its process died (`PeerDied`). Liveness is read before the close
+    /// flag, so an owner that closed and then exited is reported as having closed.
+    pub(crate) fn peer_gone(&self) -> Option<DisconnectReason> {
+        let alive = self.peer_alive();
+        self.peer_close_reason()
+            .or((!alive).then_some(DisconnectReason::PeerDied))
+    }
+
+    /// Why the producer closed its side (`PeerDropped` or `PeerPanicked`), if it did.
+    pub(crate) fn peer_close_reason(&self) -> Option<DisconnectReason> {
+        match self.hdr().tx.closed.load(Ordering::SeqCst) {
+            OPEN => None,
+            v => Some(close_reason(v)),
+        }
     }
 }
 

@@ -30,7 +30,14 @@ pub(super) fn wait_until(
 ) -> Result<(), RingError> {
     let mut spinner = Spinner::new(policy);
     let peer_closed = || peer.closed.load(Ordering::SeqCst) != 0;
-    let died = RingError::Disconnected(DisconnectReason::PeerDied);
+    // After a death is seen: an owner that closed its side and then exited closed it.
+    let died = || {
+        RingError::Disconnected(if peer_closed() {
+            DisconnectReason::PeerDropped
+        } else {
+            DisconnectReason::PeerDied
+        })
+    };
     loop {
         if ready()? {
             return Ok(());
@@ -44,14 +51,14 @@ pub(super) fn wait_until(
         if deadline.is_some_and(Deadline::expired) {
             // A dead peer is a disconnect, whatever the timeout (`Duration::ZERO` included).
             if !peer.owner_alive() {
-                return last_look(&mut ready, died);
+                return last_look(&mut ready, died());
             }
             return Err(RingError::Timeout);
         }
         if spinner.spin() {
             // A pure spinner never reaches `sleep`, where death is noticed: look now and then.
             if spinner.checkpoint() && !peer.owner_alive() {
-                return last_look(&mut ready, died);
+                return last_look(&mut ready, died());
             }
             continue;
         }
@@ -71,6 +78,7 @@ pub(super) fn wait_until(
             // Only the nap ended, not the caller's deadline.
             Ok(Wake::TimedOut) if nap.is_some() && !deadline.is_some_and(Deadline::expired) => {}
             Ok(Wake::TimedOut) => return last_look(&mut ready, RingError::Timeout),
+            Err(DisconnectReason::PeerDied) => return last_look(&mut ready, died()),
             Err(reason) => return last_look(&mut ready, RingError::Disconnected(reason)),
         }
     }

@@ -59,6 +59,38 @@ impl FutexWord {
         }
     }
 
+    /// Sleeps until `self` stops holding `expected`, any of `others` stops holding its value,
+    /// either is woken, or `deadline`. Where one `futex_waitv` cannot cover them all (the
+    /// kernel lacks it, or more than 127 others), sleeps on `self` (and the first 127 others)
+    /// for at most `fallback`, so the caller gets to re-check the rest itself.
+    pub(crate) fn wait_any(
+        &self,
+        expected: u32,
+        others: &[(&FutexWord, u32)],
+        deadline: Option<&Deadline>,
+        fallback: std::time::Duration,
+    ) -> Wake {
+        let max = crate::sys::FUTEX_WAITV_MAX - 1;
+        let mut words: Vec<(&super::AtomicU32, u32)> =
+            Vec::with_capacity(others.len().min(max) + 1);
+        words.push((&self.value, expected));
+        words.extend(others.iter().take(max).map(|(w, v)| (&w.value, *v)));
+        let short = (others.len() > max).then(|| Deadline::after(fallback).min_with(deadline));
+        if let Some(w) = crate::sys::futex_waitv(&words, short.as_ref().or(deadline)) {
+            return match w {
+                Wake::TimedOut if short.is_some() && !deadline.is_some_and(Deadline::expired) => {
+                    Wake::Retry
+                }
+                w => w,
+            };
+        }
+        let short = Deadline::after(fallback).min_with(deadline);
+        match crate::sys::futex_wait(&self.value, expected, Some(&short)) {
+            Wake::TimedOut if deadline.is_some_and(Deadline::expired) => Wake::TimedOut,
+            _ => Wake::Retry,
+        }
+    }
+
     /// Wakes up to `n` sleepers, in any process.
     pub(crate) fn wake(&self, n: i32) {
         crate::sys::futex_wake(&self.value, n)
@@ -128,6 +160,16 @@ impl FutexWord {
         &self,
         expected: u32,
         _other: (&FutexWord, u32),
+        deadline: Option<&Deadline>,
+        _fallback: std::time::Duration,
+    ) -> Wake {
+        self.wait(expected, deadline)
+    }
+
+    pub(crate) fn wait_any(
+        &self,
+        expected: u32,
+        _others: &[(&FutexWord, u32)],
         deadline: Option<&Deadline>,
         _fallback: std::time::Duration,
     ) -> Wake {

@@ -231,6 +231,119 @@ pub fn kill_and_reap(child: &mut forkipc::Child) {
     let _ = wait_child(child, Duration::from_secs(10));
 }
 
+/// A child that is killed and reaped when dropped (unless already reaped).
+pub struct Reap(pub forkipc::Child);
+
+impl std::ops::Deref for Reap {
+    type Target = forkipc::Child;
+    fn deref(&self) -> &forkipc::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reap {
+    fn deref_mut(&mut self) -> &mut forkipc::Child {
+        &mut self.0
+    }
+}
+
+impl Reap {
+    /// Waits for the child with a deadline (killed and reaped on overrun).
+    pub fn status(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        wait_child(&mut self.0, timeout)
+    }
+
+    /// Requires that the child ended by a SIGKILL (ours), not on its own.
+    pub fn expect_killed(&mut self, what: &str, timeout: Duration) -> Outcome {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self.status(timeout)?;
+        if st.signal() == Some(libc::SIGKILL) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} was not ended by our SIGKILL but by {st:?} (it failed on its own: see stderr)"
+            ))
+        }
+    }
+
+    /// Requires that the child exits with status 0.
+    pub fn expect_success(&mut self, what: &str, timeout: Duration) -> Outcome {
+        let st = self.status(timeout)?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed: {st:?} (see stderr)"))
+        }
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.0);
+    }
+}
+
+/// Forks a child that runs `f` on the handed-over `ends`; an `Err` is printed to stderr and
+/// becomes exit status 1.
+pub fn spawn<E, F>(what: &str, ends: E, f: F) -> Result<Reap, String>
+where
+    E: forkipc::Transfer,
+    F: FnOnce(E) -> Outcome,
+{
+    let tag = what.to_string();
+    let child = forkipc::fork(ends, move |e| match f(e) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("child '{tag}' failed: {e}");
+            1
+        }
+    })
+    .ctx(what)?;
+    Ok(Reap(child))
+}
+
+/// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    true
+}
+
+/// Busy-waits for `d` (a delay shorter than a sleep's granularity, or one that must not yield
+/// the CPU).
+pub fn spin_for(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// The scheduler state letter of process `pid` (`R`, `S`, `T` stopped, `Z`...), from the
+/// third field of /proc/PID/stat.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// This process's pid (a system call each time: glibc no longer caches it).
+pub fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// splitmix64's finaliser: a well-mixed 64-bit word from any input (a sequence number, a seed).
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Process CPU time (user + system) of this process so far.
 pub fn cpu_time() -> Duration {
     // SAFETY: a zeroed rusage is a valid out-buffer.

@@ -1,0 +1,337 @@
+//! Many children: `Select` and `Pool`, each against what a user would otherwise write, in the
+//! same run (same CPUs, same repetition scheme).
+//!
+//! * Select round trips: a ping-pong over duplex `i mod k` while the parent waits in a `Select`
+//!   over all `k` receivers, against the same ping-pong with a plain `recv` (k = 1, no Select).
+//! * Select streams: the child sends 64 B messages round-robin over `k` channels, the parent
+//!   takes whichever is ready, against one channel drained with `recv`.
+//! * Pool round trips: `submit` + `join` of one tiny job, against a duplex round trip.
+//! * Pool streams: `pool.map` of tiny jobs (`x * x`), with 1 and 2 workers, against a
+//!   hand-written channel pipeline (one duplex per worker process, kept full with `try_send`)
+//!   and a thread pool over crossbeam-channel with as many threads.
+//!
+//! Every child process and worker thread runs on CPU 1, the parent on CPU 0 (with 2 workers,
+//! both share CPU 1: the same for every system compared).
+
+use forkipc::{PoolBuilder, Select, WaitPolicy, channel, duplex};
+
+use crate::support::{
+    CHILD_CPU, Gate, Row, Session, Unit, fork_ipc, iters, ns_per_op, per_sec, pin_to_cpu,
+    reap_child, rounds, time,
+};
+
+pub const DUPLEX_RTT: &str = "duplex<u64> RTT, recv (no Select)";
+pub const SELECT_RTT_1: &str = "Select over 1 duplex, RTT";
+pub const SELECT_RTT_8: &str = "Select over 8 duplexes, RTT";
+pub const SELECT_RTT_64: &str = "Select over 64 duplexes, RTT";
+pub const ONE_CHANNEL_64B: &str = "one channel<[u64; 8]>, recv";
+pub const SELECT_64B_1: &str = "Select over 1 channel<[u64; 8]>";
+pub const SELECT_64B_8: &str = "Select over 8 channels<[u64; 8]>";
+pub const SELECT_64B_64: &str = "Select over 64 channels<[u64; 8]>";
+pub const POOL_RTT: &str = "Pool submit + join, 1 worker";
+pub const PIPELINE_1: &str = "channel pipeline, 1 child (jobs/s)";
+pub const PIPELINE_2: &str = "channel pipeline, 2 children (jobs/s)";
+pub const THREADS_1: &str = "crossbeam thread pool, 1 thread (jobs/s)";
+pub const THREADS_2: &str = "crossbeam thread pool, 2 threads (jobs/s)";
+pub const POOL_MAP_1: &str = "Pool::map, 1 worker (jobs/s)";
+pub const POOL_MAP_2: &str = "Pool::map, 2 workers (jobs/s)";
+
+const RTT_CAPACITY: usize = 16;
+
+pub fn select_rtt() -> Vec<Session> {
+    let ns = |name| Row::new(name, Unit::Nanos);
+    vec![
+        duplexes_rtt(ns(DUPLEX_RTT), 1, false),
+        duplexes_rtt(ns(SELECT_RTT_1).vs(DUPLEX_RTT), 1, true),
+        duplexes_rtt(ns(SELECT_RTT_8).vs(DUPLEX_RTT), 8, true),
+        duplexes_rtt(ns(SELECT_RTT_64).vs(DUPLEX_RTT), 64, true),
+        pool_rtt(ns(POOL_RTT).vs(DUPLEX_RTT)),
+    ]
+}
+
+pub fn select_streams() -> Vec<Session> {
+    let msgs = |name| Row::new(name, Unit::MsgsPerSec);
+    vec![
+        channels_stream(msgs(ONE_CHANNEL_64B), 1, false),
+        channels_stream(msgs(SELECT_64B_1).vs(ONE_CHANNEL_64B), 1, true),
+        channels_stream(msgs(SELECT_64B_8).vs(ONE_CHANNEL_64B), 8, true),
+        channels_stream(msgs(SELECT_64B_64).vs(ONE_CHANNEL_64B), 64, true),
+    ]
+}
+
+pub fn pool_streams() -> Vec<Session> {
+    let jobs = |name| Row::new(name, Unit::MsgsPerSec);
+    vec![
+        pipeline(jobs(PIPELINE_1), 1),
+        pipeline(jobs(PIPELINE_2), 2),
+        thread_pool(jobs(THREADS_1), 1),
+        thread_pool(jobs(THREADS_2), 2),
+        pool_map(jobs(POOL_MAP_1).vs(PIPELINE_1).vs(THREADS_1), 1),
+        pool_map(jobs(POOL_MAP_2).vs(PIPELINE_2).vs(THREADS_2), 2),
+    ]
+}
+
+/// Ping-pong over duplex `i mod k`; the parent waits with `Select` (or `recv` if not `select`).
+fn duplexes_rtt(row: Row, k: usize, select: bool) -> Session {
+    let n = iters(200_000);
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..k {
+        let (a, b) = duplex::<u64, u64>(RTT_CAPACITY).expect("duplex");
+        mine.push(a);
+        theirs.push(b);
+    }
+    let gate = Gate::new();
+    let child = fork_ipc(CHILD_CPU, theirs, |theirs| {
+        let mut i = 0u64;
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                let d = &theirs[(i % k as u64) as usize];
+                i += 1;
+                let got = d.recv().map_err(|e| format!("echo {i}: {e}"))?;
+                d.send(got).map_err(|e| format!("echo {i}: {e}"))?;
+            }
+        }
+        Ok(())
+    });
+    let mut i = 0u64;
+    let rep = move || {
+        gate.open_next();
+        let mut sel = Select::new();
+        for d in &mine {
+            sel.recv(d);
+        }
+        let elapsed = time(|| {
+            for _ in 0..n {
+                let idx = (i % k as u64) as usize;
+                i += 1;
+                mine[idx].send(i).expect("send (did the child die?)");
+                let echo = if select {
+                    let r = sel.ready();
+                    assert_eq!(r, idx, "Select reported the wrong duplex");
+                    mine[idx].try_recv().expect("ready but empty")
+                } else {
+                    mine[idx].recv().expect("recv (did the child die?)")
+                };
+                assert_eq!(echo, i, "wrong echo");
+            }
+        });
+        ns_per_op(elapsed, n)
+    };
+    Session::new(row, rep, move || reap_child(child))
+}
+
+/// The child streams `[u64; 8]` round-robin over `k` channels; the parent takes every message.
+fn channels_stream(row: Row, k: usize, select: bool) -> Session {
+    let n = iters(3_000_000);
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..k {
+        let (tx, rx) = channel::<[u64; 8]>(1024).expect("channel");
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let gate = Gate::new();
+    let child = fork_ipc(CHILD_CPU, txs, |txs| {
+        let mut seq = 0u64;
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                let tx = &txs[(seq % k as u64) as usize];
+                tx.send([seq; 8])
+                    .map_err(|e| format!("message {seq}: {e}"))?;
+                seq += 1;
+            }
+        }
+        Ok(())
+    });
+    let mut expect = vec![0u64; k];
+    for (j, e) in expect.iter_mut().enumerate() {
+        *e = j as u64;
+    }
+    let rep = move || {
+        gate.open_next();
+        let mut sel = Select::new();
+        for rx in &rxs {
+            sel.recv(rx);
+        }
+        let elapsed = time(|| {
+            for _ in 0..n {
+                let (j, m) = if select {
+                    let j = sel.ready();
+                    (
+                        j,
+                        rxs[j].try_recv().unwrap_or_else(|e| {
+                            panic!("ready but {e:?}: {:?}", rxs[j].disconnect_reason())
+                        }),
+                    )
+                } else {
+                    (0, rxs[0].recv().expect("recv (did the child die?)"))
+                };
+                assert_eq!(m[7], expect[j], "channel {j} delivered a wrong message");
+                expect[j] += k as u64;
+            }
+        });
+        per_sec(elapsed, n)
+    };
+    Session::new(row, rep, move || reap_child(child))
+}
+
+/// Pins the calling worker to the child CPU on its first job.
+fn pin_worker_once() {
+    thread_local! {
+        static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    PINNED.with(|p| {
+        if !p.get() {
+            pin_to_cpu(CHILD_CPU);
+            p.set(true);
+        }
+    });
+}
+
+/// `submit` + `join` of one tiny job on a 1-worker pool.
+fn pool_rtt(row: Row) -> Session {
+    let n = iters(200_000);
+    let pool = PoolBuilder::new()
+        .workers(1)
+        .build(|x: u64| {
+            pin_worker_once();
+            x + 1
+        })
+        .expect("pool");
+    let mut i = 0u64;
+    let rep = move || {
+        let elapsed = time(|| {
+            for _ in 0..n {
+                i += 1;
+                let r = pool.submit(i).expect("submit").join().expect("job");
+                assert_eq!(r, i + 1);
+            }
+        });
+        ns_per_op(elapsed, n)
+    };
+    Session::new(row, rep, || {})
+}
+
+/// `pool.map` of `x * x` over `iters(2M)` jobs.
+fn pool_map(row: Row, workers: usize) -> Session {
+    let n = iters(2_000_000);
+    let pool = PoolBuilder::new()
+        .workers(workers)
+        .build(|x: u64| {
+            pin_worker_once();
+            x.wrapping_mul(x)
+        })
+        .expect("pool");
+    let rep = move || {
+        let mut sum = 0u64;
+        let elapsed = time(|| {
+            for r in pool.map(0..n) {
+                sum = sum.wrapping_add(r.expect("job"));
+            }
+        });
+        assert_eq!(sum, expected_sum(n), "wrong results");
+        per_sec(elapsed, n)
+    };
+    Session::new(row, rep, || {})
+}
+
+fn expected_sum(n: u64) -> u64 {
+    (0..n).fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(x)))
+}
+
+/// What a user writes by hand: one `duplex` per worker process, kept full with `try_send`,
+/// results taken with `try_recv` (unordered).
+fn pipeline(row: Row, workers: usize) -> Session {
+    let n = iters(2_000_000);
+    let mut mine = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..workers {
+        let (a, b) = duplex::<u64, u64>(1024).expect("duplex");
+        children.push(fork_ipc(CHILD_CPU, b, |d| {
+            d.set_wait_policy(WaitPolicy::default());
+            for x in d.iter() {
+                d.send(x.wrapping_mul(x)).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }));
+        mine.push(a);
+    }
+    // Shared with `finish`, which drops the parent's ends (so the children's loops end)
+    // before reaping them.
+    let mine = std::rc::Rc::new(std::cell::RefCell::new(mine));
+    let ends = mine.clone();
+    let rep = move || {
+        let mine = mine.borrow();
+        let mut sum = 0u64;
+        let elapsed = time(|| {
+            let (mut sent, mut got) = (0u64, 0u64);
+            while got < n {
+                for d in mine.iter() {
+                    while sent < n && d.try_send(sent).is_ok() {
+                        sent += 1;
+                    }
+                    while let Ok(r) = d.try_recv() {
+                        sum = sum.wrapping_add(r);
+                        got += 1;
+                    }
+                }
+            }
+        });
+        assert_eq!(sum, expected_sum(n), "wrong results");
+        per_sec(elapsed, n)
+    };
+    Session::new(row, rep, move || {
+        ends.borrow_mut().clear();
+        for c in children {
+            reap_child(c);
+        }
+    })
+}
+
+/// A thread pool over crossbeam-channel: `threads` workers on the child CPU, a bounded job
+/// channel and a bounded result channel, kept full with `try_send`. Threads are started and
+/// joined inside each repetition (the bench forks only while single-threaded).
+fn thread_pool(row: Row, threads: usize) -> Session {
+    let n = iters(2_000_000);
+    let rep = move || {
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<u64>(1024);
+        let (res_tx, res_rx) = crossbeam_channel::bounded::<u64>(1024);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
+                std::thread::spawn(move || {
+                    pin_to_cpu(CHILD_CPU);
+                    for x in job_rx {
+                        if res_tx.send(x.wrapping_mul(x)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop((job_rx, res_tx));
+        let mut sum = 0u64;
+        let elapsed = time(|| {
+            let (mut sent, mut got) = (0u64, 0u64);
+            while got < n {
+                while sent < n && job_tx.try_send(sent).is_ok() {
+                    sent += 1;
+                }
+                while let Ok(r) = res_rx.try_recv() {
+                    sum = sum.wrapping_add(r);
+                    got += 1;
+                }
+            }
+        });
+        drop(job_tx);
+        for h in handles {
+            h.join().expect("worker thread");
+        }
+        assert_eq!(sum, expected_sum(n), "wrong results");
+        per_sec(elapsed, n)
+    };
+    Session::new(row, rep, || {})
+}

@@ -1,0 +1,370 @@
+//! Fork tests for `Pool`: order, crash isolation with exact-once accounting, timeouts,
+//! replacement, recycling, owner death, shutdown.
+//!
+//! Every case runs in its own forked process (see `support`); every wait has a deadline and
+//! every child is reaped.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use forkipc::{AnonRegion, JobError, Pool, PoolBuilder};
+use support::{Context, Outcome};
+
+fn main() {
+    support::run(cases![
+        map_keeps_input_order,
+        submit_join_round_trip,
+        panic_fails_only_its_job,
+        sigkill_fails_only_its_job_exactly_once,
+        abort_fails_only_its_job_exactly_once,
+        timeout_kills_and_replaces_the_worker,
+        external_kill_of_an_idle_worker_is_replaced,
+        workers_are_recycled_after_max_jobs,
+        owner_death_makes_workers_exit,
+        shutdown_leaves_no_child,
+        dispatch_prefers_idle_workers,
+        multithreaded_owner_fails_jobs_instead_of_hanging,
+        serde_jobs_and_results,
+    ]);
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Per-job execution counters in shared memory, so the test sees what the workers ran.
+fn counters(n: usize) -> Result<&'static [AtomicU32], String> {
+    let region: &'static AnonRegion = Box::leak(Box::new(AnonRegion::new(n * 4).ctx("region")?));
+    for _ in 0..n {
+        region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    }
+    // SAFETY: `n` AtomicU32s were placed contiguously at the start of the leaked region.
+    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
+}
+
+/// No child of this process is left (all reaped).
+fn no_children() -> bool {
+    // SAFETY: waitpid with WNOHANG on any child; a null status pointer is allowed.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+fn map_keeps_input_order() -> Outcome {
+    let pool = Pool::new(2, |x: u64| x.wrapping_mul(x)).ctx("pool")?;
+    let n = 100_000u64;
+    let mut i = 0u64;
+    for r in pool.map(0..n) {
+        let v = r.map_err(|e| format!("job {i}: {e}"))?;
+        ensure!(v == i * i, "result {i} out of order: {v}");
+        i += 1;
+    }
+    ensure!(i == n, "{i} results for {n} jobs");
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
+}
+
+fn submit_join_round_trip() -> Outcome {
+    let pool = Pool::new(1, |x: u32| x + 1).ctx("pool")?;
+    for k in 0..1000u32 {
+        let h = pool.submit(k).ctx("submit")?;
+        ensure!(h.join() == Ok(k + 1), "job {k}");
+    }
+    let h = pool.submit(5).ctx("submit")?;
+    ensure!(h.join_timeout(LONG) == Ok(6), "join_timeout");
+    Ok(())
+}
+
+fn panic_fails_only_its_job() -> Outcome {
+    let pool = Pool::new(2, |x: u32| {
+        if x % 10 == 3 {
+            panic!("boom {x}");
+        }
+        x
+    })
+    .ctx("pool")?;
+    for (x, r) in (0..100u32).zip(pool.map(0..100u32)) {
+        if x % 10 == 3 {
+            ensure!(
+                r == Err(JobError::Panicked {
+                    message: format!("boom {x}")
+                }),
+                "job {x}: {r:?}"
+            );
+        } else {
+            ensure!(r == Ok(x), "job {x}: {r:?}");
+        }
+    }
+    Ok(())
+}
+
+fn death_isolation(signal: i32, how: fn()) -> Outcome {
+    let ran = counters(200)?;
+    let pool = Pool::new(2, move |x: u32| {
+        ran[x as usize].fetch_add(1, Ordering::SeqCst);
+        if x == 77 {
+            how();
+        }
+        x
+    })
+    .ctx("pool")?;
+    let before = pool.worker_ids();
+    for (x, r) in (0..200u32).zip(pool.map(0..200u32)) {
+        if x == 77 {
+            match r {
+                Err(JobError::WorkerDied(s)) => {
+                    ensure!(s.signal() == Some(signal), "job 77 died with {s:?}")
+                }
+                other => return Err(format!("job 77: {other:?}")),
+            }
+        } else {
+            ensure!(r == Ok(x), "job {x}: {r:?}");
+        }
+    }
+    for (x, c) in ran.iter().enumerate() {
+        let c = c.load(Ordering::SeqCst);
+        ensure!(c == 1, "job {x} ran {c} times");
+    }
+    let after = pool.worker_ids();
+    ensure!(after.len() == 2, "a replacement was not forked: {after:?}");
+    ensure!(before != after, "the dead worker is still listed");
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
+}
+
+fn sigkill_fails_only_its_job_exactly_once() -> Outcome {
+    death_isolation(libc::SIGKILL, || {
+        // SAFETY: raise has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGKILL) };
+    })
+}
+
+fn abort_fails_only_its_job_exactly_once() -> Outcome {
+    death_isolation(libc::SIGABRT, || std::process::abort())
+}
+
+fn timeout_kills_and_replaces_the_worker() -> Outcome {
+    let ran = counters(20)?;
+    let pool = PoolBuilder::new()
+        .workers(2)
+        .job_timeout(Duration::from_millis(200))
+        .build(move |x: u32| {
+            ran[x as usize].fetch_add(1, Ordering::SeqCst);
+            if x == 5 {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            x
+        })
+        .ctx("pool")?;
+    let start = Instant::now();
+    for (x, r) in (0..20u32).zip(pool.map(0..20u32)) {
+        if x == 5 {
+            ensure!(r == Err(JobError::TimedOut), "job 5: {r:?}");
+        } else {
+            ensure!(r == Ok(x), "job {x}: {r:?}");
+        }
+    }
+    ensure!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    for (x, c) in ran.iter().enumerate() {
+        ensure!(
+            c.load(Ordering::SeqCst) == 1,
+            "job {x} ran {} times",
+            c.load(Ordering::SeqCst)
+        );
+    }
+    ensure!(pool.worker_ids().len() == 2, "not replaced");
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
+}
+
+fn external_kill_of_an_idle_worker_is_replaced() -> Outcome {
+    let pool = Pool::new(2, |x: u32| x * 2).ctx("pool")?;
+    ensure!(pool.submit(1).ctx("submit")?.join() == Ok(2), "first job");
+    let ids = pool.worker_ids();
+    // SAFETY: signals a worker of ours (unreaped, so its pid is not reused).
+    unsafe { libc::kill(ids[0] as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(50));
+    for x in 0..100u32 {
+        let r = pool.submit(x).ctx("submit")?.join();
+        ensure!(
+            r == Ok(x * 2),
+            "job {x} after an idle worker's death: {r:?}"
+        );
+    }
+    let now = pool.worker_ids();
+    ensure!(
+        now.len() == 2 && !now.contains(&ids[0]),
+        "workers {ids:?} -> {now:?}"
+    );
+    Ok(())
+}
+
+fn workers_are_recycled_after_max_jobs() -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(1)
+        .max_jobs_per_worker(5)
+        .build(|_: u32| std::process::id())
+        .ctx("pool")?;
+    let pids: Vec<u32> = pool
+        .map(0..20u32)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e}"))?;
+    let mut distinct = pids.clone();
+    distinct.dedup();
+    ensure!(
+        distinct.len() == 4,
+        "20 jobs at 5 per worker ran in {distinct:?}"
+    );
+    for chunk in pids.chunks(5) {
+        ensure!(
+            chunk.iter().all(|&p| p == chunk[0]),
+            "a worker ran more than 5: {pids:?}"
+        );
+    }
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a recycled worker was left unreaped");
+    Ok(())
+}
+
+fn owner_death_makes_workers_exit() -> Outcome {
+    // SAFETY: prctl with integer arguments: orphaned workers become our children.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let region = AnonRegion::new(4096).ctx("region")?;
+    let pids = region
+        .alloc([const { AtomicU32::new(0) }; 2])
+        .ctx("alloc")?;
+    let owner = forkipc::fork((), move |()| {
+        let Ok(pool) = Pool::new(2, |x: u32| x) else {
+            return 1;
+        };
+        for (k, p) in pool.worker_ids().into_iter().enumerate() {
+            pids[k].store(p, Ordering::SeqCst);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .ctx("fork owner")?;
+    let mut owner = owner;
+    let start = Instant::now();
+    while pids[1].load(Ordering::SeqCst) == 0 {
+        ensure!(start.elapsed() < LONG, "the owner never built its pool");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    owner.kill().ctx("kill owner")?;
+    support::wait_child(&mut owner, LONG)?;
+    for p in pids.iter() {
+        let pid = p.load(Ordering::SeqCst) as i32;
+        let st = support::wait_pid(pid, Duration::from_secs(5))
+            .map_err(|e| format!("worker {pid} did not exit after its owner died: {e}"))?;
+        ensure!(st.success(), "worker {pid}: {st:?}");
+    }
+    Ok(())
+}
+
+fn shutdown_leaves_no_child() -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(3)
+        .build(|x: u64| x + 1)
+        .ctx("pool")?;
+    let handles: Vec<_> = (0..50u64)
+        .map(|x| pool.submit(x))
+        .collect::<Result<_, _>>()
+        .ctx("submit")?;
+    pool.shutdown().ctx("shutdown")?;
+    for (x, h) in handles.into_iter().enumerate() {
+        ensure!(
+            h.join() == Ok(x as u64 + 1),
+            "job {x} queued before shutdown did not finish"
+        );
+    }
+    ensure!(no_children(), "shutdown left a worker");
+    // Drop does the same.
+    {
+        let pool = Pool::new(2, |x: u32| x).ctx("pool")?;
+        let _ = pool.submit(1).ctx("submit")?;
+    }
+    ensure!(no_children(), "drop left a worker");
+    Ok(())
+}
+
+fn dispatch_prefers_idle_workers() -> Outcome {
+    // One slow job must not hold back the short ones behind it: with two workers, the short
+    // jobs go to the idle one.
+    let pool = Pool::new(2, |x: u32| {
+        if x == 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        x
+    })
+    .ctx("pool")?;
+    let slow = pool.submit(0).ctx("submit")?;
+    std::thread::sleep(Duration::from_millis(20));
+    let start = Instant::now();
+    for x in 1..20u32 {
+        ensure!(pool.submit(x).ctx("submit")?.join() == Ok(x), "job {x}");
+    }
+    let fast = start.elapsed();
+    ensure!(
+        fast < Duration::from_millis(400),
+        "short jobs waited behind the slow one ({fast:?})"
+    );
+    ensure!(slow.join() == Ok(0), "the slow job");
+    Ok(())
+}
+
+fn multithreaded_owner_fails_jobs_instead_of_hanging() -> Outcome {
+    let pool = Pool::new(1, |x: u32| x).ctx("pool")?;
+    let ids = pool.worker_ids();
+    let _thread = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3600)));
+    // SAFETY: signals our own unreaped worker.
+    unsafe { libc::kill(ids[0] as i32, libc::SIGKILL) };
+    let start = Instant::now();
+    let r = pool.submit(1).ctx("submit")?.join_timeout(LONG);
+    match r {
+        Err(JobError::NoWorker { reason }) => ensure!(
+            reason.contains("thread"),
+            "the reason does not name the cause: {reason}"
+        ),
+        other => return Err(format!("expected NoWorker, got {other:?}")),
+    }
+    ensure!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    ensure!(
+        pool.worker_ids().is_empty(),
+        "worker_ids must show no worker"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "serde"))]
+fn serde_jobs_and_results() -> Outcome {
+    Ok(()) // needs feature `serde`
+}
+
+#[cfg(feature = "serde")]
+fn serde_jobs_and_results() -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(2)
+        .build_serde(|s: String| s.to_uppercase())
+        .ctx("pool")?;
+    let words = ["fork", "pool", "select"];
+    let out: Vec<String> = pool
+        .map(words.iter().map(|w| w.to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    ensure!(out == ["FORK", "POOL", "SELECT"], "{out:?}");
+    Ok(())
+}

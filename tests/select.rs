@@ -1,0 +1,449 @@
+//! Fork tests for `Select`: many children, every endpoint kind, deaths, idleness, scale,
+//! fairness, removal.
+//!
+//! Every case runs in its own forked process (see `support`); every wait has a deadline and
+//! every child is killed and reaped on every exit path.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use forkipc::{Child, DisconnectReason, Receiver, Select, Sender, TryRecvError, WaitPolicy};
+use support::{Context, Outcome};
+
+fn main() {
+    support::run(cases![
+        fan_in_many_children_keeps_per_child_order,
+        every_endpoint_kind_in_one_select,
+        blocked_select_sees_a_death,
+        death_seen_with_more_peers_than_futex_waitv_takes,
+        idle_select_uses_no_cpu_and_no_wakeups,
+        select_over_512_receivers,
+        fairness_among_ready_operations,
+        removed_operation_is_not_reported,
+    ]);
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Children killed and reaped when dropped.
+struct Reap(Vec<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            support::kill_and_reap(c);
+        }
+    }
+}
+
+fn voluntary_switches() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fan_in_many_children_keeps_per_child_order() -> Outcome {
+    const CHILDREN: usize = 16;
+    const PER: u64 = 20_000;
+    let mut rxs = Vec::new();
+    let mut kids = Reap(Vec::new());
+    for k in 0..CHILDREN {
+        let (tx, rx) = forkipc::channel::<[u64; 2]>(64).ctx("channel")?;
+        kids.0.push(
+            forkipc::fork(tx, move |tx| {
+                for i in 0..PER {
+                    if tx.send([k as u64, i]).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            })
+            .ctx("fork")?,
+        );
+        rxs.push(rx);
+    }
+    let mut sel = Select::new();
+    for rx in &rxs {
+        sel.recv(rx);
+    }
+    let mut next = [0u64; CHILDREN];
+    let mut open = CHILDREN;
+    let start = Instant::now();
+    while open > 0 {
+        ensure!(start.elapsed() < LONG, "fan-in did not finish: {next:?}");
+        let i = sel.ready_timeout(LONG).ctx("ready")?;
+        match rxs[i].try_recv() {
+            Ok([k, seq]) => {
+                ensure!(k as usize == i, "message from child {k} on channel {i}");
+                ensure!(seq == next[i], "child {i}: got {seq}, expected {}", next[i]);
+                next[i] += 1;
+            }
+            Err(TryRecvError::Disconnected) => {
+                sel.remove(i);
+                open -= 1;
+            }
+            Err(TryRecvError::Empty) => return Err(format!("operation {i} was ready but empty")),
+        }
+    }
+    ensure!(next.iter().all(|&n| n == PER), "counts {next:?}");
+    for c in &mut kids.0 {
+        support::expect_success(c, LONG)?;
+    }
+    Ok(())
+}
+
+fn every_endpoint_kind_in_one_select() -> Outcome {
+    let (ttx, trx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (btx, brx) = forkipc::byte_channel(256).ctx("byte channel")?;
+    let (mine, theirs) = forkipc::duplex::<u64, u64>(4).ctx("duplex")?;
+    let (full_tx, full_rx) = forkipc::channel::<u64>(1).ctx("channel")?;
+    #[cfg(feature = "serde")]
+    let (stx, srx) = forkipc::serde_channel::<String>(1024).ctx("serde channel")?;
+    while full_tx.try_send(0).is_ok() {}
+    let go = forkipc::AnonRegion::new(4096).ctx("region")?;
+    let stage = go
+        .alloc(std::sync::atomic::AtomicU32::new(0))
+        .ctx("alloc")?;
+    #[cfg(feature = "serde")]
+    let ends = (ttx, btx, theirs, full_rx, stx);
+    #[cfg(not(feature = "serde"))]
+    let ends = (ttx, btx, theirs, full_rx);
+    let child = forkipc::fork(ends, move |e| {
+        let wait_stage = |n: u32| {
+            while stage.load(std::sync::atomic::Ordering::SeqCst) < n {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        wait_stage(1);
+        let _ = e.0.send(1);
+        wait_stage(2);
+        let _ = e.1.send(b"bytes");
+        wait_stage(3);
+        let _ = e.2.send(3);
+        wait_stage(4);
+        let _ = e.3.recv(); // makes room in the full channel
+        #[cfg(feature = "serde")]
+        {
+            wait_stage(5);
+            let _ = e.4.send(&"serde".to_string());
+        }
+        wait_stage(99);
+        0
+    })
+    .ctx("fork")?;
+    let mut kids = Reap(vec![child]);
+    let mut sel = Select::new();
+    let i_typed = sel.recv(&trx);
+    let i_bytes = sel.recv(&brx);
+    let i_duplex = sel.recv(&mine);
+    let i_room = sel.send(&full_tx);
+    #[cfg(feature = "serde")]
+    let i_serde = sel.recv(&srx);
+    ensure!(sel.try_ready().is_err(), "nothing is ready yet");
+    let mut expect = vec![(1, i_typed), (2, i_bytes), (3, i_duplex), (4, i_room)];
+    #[cfg(feature = "serde")]
+    expect.push((5, i_serde));
+    for (st, want) in expect {
+        std::thread::sleep(Duration::from_millis(20)); // let the select go to sleep first
+        stage.store(st, std::sync::atomic::Ordering::SeqCst);
+        let got = sel.ready_timeout(Duration::from_secs(5)).ctx("ready")?;
+        ensure!(
+            got == want,
+            "stage {st}: operation {got} ready, expected {want}"
+        );
+        match st {
+            1 => ensure!(trx.try_recv() == Ok(1), "typed"),
+            2 => ensure!(
+                brx.try_recv().ok().as_deref() == Some(&b"bytes"[..]),
+                "bytes"
+            ),
+            3 => ensure!(mine.try_recv() == Ok(3), "duplex"),
+            4 => ensure!(full_tx.try_send(9).is_ok(), "room to send"),
+            _ => {
+                #[cfg(feature = "serde")]
+                ensure!(srx.try_recv().ok().as_deref() == Some("serde"), "serde");
+            }
+        }
+        sel.remove(want);
+    }
+    stage.store(99, std::sync::atomic::Ordering::SeqCst);
+    support::expect_success(&mut kids.0[0], LONG)?;
+    Ok(())
+}
+
+fn blocked_select_sees_a_death() -> Outcome {
+    let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (_tx2, rx2) = forkipc::channel::<u64>(4).ctx("channel")?; // a live, silent peer (us)
+    let child = forkipc::fork(tx, |_tx| {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .ctx("fork")?;
+    let mut kids = Reap(vec![child]);
+    let mut sel = Select::new();
+    let i = sel.recv(&rx);
+    sel.recv(&rx2);
+    let pid = kids.0[0].id();
+    // Kill from a forked helper after the select is asleep.
+    let helper = forkipc::fork((), move |()| {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        0
+    })
+    .ctx("fork killer")?;
+    kids.0.push(helper);
+    let start = Instant::now();
+    let got = sel.ready_timeout(Duration::from_secs(10)).ctx("ready")?;
+    let took = start.elapsed();
+    ensure!(
+        got == i,
+        "operation {got} ready, expected the dead peer's {i}"
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "the death took {took:?} to be seen"
+    );
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Disconnected),
+        "try_recv after the death"
+    );
+    ensure!(
+        rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "reason"
+    );
+    Ok(())
+}
+
+fn death_seen_with_more_peers_than_futex_waitv_takes() -> Outcome {
+    const PEERS: usize = 130;
+    let mut rxs: Vec<Receiver<u64>> = Vec::new();
+    let mut kids = Reap(Vec::new());
+    for _ in 0..PEERS {
+        let (tx, rx) = forkipc::channel::<u64>(1).ctx("channel")?;
+        kids.0.push(
+            forkipc::fork(tx, |_tx| {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .ctx("fork")?,
+        );
+        rxs.push(rx);
+    }
+    let mut sel = Select::new();
+    for rx in &rxs {
+        sel.recv(rx);
+    }
+    ensure!(sel.try_ready().is_err(), "nothing ready");
+    let victim = PEERS - 1; // beyond the first 127 watched presence words
+    let pid = kids.0[victim].id();
+    kids.0.push(
+        forkipc::fork((), move |()| {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            0
+        })
+        .ctx("fork killer")?,
+    );
+    let start = Instant::now();
+    let got = sel.ready_timeout(Duration::from_secs(10)).ctx("ready")?;
+    ensure!(got == victim, "operation {got} ready, expected {victim}");
+    ensure!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+fn idle_select_uses_no_cpu_and_no_wakeups() -> Outcome {
+    let mut txs: Vec<Sender<u64>> = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..8 {
+        let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let child = forkipc::fork(txs, |_txs| {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .ctx("fork")?;
+    let _kids = Reap(vec![child]);
+    let mut sel = Select::new();
+    for rx in &rxs {
+        sel.recv(rx);
+    }
+    let cpu0 = support::cpu_time();
+    let sw0 = voluntary_switches();
+    let r = sel.ready_timeout(Duration::from_secs(1));
+    let cpu = support::cpu_time() - cpu0;
+    let switches = voluntary_switches() - sw0;
+    ensure!(r.is_err(), "nothing should be ready: {r:?}");
+    // The spin phase costs 50 µs; sleeping costs nothing. (Not a speed claim: a busy or
+    // periodically waking select would use hundreds of milliseconds / switches.)
+    ensure!(
+        cpu < Duration::from_millis(30),
+        "an idle select used {cpu:?} of CPU in 1 s"
+    );
+    ensure!(
+        switches <= 3,
+        "an idle select woke up {switches} times in 1 s"
+    );
+    Ok(())
+}
+
+fn select_over_512_receivers() -> Outcome {
+    const CHILDREN: usize = 8;
+    const PER: usize = 64;
+    let mut rxs = Vec::new();
+    let mut kids = Reap(Vec::new());
+    for k in 0..CHILDREN {
+        let mut txs = Vec::new();
+        for _ in 0..PER {
+            let (tx, rx) = forkipc::channel::<u64>(1).ctx("channel")?;
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        kids.0.push(
+            forkipc::fork(txs, move |txs| {
+                std::thread::sleep(Duration::from_millis(50));
+                // Backwards, so the last operations are ready first.
+                for (j, tx) in txs.iter().enumerate().rev() {
+                    if tx.send((k * PER + j) as u64).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            })
+            .ctx("fork")?,
+        );
+    }
+    let mut sel = Select::new();
+    for rx in &rxs {
+        sel.recv(rx);
+    }
+    let mut got = vec![false; rxs.len()];
+    let mut closed = 0;
+    let start = Instant::now();
+    while closed < rxs.len() {
+        ensure!(start.elapsed() < LONG, "not done: {closed} closed");
+        let i = sel.ready_timeout(LONG).ctx("ready")?;
+        match rxs[i].try_recv() {
+            Ok(v) => {
+                ensure!(v as usize == i, "channel {i} carried {v}");
+                ensure!(!got[i], "channel {i} delivered twice");
+                got[i] = true;
+            }
+            Err(TryRecvError::Disconnected) => {
+                ensure!(got[i], "channel {i} closed before its message");
+                sel.remove(i);
+                closed += 1;
+            }
+            Err(TryRecvError::Empty) => return Err(format!("operation {i} ready but empty")),
+        }
+    }
+    for c in &mut kids.0 {
+        support::expect_success(c, LONG)?;
+    }
+    Ok(())
+}
+
+fn fairness_among_ready_operations() -> Outcome {
+    // Every operation stays ready for the whole measurement (each ring holds 100 messages and
+    // only a quarter are taken), so what is measured is the choice, not the scheduler.
+    const N: usize = 4;
+    const FILL: u64 = 100;
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..N {
+        let (tx, rx) = forkipc::channel::<u64>(128).ctx("channel")?;
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let region = forkipc::AnonRegion::new(4096).ctx("region")?;
+    let filled = region
+        .alloc(std::sync::atomic::AtomicU32::new(0))
+        .ctx("alloc")?;
+    let child = forkipc::fork(txs, move |txs| {
+        for tx in &txs {
+            for i in 0..FILL {
+                if tx.send(i).is_err() {
+                    return 1;
+                }
+            }
+        }
+        filled.store(1, std::sync::atomic::Ordering::SeqCst);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .ctx("fork")?;
+    let _kids = Reap(vec![child]);
+    let start = Instant::now();
+    while filled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        ensure!(start.elapsed() < LONG, "the rings were never filled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut sel = Select::new();
+    for rx in &rxs {
+        sel.recv(rx);
+    }
+    let mut picks = [0u64; N];
+    let rounds = FILL * N as u64 / 4;
+    for _ in 0..rounds {
+        let i = sel.ready_timeout(LONG).ctx("ready")?;
+        picks[i] += 1;
+        ensure!(
+            rxs[i].try_recv().is_ok(),
+            "operation {i} ready but no message"
+        );
+    }
+    let share = rounds / N as u64;
+    ensure!(
+        picks.iter().all(|&p| p + 1 >= share && p <= share + 1),
+        "always-ready operations were not chosen in turn: {picks:?} of {rounds}"
+    );
+    Ok(())
+}
+
+fn removed_operation_is_not_reported() -> Outcome {
+    let (tx1, rx1) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (tx2, rx2) = forkipc::channel::<u64>(4).ctx("channel")?;
+    rx1.set_wait_policy(WaitPolicy::Block);
+    let child = forkipc::fork((tx1, tx2), |(tx1, tx2)| {
+        let _ = tx1.send(1);
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = tx2.send(2);
+        std::thread::sleep(Duration::from_millis(200));
+        0
+    })
+    .ctx("fork")?;
+    let mut kids = Reap(vec![child]);
+    let mut sel = Select::new();
+    let a = sel.recv(&rx1);
+    let b = sel.recv(&rx2);
+    sel.remove(a);
+    let got = sel.ready_timeout(Duration::from_secs(5)).ctx("ready")?;
+    ensure!(got == b, "a removed operation was reported ({got})");
+    ensure!(
+        rx2.try_recv() == Ok(2),
+        "the message on the watched channel"
+    );
+    ensure!(
+        rx1.try_recv() == Ok(1),
+        "the unwatched channel still holds its message"
+    );
+    support::expect_success(&mut kids.0[0], LONG)?;
+    Ok(())
+}
