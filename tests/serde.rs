@@ -686,6 +686,86 @@ fn every_endpoint_answers_the_same_questions() -> Outcome {
     Ok(())
 }
 
+/// A `Select` watches the new duplexes like the other endpoints: a byte duplex and a serde
+/// duplex, each served by a forked child that answers after a delay, are reported ready when
+/// (and only when) their answer is there, and then when their child exits (`Disconnected`).
+fn select_watches_byte_and_serde_duplexes() -> Outcome {
+    let (b_me, b_worker) = forkipc::byte_duplex(256).ctx("byte_duplex")?;
+    let (s_me, s_worker) = serde_duplex::<String, String>(256).ctx("serde_duplex")?;
+    let mut children = Vec::new();
+    children.push(
+        fork(b_worker, |w| match w.recv() {
+            Ok(m) => i32::from(w.send(&m).is_err()),
+            Err(_) => 2,
+        })
+        .ctx("fork byte worker")?,
+    );
+    children.push(
+        fork(s_worker, |w| {
+            std::thread::sleep(Duration::from_millis(50));
+            match w.recv() {
+                Ok(m) => i32::from(w.send(&m.to_uppercase()).is_err()),
+                Err(_) => 2,
+            }
+        })
+        .ctx("fork serde worker")?,
+    );
+    let r = (|| {
+        let mut sel = forkipc::Select::new();
+        let i_bytes = sel.recv(&b_me);
+        let i_serde = sel.recv(&s_me);
+        let i_room = sel.send(&s_me);
+        ensure!(
+            sel.try_ready() == Ok(i_room),
+            "only the room to send is ready at first"
+        );
+        sel.remove(i_room);
+        ensure!(sel.try_ready().is_err(), "nothing to receive yet");
+        b_me.send(b"ping").ctx("byte send")?;
+        s_me.send(&"pong".to_string()).ctx("serde send")?;
+        let (mut got_bytes, mut got_serde, mut closed) = (false, false, 0);
+        while closed < 2 {
+            let i = sel
+                .ready_timeout(Duration::from_secs(10))
+                .map_err(|e| format!("ready_timeout: {e}"))?;
+            if i == i_bytes {
+                match b_me.try_recv() {
+                    Ok(m) => got_bytes = m == b"ping",
+                    Err(TryRecvError::Disconnected) => {
+                        sel.remove(i);
+                        closed += 1;
+                    }
+                    Err(e) => return Err(format!("byte duplex ready, then {e:?}")),
+                }
+            } else if i == i_serde {
+                match s_me.try_recv() {
+                    Ok(m) => got_serde = m == "PONG",
+                    Err(TryRecvError::Disconnected) => {
+                        sel.remove(i);
+                        closed += 1;
+                    }
+                    Err(e) => return Err(format!("serde duplex ready, then {e:?}")),
+                }
+            } else {
+                return Err(format!("ready reported operation {i}"));
+            }
+        }
+        ensure!(
+            got_bytes && got_serde,
+            "answers: bytes {got_bytes}, serde {got_serde}"
+        );
+        Ok(())
+    })();
+    for c in &mut children {
+        if r.is_err() {
+            kill_and_reap(c);
+        } else {
+            expect_success(c, Duration::from_secs(30))?;
+        }
+    }
+    r
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regression: issue 8, defect 4 ("decoding memory the peer can still write")
 // ---------------------------------------------------------------------------------------------
@@ -896,6 +976,7 @@ fn main() {
         serde_iter_yields_decode_errors_and_goes_on,
         serde_send_from_serialize_panics_not_corrupts,
         every_endpoint_answers_the_same_questions,
+        select_watches_byte_and_serde_duplexes,
         regression_serde_decodes_a_private_copy,
         regression_serde_string_stays_utf8_while_peer_flips_bytes,
     ]);
