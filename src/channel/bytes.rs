@@ -459,6 +459,10 @@ endpoint_surface!(ByteDuplex, |s| (&s.tx.core, &s.rx.core));
 /// Space reserved in the ring for one message, written in place. `commit` sends it; dropping
 /// it sends nothing.
 ///
+/// While it lives, its sender makes no other reservation and sends nothing (that panics): the
+/// ring hands out one reservation at a time. A grant leaked with `mem::forget` therefore
+/// leaves its sender unable to send.
+///
 /// The slice lies in memory that the peer process maps too. A well-behaved peer does not touch
 /// it before the commit, but a buggy or hostile one can write it at any time, so what you read
 /// back from the grant may differ from what you wrote (safe: `[u8]` has no invalid values).
