@@ -1143,10 +1143,18 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     if !has_children()? {
         return streamer_died_before_grandchild(ctl, &vrx, plan);
     }
-    ensure!(
-        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0),
-        "G exists but never started"
-    );
+    if !wait_until(SHORT_WAIT, || ctl.g_pid.load(Ordering::SeqCst) != 0) {
+        // G exists but never ran its closure: S died before G could take over its presence
+        // slot, so G left at once with status 125 (`fork`'s "parent died in fork"). Valid:
+        // the verdict channel's sender was G's, and G's slot was marked dead with S.
+        let st = reap_any_child(LONG)?;
+        ensure!(
+            st.code() == Some(125),
+            "G exists but never started, and ended with {st:?} (expected exit 125: its parent \
+             died inside fork)"
+        );
+        return streamer_died_before_grandchild(ctl, &vrx, plan);
+    }
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
     let verdict = vrx.recv_timeout(LONG);
     // G is our child now (we are its subreaper): reap it.
@@ -1191,6 +1199,30 @@ fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: Kil
     record_detect(detect);
     bump(&stats().parent_side_before_g);
     Ok(())
+}
+
+/// How long a just-forked grandchild gets to name itself before it counts as never started.
+const SHORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Reaps whichever child exits first (waiting at most `timeout`).
+fn reap_any_child(timeout: Duration) -> Result<std::process::ExitStatus, String> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is writable; -1 means any child of ours.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r > 0 {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        if r < 0 {
+            return Err(format!("waitpid(-1): {}", std::io::Error::last_os_error()));
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("no child exited within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Whether this process has any child (running or exited, not yet reaped).
@@ -3199,13 +3231,21 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
         s.kill().ctx("kill S")?;
         s.expect_killed("S", LONG)?;
         if has_children()? {
-            ensure!(
-                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0),
-                "S's child never started"
-            );
-            drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
-            child += 1;
-            continue;
+            if !wait_until(SHORT_WAIT, || wt.waiter_pid.load(Ordering::SeqCst) != 0) {
+                // The child came of the fork after S's death was already marked on its
+                // reserved slot: it leaves at once with status 125 without running its closure,
+                // and the peer must see the death like a kill before the fork.
+                let st = reap_any_child(LONG)?;
+                ensure!(
+                    st.code() == Some(125),
+                    "S's child never started, and ended with {st:?} (expected exit 125: its \
+                     parent died inside fork)"
+                );
+            } else {
+                drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
+                child += 1;
+                continue;
+            }
         }
         no_child += 1;
         let r = rx.recv_timeout(DETECT_BOUND);

@@ -146,6 +146,7 @@ fn every_endpoint_kind_in_one_select() -> Outcome {
     #[cfg(feature = "serde")]
     let i_serde = sel.recv(&srx);
     ensure!(sel.try_ready().is_err(), "nothing is ready yet");
+    #[cfg_attr(not(feature = "serde"), allow(unused_mut))]
     let mut expect = vec![(1, i_typed), (2, i_bytes), (3, i_duplex), (4, i_room)];
     #[cfg(feature = "serde")]
     expect.push((5, i_serde));
