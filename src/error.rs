@@ -25,7 +25,11 @@ pub enum Error {
     /// Shared memory holds an impossible length, position or record: a peer is buggy or died
     /// mid-write. The ring refuses to read further.
     Corrupted,
-    /// `fork` was called in a process with more than one thread.
+    /// `fork` was called in a process with more than one thread: the child would have only the
+    /// forking thread, and a lock another thread held (the allocator's, stdout's) would stay
+    /// locked in it for ever. Fork before starting threads. Tests that fork belong in a
+    /// `harness = false` test target, because libtest runs every `#[test]` on a thread of its
+    /// own (the crate docs, "Testing code that forks", give a ready template).
     MultiThreaded,
     /// `fork` would make the child in another PID namespace (this process called
     /// `unshare(CLONE_NEWPID)`): robust locks and presence compare thread ids, which collide
@@ -57,9 +61,13 @@ impl fmt::Display for Error {
                 )
             }
             Error::Corrupted => f.write_str("shared memory is corrupted"),
-            Error::MultiThreaded => {
-                f.write_str("refusing to fork a process that has more than one thread")
-            }
+            Error::MultiThreaded => f.write_str(
+                "refusing to fork a process that has more than one thread: the child could \
+                 deadlock on a lock another thread held (the allocator's, stdout's). Fork before \
+                 starting threads; for tests, libtest runs each #[test] on a thread of its own, \
+                 so put tests that fork in a `harness = false` test target (template in the \
+                 forkipc docs, \"Testing code that forks\")",
+            ),
             Error::PidNamespace => f.write_str(
                 "refusing to fork into another PID namespace: robust locks and endpoint presence compare thread ids, which collide across PID namespaces",
             ),

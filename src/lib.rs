@@ -22,16 +22,25 @@ mod sys;
 /// matches this crate's.
 pub use bytemuck;
 pub use channel::{
-    ByteMessage, ByteReceiver, ByteSendError, ByteSender, Duplex, DuplexPair, IntoIter, Iter,
-    Plain, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryIter,
-    TryRecvError, TrySendError, WriteGrant, byte_channel, channel, duplex,
+    ByteDuplex, ByteMessage, ByteReceiver, ByteSender, Duplex, DuplexPair, Endpoint, IntoIter,
+    Iter, Plain, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
+    TooLarge, TryIter, TryRecvError, TrySendError, WriteGrant, byte_channel, byte_duplex, channel,
+    duplex,
 };
 #[cfg(feature = "serde")]
-pub use channel::{SerdeReceiver, SerdeRecvError, SerdeSendError, SerdeSender, serde_channel};
+pub use channel::{
+    EncodeError, SerdeDuplex, SerdeDuplexPair, SerdeIter, SerdeReceiver, SerdeSender, SerdeTryIter,
+    serde_channel, serde_duplex,
+};
 pub use error::Error;
 pub use mutex::{LockError, NotRecoverableError, ShmMutex, ShmMutexGuard, TryLockError};
 #[cfg(not(loom))]
 pub use pool::{JobError, JobHandle, Map as PoolMap, Pool, PoolBuilder};
+/// The serde channels' wire format (feature `serde`), re-exported so that its error type,
+/// [`postcard::Error`], which serde channels report for a value that fails to encode or a
+/// message that fails to decode, can be named, at the version this crate uses.
+#[cfg(feature = "serde")]
+pub use postcard;
 pub use process::{Child, Outcome, Transfer, fork, fork_unchecked};
 pub use region::{AnonRegion, Shareable};
 pub use ring::DisconnectReason;

@@ -20,7 +20,9 @@ use outcome::PANIC_EXIT_CODE;
 use panic_capture::{PanicReport, PanicSlot};
 
 use crate::Error;
-use crate::channel::{ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender};
+use crate::channel::{
+    ByteDuplex, ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, Sender,
+};
 use crate::presence;
 use crate::sync::ident::current_ident;
 
@@ -81,13 +83,21 @@ transfer_core!(crate::SerdeSender<T>, [T], inner.core);
 #[cfg(feature = "serde")]
 transfer_core!(crate::SerdeReceiver<T>, [T], inner.core);
 
-impl<A, B> sealed::Sealed for Duplex<A, B> {}
-impl<A, B> Transfer for Duplex<A, B> {
-    fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
-        f(&self.sender().core);
-        f(&self.receiver().core);
-    }
+macro_rules! transfer_duplex {
+    ($t:ty, [$($g:ident),*], $($field:ident).+) => {
+        impl<$($g),*> sealed::Sealed for $t {}
+        impl<$($g),*> Transfer for $t {
+            fn for_each_core(&self, _: &Token, f: &mut dyn FnMut(&dyn EndpointCore)) {
+                f(&self.sender().$($field).+);
+                f(&self.receiver().$($field).+);
+            }
+        }
+    };
 }
+transfer_duplex!(Duplex<A, B>, [A, B], core);
+transfer_duplex!(ByteDuplex, [], core);
+#[cfg(feature = "serde")]
+transfer_duplex!(crate::SerdeDuplex<A, B>, [A, B], inner.core);
 
 impl<T: Transfer> sealed::Sealed for Vec<T> {}
 /// Any number of endpoints of one type (e.g. one sender per channel of a fan-in).
@@ -140,11 +150,21 @@ transfer_tuple!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
 /// `Disconnected`). Shared memory made before the fork ([`AnonRegion`](crate::AnonRegion)) is
 /// shared with the child.
 ///
+/// So pass every endpoint the child uses in `ends`: one that the closure *captures* instead is
+/// such an inert copy in the child (its operations report `Disconnected`, reason
+/// [`NotOwner`](crate::DisconnectReason::NotOwner), and debug builds say so once on stderr),
+/// while the parent's original either closes when the closure is dropped after the fork (a
+/// `move` capture: the peer sees `PeerDropped`) or stays open unused (a borrow: the peer
+/// waits). See "Common mistakes" in the crate docs.
+///
 /// Refuses with [`Error::PidNamespace`] if the child would be in another PID namespace (after
 /// `unshare(CLONE_NEWPID)`): the kernel's robust-futex handling compares thread ids, which
-/// collide across namespaces. Refuses with [`Error::MultiThreaded`] if the process has more than one thread: the child
+/// collide across namespaces. Refuses with [`Error::MultiThreaded`] if the process has more
+/// than one thread: the child
 /// of a multithreaded process has only the forking thread, and a lock held by another thread
-/// (the allocator's, stdout's) would stay locked forever. See [`fork_unchecked`].
+/// (the allocator's, stdout's) would stay locked forever. Tests that fork therefore go in a
+/// `harness = false` test target ("Testing code that forks" in the crate docs). See
+/// [`fork_unchecked`].
 ///
 /// Endpoints that this process does not own (inert copies) may be passed but stay inert.
 /// Borrowed data captured by `child` is the child's copy, except memory in an `AnonRegion`,

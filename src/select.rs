@@ -36,7 +36,7 @@
 use std::time::{Duration, Instant};
 
 use crate::channel::{
-    ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, RxCore, Sender, TxCore,
+    ByteDuplex, ByteReceiver, ByteSender, Duplex, EndpointCore, Receiver, RxCore, Sender, TxCore,
 };
 use crate::presence::{self, Liveness, PresenceRef};
 use crate::ring::SideState;
@@ -54,14 +54,15 @@ mod sealed {
 }
 
 /// A receiving endpoint that a [`Select`] can watch: [`Receiver`], [`ByteReceiver`],
-/// `SerdeReceiver` and [`Duplex`] (its receiving half). Sealed.
+/// `SerdeReceiver`, and the duplexes [`Duplex`], [`ByteDuplex`] and `SerdeDuplex` (their
+/// receiving half). Sealed.
 pub trait SelectRecv: sealed::Sealed {
     #[doc(hidden)]
     fn recv_handle(&self) -> RecvHandle<'_>;
 }
 
-/// A sending endpoint that a [`Select`] can watch: [`Sender`], [`ByteSender`], `SerdeSender`
-/// and [`Duplex`] (its sending half). Sealed.
+/// A sending endpoint that a [`Select`] can watch: [`Sender`], [`ByteSender`], `SerdeSender`,
+/// and the duplexes [`Duplex`], [`ByteDuplex`] and `SerdeDuplex` (their sending half). Sealed.
 pub trait SelectSend: sealed::Sealed {
     #[doc(hidden)]
     fn send_handle(&self) -> SendHandle<'_>;
@@ -108,6 +109,31 @@ impl<A, B> SelectRecv for Duplex<A, B> {
 impl<A, B> SelectSend for Duplex<A, B> {
     fn send_handle(&self) -> SendHandle<'_> {
         SendHandle(&self.sender().core, std::mem::size_of::<A>())
+    }
+}
+impl sealed::Sealed for ByteDuplex {}
+impl SelectRecv for ByteDuplex {
+    fn recv_handle(&self) -> RecvHandle<'_> {
+        RecvHandle(&self.receiver().core)
+    }
+}
+impl SelectSend for ByteDuplex {
+    fn send_handle(&self) -> SendHandle<'_> {
+        SendHandle(&self.sender().core, 0)
+    }
+}
+#[cfg(feature = "serde")]
+impl<A, B> sealed::Sealed for crate::SerdeDuplex<A, B> {}
+#[cfg(feature = "serde")]
+impl<A, B> SelectRecv for crate::SerdeDuplex<A, B> {
+    fn recv_handle(&self) -> RecvHandle<'_> {
+        RecvHandle(&self.receiver().inner.core)
+    }
+}
+#[cfg(feature = "serde")]
+impl<A, B> SelectSend for crate::SerdeDuplex<A, B> {
+    fn send_handle(&self) -> SendHandle<'_> {
+        SendHandle(&self.sender().inner.core, 0)
     }
 }
 #[cfg(feature = "serde")]

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use forkipc::bytemuck::{CheckedBitPattern, NoUninit, Pod, Zeroable};
 use forkipc::{
-    ByteSendError, Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError,
-    SendError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitPolicy, byte_channel,
-    channel, duplex, fork,
+    Child, DisconnectReason, Plain, Receiver, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Sender, TooLarge, TryRecvError, TrySendError, WaitPolicy, byte_channel,
+    byte_duplex, channel, duplex, fork,
 };
 use support::{Context, Outcome, expect_success, kill_and_reap, wait_child};
 
@@ -46,6 +46,10 @@ fn main() {
         channel_create_drop_leaves_no_mapping,
         tuples_transfer,
         regression_typed_bool_with_invalid_bits_is_corrupted_not_ub,
+        deadlines_bound_sequences_of_calls,
+        byte_duplex_round_trips_across_fork,
+        mistakes_name_their_fix,
+        one_reservation_at_a_time,
     ]);
 }
 
@@ -268,14 +272,18 @@ fn byte_messages_random_lengths() -> Outcome {
     ensure!(rx.max_message_len() == max, "receiver's max differs");
 
     let big = vec![7u8; max + 1];
-    let too_large = ByteSendError::TooLarge { len: max + 1, max };
-    ensure!(tx.send(&big) == Err(too_large), "send of max+1 bytes");
+    let too_large = TooLarge { len: max + 1, max };
     ensure!(
-        tx.try_send(&big) == Err(too_large),
+        tx.send(&big) == Err(SendError::Refused((), too_large)),
+        "send of max+1 bytes"
+    );
+    ensure!(
+        tx.try_send(&big) == Err(TrySendError::Refused((), too_large)),
         "try_send of max+1 bytes"
     );
     ensure!(
-        tx.send_timeout(&big, Duration::from_millis(10)) == Err(too_large),
+        tx.send_timeout(&big, Duration::from_millis(10))
+            == Err(SendTimeoutError::Refused((), too_large)),
         "send_timeout of max+1 bytes"
     );
     ensure!(
@@ -420,7 +428,10 @@ fn timeouts_and_empty() -> Outcome {
             rx.try_recv() == Err(TryRecvError::Disconnected),
             "try_recv after the sender left"
         );
-        ensure!(rx.recv() == Err(RecvError), "recv after the sender left");
+        ensure!(
+            rx.recv() == Err(RecvError::Disconnected),
+            "recv after the sender left"
+        );
         Ok(())
     })(&mut child);
     cleanup(&mut child, r)
@@ -501,7 +512,7 @@ fn full_backpressure_hands_value_back() -> Outcome {
     loop {
         match tx.try_send(&msg) {
             Ok(()) => n += 1,
-            Err(ByteSendError::Full) => break,
+            Err(TrySendError::Full(())) => break,
             Err(e) => return Err(format!("byte try_send {n}: {e:?}")),
         }
         ensure!(n < 1 << 20, "byte ring never full");
@@ -509,7 +520,7 @@ fn full_backpressure_hands_value_back() -> Outcome {
     ensure!(n >= 1, "not a single message fit");
     let r = tx.send_timeout(&msg, Duration::from_millis(20));
     ensure!(
-        r == Err(ByteSendError::Timeout),
+        r == Err(SendTimeoutError::Timeout(())),
         "byte send_timeout when full: {r:?}"
     );
     let got = rx.try_iter().count();
@@ -643,7 +654,10 @@ fn blocked_recv_sees_peer_killed_by_sibling() -> Outcome {
         let t_err = support::mono_ns();
         let blocked = t0.elapsed();
         let r = (|| {
-            ensure!(res == Err(RecvError), "recv while blocked: {res:?}");
+            ensure!(
+                res == Err(RecvError::Disconnected),
+                "recv while blocked: {res:?}"
+            );
             ensure!(
                 rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
                 "reason: {:?}",
@@ -839,7 +853,9 @@ fn blocked_sender_sees_receiver_death() -> Outcome {
         let blocked = t0.elapsed();
         let r = (|| {
             match res {
-                Err(SendError(v)) => ensure!(v == 0xdead, "SendError handed back {v:#x}"),
+                Err(SendError::Disconnected(v)) => {
+                    ensure!(v == 0xdead, "SendError handed back {v:#x}")
+                }
                 Ok(()) => return Err("send on a full ring of a dead receiver succeeded".into()),
             }
             ensure!(
@@ -918,7 +934,10 @@ fn dropped_end_in_live_process() -> Outcome {
             res == Err(RecvTimeoutError::Disconnected),
             "after the drop: {res:?}"
         );
-        ensure!(rx.recv() == Err(RecvError), "recv after the drop");
+        ensure!(
+            rx.recv() == Err(RecvError::Disconnected),
+            "recv after the drop"
+        );
         ensure!(
             rx.try_recv() == Err(TryRecvError::Disconnected),
             "try_recv after the drop"
@@ -952,7 +971,7 @@ fn dropped_receiver_fails_blocked_send() -> Outcome {
             let v = loop {
                 match tx.send(i) {
                     Ok(()) => i += 1,
-                    Err(SendError(v)) => break v,
+                    Err(SendError::Disconnected(v)) => break v,
                 }
                 ensure!(i < 1 << 20, "the ring never filled");
             };
@@ -979,7 +998,10 @@ fn dropped_receiver_fails_blocked_send() -> Outcome {
                 ),
                 "send_timeout after the drop"
             );
-            ensure!(tx.send(9) == Err(SendError(9)), "send after the drop");
+            ensure!(
+                tx.send(9) == Err(SendError::Disconnected(9)),
+                "send after the drop"
+            );
             Ok(())
         })
     })
@@ -1097,7 +1119,7 @@ fn inert_copies() -> Outcome {
                 rx.recv_timeout(Duration::from_millis(10)) == Err(RecvTimeoutError::Disconnected),
                 "rx copy recv_timeout"
             );
-            ensure!(rx.recv() == Err(RecvError), "rx copy recv");
+            ensure!(rx.recv() == Err(RecvError::Disconnected), "rx copy recv");
             ensure!(rx.iter().next().is_none(), "rx copy iter");
             drop(rx);
 
@@ -1107,7 +1129,10 @@ fn inert_copies() -> Outcome {
                 "tx_b: {:?}",
                 tx_b.disconnect_reason()
             );
-            ensure!(tx_b.send(11) == Err(SendError(11)), "tx_b copy send");
+            ensure!(
+                tx_b.send(11) == Err(SendError::Disconnected(11)),
+                "tx_b copy send"
+            );
             ensure!(
                 matches!(tx_b.try_send(12), Err(TrySendError::Disconnected(12))),
                 "tx_b copy try_send"
@@ -1141,7 +1166,7 @@ fn inert_copies() -> Outcome {
                 btx.disconnect_reason()
             );
             ensure!(
-                btx.send(b"x") == Err(ByteSendError::Disconnected),
+                btx.send(b"x") == Err(SendError::Disconnected(())),
                 "btx copy send"
             );
             drop(btx);
@@ -1437,5 +1462,392 @@ fn regression_typed_bool_with_invalid_bits_is_corrupted_not_ub() -> Outcome {
     let (_, data, cap) = forkipc::__testing::typed_ring_memory(&rx);
     forge_record(data, cap, 0, MSG | 1, &[1]);
     ensure!(rx.try_recv() == Ok(true), "a forged valid bool");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// `elapsed` lies in `[at_least, at_least + 2 s)`: a deadline was neither cut short nor
+/// overrun by more than a loaded machine explains.
+fn ensure_waited(what: &str, elapsed: Duration, at_least: Duration) -> Outcome {
+    ensure!(
+        elapsed >= at_least && elapsed < at_least + Duration::from_secs(2),
+        "{what} returned after {elapsed:?}, expected at least {at_least:?}"
+    );
+    Ok(())
+}
+
+/// `send_deadline` and `recv_deadline` on typed and byte channels and on a duplex: one overall
+/// deadline bounds a sequence of calls across fork (the child's messages arrive, then its exit
+/// is `Disconnected`, not a timeout); an empty channel times out at the deadline, not before; a
+/// deadline already past still takes a ready message or free room, and otherwise times out at
+/// once; a full ring times out and hands the value back, having sent nothing; a deadline
+/// centuries away is accepted.
+fn deadlines_bound_sequences_of_calls() -> Outcome {
+    const GAP: Duration = Duration::from_millis(30);
+    let far = Instant::now() + Duration::from_secs(300 * 365 * 86_400);
+
+    // Typed, across fork: three messages GAP apart under one deadline, then the disconnect.
+    let (tx, rx) = channel::<u64>(4).ctx("channel")?;
+    let mut child = fork(tx, |tx| {
+        child_main(|| {
+            for i in 0..3u64 {
+                std::thread::sleep(GAP);
+                tx.send_deadline(i, Instant::now() + RECV)
+                    .ctx("send_deadline")?;
+            }
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let deadline = Instant::now() + RECV;
+        for want in 0..3u64 {
+            let got = rx.recv_deadline(deadline).ctx("recv_deadline")?;
+            ensure!(got == want, "got {got}, expected {want}");
+        }
+        let end = rx.recv_deadline(deadline);
+        ensure!(
+            end == Err(RecvTimeoutError::Disconnected),
+            "after the child's exit: {end:?}"
+        );
+        Ok(())
+    })();
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)?;
+
+    // Typed, one process: empty, past, full, far.
+    let (tx, rx) = channel::<u64>(1).ctx("channel")?;
+    let t = Instant::now();
+    let r = rx.recv_deadline(t + Duration::from_millis(50));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "empty: {r:?}");
+    ensure_waited(
+        "recv_deadline(+50ms)",
+        t.elapsed(),
+        Duration::from_millis(50),
+    )?;
+    let t = Instant::now();
+    let r = rx.recv_deadline(t - Duration::from_millis(1));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "past, empty: {r:?}");
+    ensure_waited("recv_deadline(past)", t.elapsed(), Duration::ZERO)?;
+    tx.send_deadline(1, Instant::now() - Duration::from_millis(1))
+        .ctx("send_deadline(past) with room")?;
+    ensure!(
+        rx.recv_deadline(Instant::now() - Duration::from_millis(1)) == Ok(1),
+        "recv_deadline(past) with a message ready"
+    );
+    let mut n = 0u64;
+    while tx.try_send(n).is_ok() {
+        n += 1;
+    }
+    let t = Instant::now();
+    let r = tx.send_deadline(77, t + Duration::from_millis(40));
+    ensure!(
+        r == Err(SendTimeoutError::Timeout(77)),
+        "full ring: {r:?} (the value comes back)"
+    );
+    ensure_waited(
+        "send_deadline(+40ms)",
+        t.elapsed(),
+        Duration::from_millis(40),
+    )?;
+    for want in 0..n {
+        ensure!(rx.recv_deadline(far) == Ok(want), "draining {want} of {n}");
+    }
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Empty),
+        "the timed-out send left something behind"
+    );
+    tx.send_deadline(5, far).ctx("send_deadline(far)")?;
+    ensure!(rx.recv_deadline(far) == Ok(5), "recv_deadline(far)");
+
+    // Byte channel: the same, with () handed back.
+    let (btx, brx) = byte_channel(64).ctx("byte_channel")?;
+    let t = Instant::now();
+    let r = brx.recv_deadline(t + Duration::from_millis(50));
+    ensure!(r == Err(RecvTimeoutError::Timeout), "byte, empty: {r:?}");
+    ensure_waited(
+        "byte recv_deadline(+50ms)",
+        t.elapsed(),
+        Duration::from_millis(50),
+    )?;
+    btx.send_deadline(b"abc", Instant::now() - Duration::from_millis(1))
+        .ctx("byte send_deadline(past) with room")?;
+    let got = brx.recv_deadline(Instant::now() - Duration::from_millis(1));
+    ensure!(
+        got.as_deref() == Ok(&b"abc"[..]),
+        "byte, past, ready: {got:?}"
+    );
+    while btx.try_send(&[1; 16]).is_ok() {}
+    let t = Instant::now();
+    let r = btx.send_deadline(&[2; 16], t + Duration::from_millis(40));
+    ensure!(r == Err(SendTimeoutError::Timeout(())), "byte, full: {r:?}");
+    ensure_waited(
+        "byte send_deadline(+40ms)",
+        t.elapsed(),
+        Duration::from_millis(40),
+    )?;
+    let big = vec![0u8; btx.max_message_len() + 1];
+    let r = btx.send_deadline(&big, far);
+    ensure!(r.is_err_and(|e| e.is_refused()), "byte, too large: {r:?}");
+
+    // Duplex, across fork: a worker answering under the client's deadline.
+    let (me, worker) = duplex::<u64, u64>(4).ctx("duplex")?;
+    let mut child = fork(worker, |w| {
+        child_main(|| {
+            while let Ok(x) = w.recv_deadline(Instant::now() + RECV) {
+                w.send_deadline(x + 1, Instant::now() + RECV)
+                    .ctx("worker send_deadline")?;
+            }
+            Ok(())
+        })
+    })
+    .ctx("fork worker")?;
+    let r = (|| {
+        let deadline = Instant::now() + RECV;
+        for x in 0..100u64 {
+            me.send_deadline(x, deadline).ctx("send_deadline")?;
+            ensure!(me.recv_deadline(deadline) == Ok(x + 1), "reply to {x}");
+        }
+        Ok(())
+    })();
+    drop(me);
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte duplex
+// ---------------------------------------------------------------------------------------------
+
+/// A byte duplex carries 5 000 requests of random length (0 up to the maximum) to a forked
+/// worker and their answers (each request reversed, then its length) back, in order; the
+/// worker sees the client's drop as the end of its `iter()` and both ends report why they are
+/// disconnected. The worker also answers through a zero-copy grant (`reserve` takes `&self`).
+fn byte_duplex_round_trips_across_fork() -> Outcome {
+    const N: usize = 5_000;
+    const SEED: u64 = 0x00d0_0b1e;
+    let (me, worker) = byte_duplex(4096).ctx("byte_duplex")?;
+    let max = me.max_message_len();
+    ensure!(
+        worker.max_message_len() == max,
+        "both directions have the same maximum"
+    );
+    let mut child = fork(worker, move |w| {
+        child_main(|| {
+            let mut served = 0usize;
+            for req in w.iter() {
+                let mut rep: Vec<u8> = req.iter().rev().copied().collect();
+                rep.extend_from_slice(&(req.len() as u32).to_le_bytes());
+                if served.is_multiple_of(2) || rep.len() > max {
+                    // Too long to answer in one message: send the length alone.
+                    let rep = if rep.len() > max {
+                        &rep[rep.len() - 4..]
+                    } else {
+                        &rep[..]
+                    };
+                    w.send(rep).ctx("worker send")?;
+                } else {
+                    let mut g = w.reserve(rep.len()).ctx("worker reserve")?;
+                    g.copy_from_slice(&rep);
+                    g.commit();
+                }
+                served += 1;
+            }
+            ensure!(served == N, "worker served {served} of {N}");
+            ensure!(
+                w.disconnect_reason() == Some(DisconnectReason::PeerDropped),
+                "worker's reason: {:?}",
+                w.disconnect_reason()
+            );
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        let mut rng = support::Rng::new(SEED);
+        let mut req = Vec::new();
+        let mut rep = Vec::new();
+        for i in 0..N {
+            let len = match i {
+                0 => 0,
+                1 => max,
+                _ => rng.below(max as u64 + 1) as usize,
+            };
+            req.resize(len, 0);
+            rng.fill(&mut req);
+            me.send(&req).ctx(&format!("request {i} ({len} bytes)"))?;
+            let n = me.recv_into(&mut rep).ctx(&format!("reply {i}"))?;
+            let (body, tail) = rep.split_at(n - 4);
+            ensure!(
+                tail == (len as u32).to_le_bytes(),
+                "reply {i}: wrong length {tail:?}"
+            );
+            if len + 4 > max {
+                ensure!(body.is_empty(), "reply {i}: a body that cannot fit");
+            } else {
+                ensure!(
+                    body.iter().eq(req.iter().rev()),
+                    "reply {i}: body is not the request reversed"
+                );
+            }
+        }
+        ensure!(
+            me.try_recv() == Err(TryRecvError::Empty),
+            "no extra reply expected"
+        );
+        ensure!(me.disconnect_reason().is_none(), "spurious disconnect");
+        Ok(())
+    })();
+    drop(me);
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mistakes made loud
+// ---------------------------------------------------------------------------------------------
+
+/// Mistakes name their fix. An endpoint that the child closure captures instead of receiving it
+/// in `ends` is an inert copy in the child: `send` reports `Disconnected` with the value, the
+/// reason is `NotOwner`, whose `Display` says to pass it to `fork` in `ends`, and a debug build
+/// writes that once to stderr (read back through a pipe; a release build writes nothing). The
+/// parent's end, never handed over, still works. Then `fork` from a process with a second
+/// thread is refused with `MultiThreaded`, whose `Display` says why and names the fix for tests
+/// (`harness = false`).
+fn mistakes_name_their_fix() -> Outcome {
+    let (tx, rx) = channel::<u64>(4).ctx("channel")?;
+    let mut child = fork((), |()| {
+        child_main(|| {
+            // stderr into a pipe for the duration, to see the note.
+            let mut fds = [0; 2];
+            // SAFETY: `fds` is a writable array of two ints.
+            let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            ensure!(r == 0, "pipe2: {}", std::io::Error::last_os_error());
+            // SAFETY: dup and dup2 only manipulate this process's descriptor table.
+            let saved = unsafe { libc::dup(2) };
+            // SAFETY: as above; `fds[1]` is the pipe's write end, open.
+            unsafe { libc::dup2(fds[1], 2) };
+            let first = tx.send(7); // `tx` is the parent's, captured by the closure
+            let second = tx.try_send(8);
+            let mut buf = [0u8; 4096];
+            // SAFETY: `buf` is writable for its length; the read end is non-blocking.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: restore stderr (for `child_main`'s report) and close what we opened.
+            unsafe {
+                libc::dup2(saved, 2);
+                libc::close(saved);
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            let note = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+
+            ensure!(first == Err(SendError::Disconnected(7)), "send: {first:?}");
+            ensure!(
+                matches!(second, Err(TrySendError::Disconnected(8))),
+                "try_send: {second:?}"
+            );
+            let reason = tx.disconnect_reason();
+            ensure!(
+                reason == Some(DisconnectReason::NotOwner),
+                "reason: {reason:?}"
+            );
+            let text = reason.map(|r| r.to_string()).unwrap_or_default();
+            ensure!(
+                text.contains("pass it to fork() in `ends`"),
+                "the reason does not name the fix: {text:?}"
+            );
+            if cfg!(debug_assertions) {
+                ensure!(
+                    note.matches("pass it in `ends`").count() == 1,
+                    "a debug build must say it once on stderr: {note:?}"
+                );
+            } else {
+                ensure!(note.is_empty(), "a release build wrote: {note:?}");
+            }
+            println!("    the child was told: {text}");
+            Ok(())
+        })
+    })
+    .ctx("fork")?;
+    let r = (|| {
+        tx.send(1).ctx("the parent's own end")?;
+        ensure!(rx.recv_timeout(RECV) == Ok(1), "parent round trip");
+        Ok(())
+    })();
+    cleanup(&mut child, r)?;
+    expect_success(&mut child, WAIT)?;
+
+    // A second thread, then fork.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let _ = stop_rx.recv();
+    });
+    let r = fork((), |()| 0);
+    let _ = stop_tx.send(());
+    let _ = thread.join();
+    match r {
+        Err(e @ forkipc::Error::MultiThreaded) => {
+            let text = e.to_string();
+            println!("    fork with two threads: {text}");
+            ensure!(
+                text.contains("more than one thread") && text.contains("harness = false"),
+                "MultiThreaded does not say why or how to fix it: {text:?}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("fork with two threads: {e:?}")),
+        Ok(mut c) => {
+            kill_and_reap(&mut c);
+            Err("fork with two threads succeeded".into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reservations
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `f`, silencing the panic message, and says whether it panicked.
+fn panics<R>(f: impl FnOnce() -> R) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.is_err()
+}
+
+/// `ByteSender::reserve` takes `&self`, like `send`, and a sender still hands out one
+/// reservation at a time (a second would cover the same ring bytes): while a grant lives,
+/// another `reserve`, `try_reserve` or send panics and changes nothing; the live grant then
+/// commits normally, and once it is committed or dropped the sender works again.
+fn one_reservation_at_a_time() -> Outcome {
+    let (tx, rx) = byte_channel(4096).ctx("byte_channel")?;
+    let mut g = tx.reserve(8).ctx("reserve")?;
+    ensure!(
+        panics(|| tx.try_reserve(8).map(|g| g.len())),
+        "a second try_reserve"
+    );
+    ensure!(
+        panics(|| tx.reserve(8).map(|g| g.len())),
+        "a second reserve"
+    );
+    ensure!(panics(|| tx.send(b"x")), "send while a grant lives");
+    ensure!(panics(|| tx.try_send(b"x")), "try_send while a grant lives");
+    g.copy_from_slice(b"12345678");
+    g.commit();
+    tx.send(b"after").ctx("send after the commit")?;
+    drop(tx.reserve(4).ctx("reserve, then drop")?);
+    tx.send(b"again").ctx("send after a dropped grant")?;
+    for want in [&b"12345678"[..], b"after", b"again"] {
+        let got = rx.try_recv().ctx("try_recv")?;
+        ensure!(got == want, "got {got:?}, expected {want:?}");
+    }
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Empty),
+        "the refused calls sent something"
+    );
     Ok(())
 }

@@ -1344,7 +1344,7 @@ fn sender_blocked_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
                     .store(support::mono_ns(), Ordering::SeqCst);
                 match tx.send_timeout(&buf, LONG) {
                     Ok(()) => {}
-                    Err(forkipc::ByteSendError::Disconnected) => {
+                    Err(SendTimeoutError::Disconnected(())) => {
                         return sender_saw_disconnect(ctl, tx.disconnect_reason());
                     }
                     Err(e) => return Err(format!("send {seq}: {e:?}")),
@@ -2945,8 +2945,10 @@ fn channel_scribble_iter(rng: &mut Rng) -> Outcome {
             let t = Instant::now();
             let r = if rng.below(2) == 0 {
                 tx.send_timeout(&buf[..len], d)
+                    .map_err(|e| (e.is_disconnected(), e.is_refused()))
             } else {
                 tx.try_send(&buf[..len])
+                    .map_err(|e| (e.is_disconnected(), e.is_refused()))
             };
             check_duration(t, d, "byte send")?;
             match r {
@@ -2955,11 +2957,11 @@ fn channel_scribble_iter(rng: &mut Rng) -> Outcome {
                     bump(&s.scribble_values);
                     quiet = 0;
                 }
-                Err(forkipc::ByteSendError::Disconnected) => {
+                Err((true, _)) => {
                     bump(&s.scribble_disconnected);
                     quiet += 4;
                 }
-                Err(forkipc::ByteSendError::TooLarge { .. }) => {
+                Err((_, true)) => {
                     ensure!(len > max, "TooLarge for {len} <= max {max}");
                 }
                 Err(_) => {

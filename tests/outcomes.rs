@@ -446,7 +446,10 @@ fn peer_of_panicking_owner_sees_peer_panicked() -> CaseResult {
     );
     ensure!(rx.recv() == Ok(1) && rx.recv() == Ok(2), "messages lost");
     let r = rx.recv();
-    ensure!(r == Err(RecvError), "recv after the panic: {r:?}");
+    ensure!(
+        r == Err(RecvError::Disconnected),
+        "recv after the panic: {r:?}"
+    );
     let why = rx.disconnect_reason();
     ensure!(
         why == Some(DisconnectReason::PeerPanicked),

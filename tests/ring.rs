@@ -12,8 +12,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    ByteReceiver, ByteSendError, ByteSender, Child, DisconnectReason, RecvTimeoutError,
-    TryRecvError, WaitPolicy, byte_channel,
+    ByteReceiver, ByteSender, Child, DisconnectReason, RecvTimeoutError, SendError,
+    SendTimeoutError, TooLarge, TryRecvError, TrySendError, WaitPolicy, byte_channel,
 };
 use support::{Context, Outcome, Rng, cpu_time, expect_success, kill_and_reap};
 
@@ -261,7 +261,7 @@ fn run_pattern_single(cap: usize, lens: &[usize]) -> Outcome {
         loop {
             match tx.try_send(&msg) {
                 Ok(()) => break,
-                Err(ByteSendError::Full) => {
+                Err(TrySendError::Full(())) => {
                     fulls += 1;
                     let before = next_rx;
                     drain(&mut next_rx, &mut scratch)?;
@@ -442,28 +442,43 @@ fn messages_ending_exactly_at_data_end() -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // 3. Maximum and minimum sizes
 
-fn too_large_everywhere(tx: &mut ByteSender, rx: &ByteReceiver) -> Outcome {
+fn too_large_everywhere(tx: &ByteSender, rx: &ByteReceiver) -> Outcome {
     let max = tx.max_message_len();
     let big = vec![7u8; max + 1];
-    let want = ByteSendError::TooLarge { len: max + 1, max };
+    let want = TooLarge { len: max + 1, max };
     ensure!(
-        tx.send(&big) == Err(want),
+        tx.send(&big) == Err(SendError::Refused((), want)),
         "send(max+1): {:?}",
         tx.send(&big)
     );
-    ensure!(tx.try_send(&big) == Err(want), "try_send(max+1)");
+    ensure!(
+        tx.try_send(&big) == Err(TrySendError::Refused((), want)),
+        "try_send(max+1)"
+    );
     let r = tx.send_timeout(&big, Duration::from_millis(10));
-    ensure!(r == Err(want), "send_timeout(max+1): {r:?}");
+    ensure!(
+        r == Err(SendTimeoutError::Refused((), want)),
+        "send_timeout(max+1): {r:?}"
+    );
     let r = tx.reserve(max + 1).map(|g| g.len());
-    ensure!(r == Err(want), "reserve(max+1): {r:?}");
+    ensure!(
+        r == Err(SendError::Refused((), want)),
+        "reserve(max+1): {r:?}"
+    );
     let r = tx.try_reserve(max + 1).map(|g| g.len());
-    ensure!(r == Err(want), "try_reserve(max+1): {r:?}");
+    ensure!(
+        r == Err(TrySendError::Refused((), want)),
+        "try_reserve(max+1): {r:?}"
+    );
     let r = tx.reserve(usize::MAX).map(|g| g.len());
     ensure!(
-        r == Err(ByteSendError::TooLarge {
-            len: usize::MAX,
-            max
-        }),
+        r == Err(SendError::Refused(
+            (),
+            TooLarge {
+                len: usize::MAX,
+                max
+            }
+        )),
         "reserve(usize::MAX): {r:?}"
     );
     let r = rx.try_recv().map(|m| m.len());
@@ -474,7 +489,7 @@ fn too_large_everywhere(tx: &mut ByteSender, rx: &ByteReceiver) -> Outcome {
     Ok(())
 }
 
-fn empty_messages(tx: &mut ByteSender, rx: &mut ByteReceiver) -> Outcome {
+fn empty_messages(tx: &ByteSender, rx: &mut ByteReceiver) -> Outcome {
     tx.send(&[]).ctx("send(empty)")?;
     tx.try_send(&[]).ctx("try_send(empty)")?;
     tx.send_timeout(&[], Duration::from_millis(10))
@@ -508,7 +523,7 @@ fn empty_messages(tx: &mut ByteSender, rx: &mut ByteReceiver) -> Outcome {
 
 fn maximum_size_messages() -> Outcome {
     for cap in [64usize, 4096, 65536] {
-        let (mut tx, mut rx) = byte_channel(cap).ctx("byte_channel")?;
+        let (tx, mut rx) = byte_channel(cap).ctx("byte_channel")?;
         let max = cap / 2 - 16;
         ensure!(
             tx.max_message_len() == max && rx.max_message_len() == max,
@@ -516,8 +531,8 @@ fn maximum_size_messages() -> Outcome {
             tx.max_message_len(),
             rx.max_message_len()
         );
-        too_large_everywhere(&mut tx, &rx)?;
-        empty_messages(&mut tx, &mut rx)?;
+        too_large_everywhere(&tx, &rx)?;
+        empty_messages(&tx, &mut rx)?;
 
         // Single process: a maximum-size message at every (or many) starting offsets, sent with
         // each sending method in turn.
@@ -583,7 +598,7 @@ fn maximum_size_messages() -> Outcome {
 fn zero_copy_reserve_commit_and_recv_ref() -> Outcome {
     // Within one process: a dropped grant sends nothing; recv_into reuses the allocation.
     {
-        let (mut tx, mut rx) = byte_channel(4096).ctx("byte_channel")?;
+        let (tx, mut rx) = byte_channel(4096).ctx("byte_channel")?;
         {
             // Written, then abandoned (goes out of scope without `commit`).
             let mut g = tx.reserve(100).ctx("reserve")?;
@@ -640,7 +655,7 @@ fn zero_copy_reserve_commit_and_recv_ref() -> Outcome {
     const SEED: u64 = 0x4000;
     let (tx, mut rx) = byte_channel(8192).ctx("byte_channel")?;
     let max = rx.max_message_len();
-    let mut child = forkipc::fork(tx, |mut tx| {
+    let mut child = forkipc::fork(tx, |tx| {
         child_exit(
             "reserve/commit sender",
             (|| {
@@ -750,19 +765,21 @@ fn scribble_send(tx: &ByteSender, rng: &mut Rng, seq: u64) -> Result<Option<bool
     let msg = payload(seq, len);
     let t = Instant::now();
     let timed = rng.below(4) == 0;
+    // (no room in time, disconnected, what it was)
     let r = if timed {
         tx.send_timeout(&msg, Duration::from_millis(1))
+            .map_err(|e| (e.is_timeout(), e.is_disconnected(), format!("{e:?}")))
     } else {
         tx.try_send(&msg)
+            .map_err(|e| (e.is_full(), e.is_disconnected(), format!("{e:?}")))
     };
     let el = t.elapsed();
     ensure!(el < Duration::from_secs(2), "send took {el:?}");
     match r {
         Ok(()) => Ok(Some(false)),
-        Err(ByteSendError::Full) if !timed => Ok(None),
-        Err(ByteSendError::Timeout) if timed => Ok(None),
-        Err(ByteSendError::Disconnected) => Ok(Some(true)),
-        Err(e) => Err(format!("send of {len} bytes (timed: {timed}): {e:?}")),
+        Err((true, _, _)) => Ok(None),
+        Err((_, true, _)) => Ok(Some(true)),
+        Err((_, _, e)) => Err(format!("send of {len} bytes (timed: {timed}): {e}")),
     }
 }
 
@@ -829,7 +846,7 @@ fn scribble_round(round: u64, rng: &mut Rng, stats: &mut [u64; 4]) -> Outcome {
                 in_flight.push((seq, len));
                 seq += 1;
             }
-            Err(ByteSendError::Full) => break,
+            Err(TrySendError::Full(())) => break,
             Err(e) => return Err(format!("valid send: {e:?}")),
         }
     }
@@ -1058,7 +1075,7 @@ fn scribble_round(round: u64, rng: &mut Rng, stats: &mut [u64; 4]) -> Outcome {
     if tx_dead {
         let r = tx.try_send(b"x");
         ensure!(
-            r == Err(ByteSendError::Disconnected),
+            r == Err(TrySendError::Disconnected(())),
             "send after corruption: {r:?}"
         );
     }
@@ -1100,12 +1117,12 @@ fn scribbled_ring_never_misbehaves() -> Outcome {
 
 fn full_ring_backpressure() -> Outcome {
     // One process.
-    let (mut tx, rx) = byte_channel(4096).ctx("byte_channel")?;
+    let (tx, rx) = byte_channel(4096).ctx("byte_channel")?;
     let mut sent = 0u64;
     loop {
         match tx.try_send(&payload(sent, 100)) {
             Ok(()) => sent += 1,
-            Err(ByteSendError::Full) => break,
+            Err(TrySendError::Full(())) => break,
             Err(e) => return Err(format!("try_send: {e:?}")),
         }
         ensure!(sent < 1000, "never Full");
@@ -1114,7 +1131,7 @@ fn full_ring_backpressure() -> Outcome {
     let r = tx.send_timeout(&payload(9999, 100), Duration::from_millis(10));
     let el = t.elapsed();
     ensure!(
-        r == Err(ByteSendError::Timeout),
+        r == Err(SendTimeoutError::Timeout(())),
         "send_timeout on a full ring: {r:?}"
     );
     ensure!(
@@ -1123,12 +1140,12 @@ fn full_ring_backpressure() -> Outcome {
     );
     let r = tx.try_reserve(100).map(|g| g.len());
     ensure!(
-        r == Err(ByteSendError::Full),
+        r == Err(TrySendError::Full(())),
         "try_reserve on a full ring: {r:?}"
     );
     let r = tx.try_send(&payload(9999, 100));
     ensure!(
-        r == Err(ByteSendError::Full),
+        r == Err(TrySendError::Full(())),
         "try_send on a full ring: {r:?}"
     );
     println!(
@@ -1160,7 +1177,7 @@ fn full_ring_backpressure() -> Outcome {
                     n += 1;
                 }
                 let r = tx.send_timeout(&payload(u64::MAX, 100), Duration::from_millis(10));
-                if r != Err(ByteSendError::Timeout) {
+                if r != Err(SendTimeoutError::Timeout(())) {
                     return Err(format!("send_timeout on a full ring: {r:?}"));
                 }
                 ctl_tx.send(&n.to_le_bytes()).ctx("report")?;
@@ -1349,7 +1366,7 @@ fn blocked_notices_death(policy: WaitPolicy, receiver: bool) -> Outcome {
             // Fill the ring, then block.
             while tx.try_send(&[1; 8]).is_ok() {}
             let r = tx.send(&[2; 8]);
-            let _ = rep_tx.send(&[u8::from(r == Err(ByteSendError::Disconnected))]);
+            let _ = rep_tx.send(&[u8::from(r == Err(SendError::Disconnected(())))]);
             0
         })
         .ctx("fork waiter")?;

@@ -281,7 +281,7 @@ fn zero_copy_1mib_bytes_per_sec(row: Row) -> Session {
     let n = iters(2_000);
     let (tx, mut rx) = byte_channel(STREAM_1MIB_RING).expect("byte_channel");
     let gate = Gate::new();
-    let child = fork_ipc(CHILD_CPU, tx, |mut tx| {
+    let child = fork_ipc(CHILD_CPU, tx, |tx| {
         let mut seq = 0u64;
         for round in 0..rounds() {
             gate.enter(round);

@@ -1,13 +1,14 @@
 //! Typed channels: fixed-size plain-data messages copied into and out of the ring without
 //! serialization.
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, size_of};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Fail, Mode, RxCore, TxCore, new_ring};
+use super::{Mode, RxCore, TooLarge, TxCore, deadline_at, endpoint_surface, new_ring};
 use crate::ring::{DisconnectReason, cap_for_messages};
-use crate::sync::{Deadline, WaitPolicy};
+use crate::sync::Deadline;
 use crate::{
     Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
@@ -133,9 +134,18 @@ pub struct Receiver<T> {
     _t: PhantomData<T>,
 }
 
+/// A typed message always fits: [`channel`] sized the ring for `T` (`cap_for_messages` makes
+/// room for a message of twice `size_of::<T>()`), so the ring never refuses one.
+fn never_too_large(t: TooLarge) -> Infallible {
+    unreachable!(
+        "a typed channel refused a message of {} bytes (max {})",
+        t.len, t.max
+    )
+}
+
 impl<T: Plain> Sender<T> {
     #[inline]
-    fn put(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
+    fn put(&self, msg: T, mode: Mode<'_>) -> Result<(), SendTimeoutError<T>> {
         // `T: NoUninit`: every byte of `msg` is initialised, so no stale memory of this process
         // reaches the peer.
         let src = bytemuck::bytes_of(&msg);
@@ -150,30 +160,37 @@ impl<T: Plain> Sender<T> {
     /// The general path: wrap-around, a full ring, a disconnect, this process not the owner.
     #[cold]
     #[inline(never)]
-    fn put_slow(&self, msg: T, mode: Mode<'_>) -> Result<(), (T, Fail)> {
+    fn put_slow(&self, msg: T, mode: Mode<'_>) -> Result<(), SendTimeoutError<T>> {
         match self.core.reserve(size_of::<T>(), mode) {
             Ok(mut r) => {
                 let src = bytemuck::bytes_of(&msg);
                 // SAFETY: `src` is readable for `size_of::<T>()` bytes; the reservation is that
                 // long.
-                unsafe { r.write_raw(src.as_ptr(), src.len()) };
+                unsafe { r.r.write_raw(src.as_ptr(), src.len()) };
                 r.commit();
                 Ok(())
             }
-            Err(f) => Err((msg, f)),
+            Err(e) => Err(e.with_msg(msg).map_refusal(never_too_large)),
         }
     }
 
     /// Sends `msg`, blocking while the ring is full. Fails only when the channel is
     /// disconnected (the receiver was dropped or its process died, or this process does not
     /// own this end), handing `msg` back.
+    ///
+    /// # Errors
+    /// [`SendError::Disconnected`]. (A typed channel never refuses a message: its `Refused`
+    /// variant holds an `Infallible` and needs no `match` arm.)
     #[inline]
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
         self.put(msg, Mode::Block(None))
-            .map_err(|(m, _)| SendError(m))
+            .map_err(SendTimeoutError::into_send)
     }
 
     /// Sends `msg` if there is room right now.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`], with `msg`.
     ///
     /// ```
     /// use forkipc::TrySendError;
@@ -185,45 +202,31 @@ impl<T: Plain> Sender<T> {
     /// ```
     #[inline]
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.put(msg, Mode::Try).map_err(|(m, f)| match f {
-            Fail::Empty => TrySendError::Full(m),
-            _ => TrySendError::Disconnected(m),
-        })
+        self.put(msg, Mode::Try).map_err(SendTimeoutError::into_try)
     }
 
-    /// Sends `msg`, waiting at most `timeout` for room. A timed-out send has no effect.
+    /// Sends `msg`, waiting at most `timeout` for room (any duration, `Duration::MAX`
+    /// included). A timed-out send has no effect.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`], with `msg`.
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         let d = Deadline::after(timeout);
         self.put(msg, Mode::Block(Some(&d)))
-            .map_err(|(m, f)| match f {
-                Fail::Timeout | Fail::Empty => SendTimeoutError::Timeout(m),
-                _ => SendTimeoutError::Disconnected(m),
-            })
+    }
+
+    /// Sends `msg`, waiting until `deadline` at most for room. A deadline in the past still
+    /// sends if there is room now. A timed-out send has no effect.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout).
+    pub fn send_deadline(&self, msg: T, deadline: Instant) -> Result<(), SendTimeoutError<T>> {
+        let d = deadline_at(deadline);
+        self.put(msg, Mode::Block(Some(&d)))
     }
 }
 
-impl<T> Sender<T> {
-    /// Why this end is disconnected, if it is: the receiver was dropped (`PeerDropped`), its
-    /// process died (`PeerDied`), the ring is corrupt, or this process does not own this end.
-    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        self.core.disconnect_reason()
-    }
-
-    /// Whether sends can no longer succeed.
-    pub fn is_disconnected(&self) -> bool {
-        self.core.is_disconnected()
-    }
-
-    /// Chooses how a blocked `send` waits (default: spin 50 µs, then sleep).
-    pub fn set_wait_policy(&self, policy: WaitPolicy) {
-        self.core.set_wait_policy(policy)
-    }
-
-    /// The current wait policy.
-    pub fn wait_policy(&self) -> WaitPolicy {
-        self.core.wait_policy()
-    }
-}
+endpoint_surface!(Sender<T>, |s| s.core);
 
 impl<T: Plain> Receiver<T> {
     /// The fast path: if the next record is a committed message of `T`'s size, copies its bytes
@@ -247,7 +250,7 @@ impl<T: Plain> Receiver<T> {
     /// the check is `true` and the size and alignment checks are constant (`v` is a `T`), so
     /// this compiles to the bare copy.
     #[inline]
-    fn validate(&self, v: &MaybeUninit<T>) -> Result<T, Fail> {
+    fn validate(&self, v: &MaybeUninit<T>) -> Result<T, RecvTimeoutError> {
         // SAFETY: the caller copied `size_of::<T>()` bytes from the ring into `v`, so all of them
         // are initialised (the data area is zero-filled at creation and only ever written with
         // initialised bytes; whatever a peer stores there is still initialised memory).
@@ -262,14 +265,14 @@ impl<T: Plain> Receiver<T> {
     /// a peer writing the shared memory behind the ring's back does).
     #[cold]
     #[inline(never)]
-    fn corrupted(&self) -> Fail {
+    fn corrupted(&self) -> RecvTimeoutError {
         self.core.c.mark_corrupted();
         self.core.own.reason.set(Some(DisconnectReason::Corrupted));
-        Fail::Disconnected
+        RecvTimeoutError::Disconnected
     }
 
     #[inline]
-    fn take(&self, mode: Mode<'_>) -> Result<T, Fail> {
+    fn take(&self, mode: Mode<'_>) -> Result<T, RecvTimeoutError> {
         let mut v = MaybeUninit::<T>::uninit();
         if self.pop_fast(&mut v) {
             return self.validate(&v);
@@ -280,7 +283,7 @@ impl<T: Plain> Receiver<T> {
     /// Waits, then takes the next message by the fast path or the general, validating one.
     #[cold]
     #[inline(never)]
-    fn take_slow(&self, mode: Mode<'_>) -> Result<T, Fail> {
+    fn take_slow(&self, mode: Mode<'_>) -> Result<T, RecvTimeoutError> {
         let mut v = MaybeUninit::<T>::uninit();
         if let Mode::Block(deadline) = mode {
             // Something may have arrived while we waited: the fast path first.
@@ -301,23 +304,33 @@ impl<T: Plain> Receiver<T> {
         self.validate(&v)
     }
 
-    /// Receives the next message, blocking until one arrives. Fails only when the channel is
-    /// empty and disconnected.
+    /// Receives the next message, blocking until one arrives.
+    ///
+    /// # Errors
+    /// [`RecvError::Disconnected`] once the channel is empty and disconnected. (A typed
+    /// channel has nothing to decode: its `Decode` variant holds an `Infallible` and needs no
+    /// `match` arm.)
     #[inline]
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.take(Mode::Block(None)).map_err(|_| RecvError)
+        self.take(Mode::Block(None))
+            .map_err(RecvTimeoutError::into_recv)
     }
 
     /// Receives a message if one is ready.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`], or [`TryRecvError::Disconnected`] once the channel is empty and
+    /// disconnected.
     #[inline]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.take(Mode::Try).map_err(|f| match f {
-            Fail::Empty => TryRecvError::Empty,
-            _ => TryRecvError::Disconnected,
-        })
+        self.take(Mode::Try).map_err(RecvTimeoutError::into_try)
     }
 
-    /// Receives a message, waiting at most `timeout`.
+    /// Receives a message, waiting at most `timeout` (any duration, `Duration::MAX` included).
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`], or [`RecvTimeoutError::Disconnected`] once the channel is
+    /// empty and disconnected.
     ///
     /// ```
     /// use forkipc::{DisconnectReason, RecvTimeoutError};
@@ -333,10 +346,27 @@ impl<T: Plain> Receiver<T> {
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let d = Deadline::after(timeout);
-        self.take(Mode::Block(Some(&d))).map_err(|f| match f {
-            Fail::Timeout | Fail::Empty => RecvTimeoutError::Timeout,
-            _ => RecvTimeoutError::Disconnected,
-        })
+        self.take(Mode::Block(Some(&d)))
+    }
+
+    /// Receives a message, waiting until `deadline` at most. A deadline in the past still takes
+    /// a message that is ready.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let (tx, rx) = forkipc::channel::<u64>(4)?;
+    /// let deadline = Instant::now() + Duration::from_millis(20); // one budget for the lot
+    /// tx.send(1).unwrap();
+    /// assert_eq!(rx.recv_deadline(deadline), Ok(1));
+    /// assert!(rx.recv_deadline(deadline).unwrap_err().is_timeout());
+    /// # Ok::<(), forkipc::Error>(())
+    /// ```
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        let d = deadline_at(deadline);
+        self.take(Mode::Block(Some(&d)))
     }
 
     /// A blocking iterator that ends when the channel is disconnected.
@@ -359,23 +389,7 @@ impl<T: Plain> Receiver<T> {
     }
 }
 
-impl<T> Receiver<T> {
-    /// Why this end is disconnected, if it is (see [`Sender::disconnect_reason`]). A receiver
-    /// whose peer is gone may still hold messages to drain.
-    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        self.core.disconnect_reason()
-    }
-
-    /// Chooses how a blocked `recv` waits (default: spin 50 µs, then sleep).
-    pub fn set_wait_policy(&self, policy: WaitPolicy) {
-        self.core.set_wait_policy(policy)
-    }
-
-    /// The current wait policy.
-    pub fn wait_policy(&self) -> WaitPolicy {
-        self.core.wait_policy()
-    }
-}
+endpoint_surface!(Receiver<T>, |s| s.core);
 
 /// Blocking iterator from [`Receiver::iter`].
 pub struct Iter<'a, T> {
@@ -429,18 +443,6 @@ impl<T: Plain> IntoIterator for Receiver<T> {
     }
 }
 
-impl<T> std::fmt::Debug for Sender<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sender { .. }")
-    }
-}
-
-impl<T> std::fmt::Debug for Receiver<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Receiver { .. }")
-    }
-}
-
 /// The two ends made by [`duplex`].
 pub type DuplexPair<A, B> = (Duplex<A, B>, Duplex<B, A>);
 
@@ -482,6 +484,10 @@ impl<A: Plain, B: Plain> Duplex<A, B> {
     pub fn send_timeout(&self, msg: A, timeout: Duration) -> Result<(), SendTimeoutError<A>> {
         self.tx.send_timeout(msg, timeout)
     }
+    /// As [`Sender::send_deadline`].
+    pub fn send_deadline(&self, msg: A, deadline: Instant) -> Result<(), SendTimeoutError<A>> {
+        self.tx.send_deadline(msg, deadline)
+    }
     /// As [`Receiver::recv`].
     #[inline]
     pub fn recv(&self) -> Result<B, RecvError> {
@@ -494,6 +500,10 @@ impl<A: Plain, B: Plain> Duplex<A, B> {
     /// As [`Receiver::recv_timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<B, RecvTimeoutError> {
         self.rx.recv_timeout(timeout)
+    }
+    /// As [`Receiver::recv_deadline`].
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<B, RecvTimeoutError> {
+        self.rx.recv_deadline(deadline)
     }
     /// As [`Receiver::iter`].
     pub fn iter(&self) -> Iter<'_, B> {
@@ -518,15 +528,6 @@ impl<A, B> Duplex<A, B> {
     pub fn split(self) -> (Sender<A>, Receiver<B>) {
         (self.tx, self.rx)
     }
-    /// Sets the wait policy of both halves.
-    pub fn set_wait_policy(&self, policy: WaitPolicy) {
-        self.tx.set_wait_policy(policy);
-        self.rx.set_wait_policy(policy);
-    }
 }
 
-impl<A, B> std::fmt::Debug for Duplex<A, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Duplex { .. }")
-    }
-}
+endpoint_surface!(Duplex<A, B>, |s| (&s.tx.core, &s.rx.core));

@@ -214,7 +214,8 @@ pub enum DisconnectReason {
     /// The ring's shared memory held something impossible; the channel is unusable for good.
     Corrupted,
     /// This process does not own this endpoint (it is a copy inherited through `fork`, or was
-    /// handed to a child).
+    /// handed to a child). The usual cause is an endpoint that `fork`'s closure captures
+    /// instead of receiving it in `ends`: pass it in `ends`.
     NotOwner,
 }
 
@@ -225,7 +226,10 @@ impl std::fmt::Display for DisconnectReason {
             DisconnectReason::PeerPanicked => "the peer panicked",
             DisconnectReason::PeerDied => "the peer process died",
             DisconnectReason::Corrupted => "the channel's shared memory is corrupted",
-            DisconnectReason::NotOwner => "this process does not own the endpoint",
+            DisconnectReason::NotOwner => {
+                "this process does not own this endpoint: pass it to fork() in `ends` (an \
+                 endpoint that the child closure captures is an inert copy in the child)"
+            }
         })
     }
 }

@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use forkipc::{ByteSendError, RecvTimeoutError, TryRecvError};
+use forkipc::{RecvTimeoutError, TooLarge, TryRecvError, TrySendError};
 
 /// What one run saw (for the deterministic corpus's summary).
 #[derive(Default, Debug, Clone, Copy)]
@@ -40,7 +40,7 @@ pub struct FuzzTally {
     pub empty: u64,
     /// Sends accepted after the overlay.
     pub sends_ok: u64,
-    /// Sends refused (`Full`, `Disconnected`, `Timeout`, `TooLarge`).
+    /// Sends that failed (`Full`, `Disconnected`, `Timeout`, `Refused` as too large).
     pub sends_refused: u64,
     /// Runs whose receiver ended up reporting `Corrupted`.
     pub corrupted_runs: u64,
@@ -79,7 +79,7 @@ unsafe fn poke_u64(p: *mut u8, v: u64) {
 pub fn ring_consumer(input: &[u8]) -> FuzzTally {
     let mut t = FuzzTally::default();
     let cap_req = 64usize << (byte_at(input, 0) % 5);
-    let (mut tx, mut rx) = forkipc::byte_channel(cap_req).expect("byte_channel");
+    let (tx, mut rx) = forkipc::byte_channel(cap_req).expect("byte_channel");
     let max = rx.max_message_len();
     assert_eq!(max, tx.max_message_len(), "both ends agree on the maximum");
     let (hdr, data, cap) = forkipc::__testing::ring_memory(&rx);
@@ -105,7 +105,7 @@ pub fn ring_consumer(input: &[u8]) -> FuzzTally {
         let msg = valid_message(k, len);
         match tx.try_send(&msg) {
             Ok(()) => sent.push(msg),
-            Err(ByteSendError::Full) => break,
+            Err(TrySendError::Full(())) => break,
             Err(e) => panic!("valid send {k} of {len} bytes failed before any overlay: {e:?}"),
         }
     }
@@ -229,21 +229,23 @@ pub fn ring_consumer(input: &[u8]) -> FuzzTally {
             4 | 5 => {
                 let len = (byte_at(script, step + 1) as usize * 11) % (max + 17);
                 let msg = valid_message(step, len);
+                // The one failure that says something about the message: a refusal.
                 let r = if op % 8 == 4 {
-                    tx.try_send(&msg)
+                    tx.try_send(&msg).map_err(|e| e.refusal().copied())
                 } else {
                     tx.send_timeout(&msg, Duration::ZERO)
+                        .map_err(|e| e.refusal().copied())
                 };
                 match r {
                     Ok(()) => {
                         assert!(len <= max, "a {len}-byte send was accepted (max {max})");
                         t.sends_ok += 1;
                     }
-                    Err(ByteSendError::TooLarge { len: l, max: m }) => {
+                    Err(Some(TooLarge { len: l, max: m })) => {
                         assert!(l == len && m == max && len > max, "bad TooLarge({l}, {m})");
                         t.sends_refused += 1;
                     }
-                    Err(_) => t.sends_refused += 1,
+                    Err(None) => t.sends_refused += 1,
                 }
             }
             6 => {
