@@ -246,6 +246,8 @@ struct Stats {
     try_recv_after_death_disconnected: AtomicU64,
     sender_blocked_at_kill: AtomicU64,
     parent_side_before_g: AtomicU64,
+    /// S killed after forking G but before G took over its ends: G left unstarted.
+    parent_side_g_unstarted: AtomicU64,
     mutex_clean: AtomicU64,
     mutex_owner_died_waiter: AtomicU64,
     mutex_owner_died_parent: AtomicU64,
@@ -404,9 +406,10 @@ extern "C" fn print_summary() {
         kills[K_CHILD]
     ));
     line(format!(
-        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {})",
+        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {}, before it took over its ends: {})",
         kills[K_PARENT_SIDE],
-        ld(&s.parent_side_before_g)
+        ld(&s.parent_side_before_g),
+        ld(&s.parent_side_g_unstarted)
     ));
     line(format!(
         "  receiver under a sender   {:>6}   (sender blocked on a full ring at the kill: {})",
@@ -1141,12 +1144,22 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     // process's children before the process can be reaped, and a fork that a SIGKILL
     // interrupts creates no child). No child: S died before G existed.
     if !has_children()? {
-        return streamer_died_before_grandchild(ctl, &vrx, plan);
+        streamer_died_before_grandchild(ctl, &vrx, plan)?;
+        bump(&stats().parent_side_before_g);
+        return Ok(());
     }
+    // G exists. It names itself first thing, unless S died before G could take over its ends:
+    // then forkipc's fork makes G leave at once, without running its closure.
     ensure!(
-        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0),
-        "G exists but never started"
+        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0
+            || exited_child().is_some()),
+        "G exists but neither started nor exited within {LONG:?}"
     );
+    if ctl.g_pid.load(Ordering::SeqCst) == 0
+        && let Some(g) = exited_child()
+    {
+        return grandchild_left_unstarted(ctl, &vrx, plan, g);
+    }
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
     let verdict = vrx.recv_timeout(LONG);
     // G is our child now (we are its subreaper): reap it.
@@ -1168,8 +1181,9 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     Ok(())
 }
 
-/// S was killed before it forked G: there is nothing to reap, and the verdict channel's
-/// sender, which S held (it never got to hand it to G), must report S's death to us.
+/// S was killed before G took over the verdict channel's sender (before S forked G, or in the
+/// fork, before G adopted the ends): the sender's owner is dead, and the channel must report
+/// that death to us.
 fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt) -> Outcome {
     let r = vrx.recv_timeout(DETECT_BOUND);
     let detect =
@@ -1177,7 +1191,8 @@ fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: Kil
     ensure!(
         r == Err(RecvTimeoutError::Disconnected)
             && vrx.disconnect_reason() == Some(DisconnectReason::PeerDied),
-        "S was killed before forking G ({plan:?}); the verdict channel, whose sender S held, \
+        "S was killed before G took over its ends ({plan:?}); the verdict channel, whose \
+         sender S held, \
          returned {r:?} after {detect:?} with disconnect_reason() {:?}, not \
          Disconnected(PeerDied){}",
         vrx.disconnect_reason(),
@@ -1189,8 +1204,45 @@ fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: Kil
         }
     );
     record_detect(detect);
-    bump(&stats().parent_side_before_g);
     Ok(())
+}
+
+/// Exit status of a forked child whose parent died inside `forkipc::fork`, before the child
+/// could take over its ends (`PARENT_DIED_IN_FORK` in src/process.rs): it leaves at once.
+const PARENT_DIED_IN_FORK: i32 = 125;
+
+/// S was killed right after forking G, before G could take over the ends S handed it: G left
+/// at once (without naming itself). It must have left with `PARENT_DIED_IN_FORK`, and the
+/// verdict channel, whose sender G never took over, must report the death to us.
+fn grandchild_left_unstarted(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt, g: u32) -> Outcome {
+    let st = support::wait_pid(g as libc::pid_t, LONG)?;
+    ensure!(
+        st.code() == Some(PARENT_DIED_IN_FORK),
+        "G (pid {g}) ended with {st:?} without ever starting ({plan:?}); expected exit status \
+         {PARENT_DIED_IN_FORK} (its parent died inside fork)"
+    );
+    streamer_died_before_grandchild(ctl, vrx, plan)?;
+    bump(&stats().parent_side_g_unstarted);
+    Ok(())
+}
+
+/// The pid of an exited, not yet reaped child of this process, if there is one (it is left
+/// reapable).
+fn exited_child() -> Option<u32> {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves the child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info`, or left it zeroed (si_pid 0) when nothing exited.
+    let pid = unsafe { info.si_pid() };
+    (r == 0 && pid > 0).then_some(pid as u32)
 }
 
 /// Whether this process has any child (running or exited, not yet reaped).
