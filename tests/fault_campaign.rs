@@ -3214,7 +3214,9 @@ fn scribbled_lock_word_while_held_then_unmap_does_not_crash() -> Outcome {
 // call cancels the child), leaves that slot reserved for good, so the peers of those ends never
 // learn that their owner died. S makes its fork slow (64 MiB of touched memory: page tables to
 // copy) and is killed at a random moment around it; whenever no child came of the fork, the
-// peer of the end S was handing over must see `Disconnected(PeerDied)`.
+// peer of the end S was handing over must see `Disconnected(PeerDied)`. So must it when a
+// child came of the fork but S died before the child adopted the end (the child then leaves at
+// once with `PARENT_DIED_IN_FORK`, without running its closure).
 
 const FORK_ATTEMPTS: u64 = 24;
 
@@ -3224,7 +3226,7 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
     let region = AnonRegion::new(4096).ctx("region")?;
     let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
     let mut rng = Rng::new(config().seed ^ 0xf02c);
-    let (mut no_child, mut child) = (0, 0);
+    let (mut no_child, mut unstarted, mut child) = (0, 0, 0);
     for attempt in 0..FORK_ATTEMPTS {
         wt.holder_ready.store(0, Ordering::SeqCst);
         wt.waiter_pid.store(0, Ordering::SeqCst);
@@ -3249,21 +3251,36 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
         s.kill().ctx("kill S")?;
         s.expect_killed("S", LONG)?;
         if has_children()? {
+            // The child names itself first thing, unless S died before it could take over the
+            // end: then it leaves at once (PARENT_DIED_IN_FORK), and the end is S's, dead.
             ensure!(
-                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0),
-                "S's child never started"
+                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0
+                    || exited_child().is_some()),
+                "S's child neither started nor exited within {LONG:?}"
             );
-            drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
-            child += 1;
-            continue;
+            let w = wt.waiter_pid.load(Ordering::SeqCst);
+            if w != 0 {
+                drop(Stray(Some(w as u32)));
+                child += 1;
+                continue;
+            }
+            let c = exited_child().ctx("the exited child")?;
+            let st = support::wait_pid(c as libc::pid_t, LONG)?;
+            ensure!(
+                st.code() == Some(PARENT_DIED_IN_FORK),
+                "S's child {c} ended with {st:?} without ever starting; expected exit status \
+                 {PARENT_DIED_IN_FORK} (its parent died inside fork)"
+            );
+            unstarted += 1;
+        } else {
+            no_child += 1;
         }
-        no_child += 1;
         let r = rx.recv_timeout(DETECT_BOUND);
         ensure!(
             r == Err(RecvTimeoutError::Disconnected)
                 && rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
-            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child came \
-             of the fork, but the end S was handing over never reported S's death: \
+            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child took \
+             over the end S was handing over, but that end never reported S's death: \
              recv_timeout({DETECT_BOUND:?}) returned {r:?}, disconnect_reason() {:?} (the \
              presence slot reserved for the child stays reserved?)",
             rx.disconnect_reason()
@@ -3271,7 +3288,8 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
     }
     reap_strays();
     println!(
-        "    {no_child} kills left no child (each reported to the peer), {child} came after the fork"
+        "    {no_child} kills left no child, {unstarted} a child that left unstarted (each \
+         reported to the peer), {child} came after the fork"
     );
     Ok(())
 }
