@@ -10,10 +10,11 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the seven kill cases (30% child
-//! killed mid-stream, 16% streamer killed under a grandchild receiver, 12% receiver killed under
-//! a blocked sender, 18% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
-//! receiver and the sender, 8% the owner of a forgotten guard). The flags are taken out of the
+//! `--kills N` is the total number of SIGKILLs, split over the eight kill cases (24% child
+//! killed mid-stream, 14% streamer killed under a grandchild receiver, 10% receiver killed under
+//! a blocked sender, 16% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
+//! receiver and the sender, 14% the owner of a forgotten guard, 6% a pool worker or the pool's
+//! owner). The flags are taken out of the
 //! argument list (the runner in `support` reads the remaining words as case-name filters) by
 //! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
 //! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
@@ -45,8 +46,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, LockError, Receiver, RecvTimeoutError,
-    SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError, TryRecvError,
+    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, JobError, LockError, PoolBuilder,
+    Receiver, RecvTimeoutError, SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError,
+    TryRecvError,
 };
 use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
 
@@ -88,6 +90,7 @@ fn main() {
         woken_waiter_killed_mutex,
         woken_waiter_killed_presence,
         forgotten_guard_owner_killed,
+        pool_worker_killed,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
@@ -114,6 +117,7 @@ struct Config {
     kills_woken_mutex: u64,
     kills_woken_presence: u64,
     kills_forgotten: u64,
+    kills_pool: u64,
     /// A pattern that can hang on a known defect stops after this many hangs (each costs
     /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
     max_hangs: u64,
@@ -140,7 +144,8 @@ impl Config {
         let seed = given.unwrap_or_else(fresh_seed);
         let share = |pct: u64| total * pct / 100;
         let (kills_child, kills_parent_side, kills_sender, kills_mutex) =
-            (share(30), share(16), share(12), share(18));
+            (share(24), share(14), share(10), share(16));
+        let kills_pool = share(6);
         // The woken-waiter trials deliver two SIGKILLs each.
         let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
@@ -159,7 +164,9 @@ impl Config {
                 - kills_sender
                 - kills_mutex
                 - kills_woken_mutex
-                - kills_woken_presence,
+                - kills_woken_presence
+                - kills_pool,
+            kills_pool,
             max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
@@ -275,8 +282,22 @@ struct Stats {
     forgot_broken: [AtomicU64; SCRIPTS],
     forgot_served: AtomicU64,
     forgot_crashed: AtomicU64,
+    /// Pool trials by victim (worker, owner) and by what the pool was doing at the kill.
+    pool_moments: [[AtomicU64; MOMENTS]; 2],
+    /// Jobs that returned their value and ran exactly once.
+    pool_jobs_once: AtomicU64,
+    /// Jobs that failed with WorkerDied(SIGKILL) (and ran at most once).
+    pool_jobs_died: AtomicU64,
+    /// Workers that exited on their own after their owner was killed.
+    pool_orphans_exited: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
+    /// Worker kill -> the owner took the running job's WorkerDied.
+    pdet_n: AtomicU64,
+    pdet: [AtomicU64; SAMPLES],
+    /// Owner kill -> its last worker exited.
+    odet_n: AtomicU64,
+    odet: [AtomicU64; SAMPLES],
     /// Last kill -> the survivor of a woken-waiter or forgotten-guard trial is served.
     wdet_n: AtomicU64,
     wdet: [AtomicU64; SAMPLES],
@@ -296,7 +317,8 @@ const K_MUTEX: usize = 3;
 const K_WOKEN_MUTEX: usize = 4;
 const K_WOKEN_PRESENCE: usize = 5;
 const K_FORGOTTEN: usize = 6;
-const KINDS: usize = 7;
+const K_POOL: usize = 7;
+const KINDS: usize = 8;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -461,6 +483,24 @@ extern "C" fn print_summary() {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let pm = |v: usize| {
+        (0..MOMENTS)
+            .map(|m| format!("{} {}", MOMENT_NAMES[m], ld(&s.pool_moments[v][m])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    line(format!(
+        "  pool worker or owner      {:>6}   (jobs returned and ran once: {}; failed WorkerDied(SIGKILL), ran at most once: {}; replacement forked, shutdown left no child)",
+        kills[K_POOL],
+        ld(&s.pool_jobs_once),
+        ld(&s.pool_jobs_died)
+    ));
+    line(format!("      worker killed: {}", pm(0)));
+    line(format!(
+        "      owner killed:  {}; its workers then exited on their own: {}",
+        pm(1),
+        ld(&s.pool_orphans_exited)
+    ));
     line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
@@ -478,6 +518,24 @@ extern "C" fn print_summary() {
         us(pct(&det, 0.5)),
         us(pct(&det, 0.99)),
         us(det.last().copied().unwrap_or(0)),
+    ));
+    let latency = |what: &str, v: &[u64]| {
+        format!(
+            "{what}, n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
+            v.len(),
+            us(pct(v, 0.5)),
+            us(pct(v, 0.99)),
+            us(v.last().copied().unwrap_or(0)),
+            v.iter().filter(|&&d| d > PROMISE.as_nanos() as u64).count()
+        )
+    };
+    line(latency(
+        "kill -> the pool fails the worker's running job with WorkerDied",
+        &samples(&s.pdet_n, &s.pdet),
+    ));
+    line(latency(
+        "kill of the pool's owner -> its last worker exited",
+        &samples(&s.odet_n, &s.odet),
     ));
     line(format!(
         "try_recv after PeerDied     Empty {}, Disconnected {}",
@@ -2398,6 +2456,653 @@ fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> 
         "{} (script: {name}; killed {delay:?} after its steps)",
         broken.join("; ")
     )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the pool case: signals that cannot reach a reused pid, and the
+// children of a process.
+
+/// A pidfd: a signal sent through it reaches the process it was opened on or nobody, never a
+/// later process that reuses the pid.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Result<PidFd, String> {
+        // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+        ensure!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        Ok(PidFd(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    fn kill(&self) -> Outcome {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a pidfd, a signal number, no siginfo, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        ensure!(
+            r == 0,
+            "pidfd_send_signal(SIGKILL): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The children of single-threaded process `pid` (orphans reparented to it included).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map_or(Vec::new(), |s| {
+        s.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    })
+}
+
+/// `describe` of `pid` and of each of its children.
+fn describe_tree(pid: u32) -> String {
+    let mut out = describe(pid);
+    for c in children_of(pid) {
+        out.push_str(&format!("; its child {}", describe(c)));
+    }
+    out
+}
+
+/// Kills and reaps every child this process still has (each is ours and unreaped, so its pid
+/// names it). Returns the pids found.
+fn kill_and_reap_children() -> Vec<u32> {
+    let mut found = Vec::new();
+    for _ in 0..8 {
+        let kids = children_of(getpid());
+        if kids.is_empty() {
+            break;
+        }
+        for &c in &kids {
+            // SAFETY: `c` is our own unreaped child.
+            unsafe { libc::kill(c as libc::pid_t, libc::SIGKILL) };
+            let _ = support::wait_pid(c as libc::pid_t, LONG);
+        }
+        found.extend(kids);
+    }
+    reap_strays();
+    found
+}
+
+/// Polls `cond` without sleeping (yielding the CPU to whoever needs it) until it holds or
+/// `timeout` passes: for waits that end in microseconds and must be seen at once.
+fn spin_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+/// A zero-filled `T` in a fresh shared mapping that lives until the process exits.
+///
+/// # Safety
+/// All-zero bytes must be a valid `T` (atomics, arrays of atomics).
+unsafe fn leak_zeroed<T: Shareable>() -> Result<&'static T, String> {
+    let region = AnonRegion::new(std::mem::size_of::<T>()).ctx("region")?;
+    let p = region.as_ptr() as *const T;
+    std::mem::forget(region);
+    // SAFETY: the mapping is zero-filled, page-aligned, large enough and never unmapped; the
+    // caller promises that zeroes are a valid `T`.
+    Ok(unsafe { &*p })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1f. A pool worker killed. Owner O (forked by this process C, a child subreaper) builds a
+// `Pool` of 2-3 workers and streams jobs through `pool.map` (sequence numbers; each job counts
+// its runs in shared memory, `counts[seq] += 1`, spins a few µs, sometimes a few hundred, and
+// returns a value derived from `seq`). C SIGKILLs a random worker (through a pidfd opened on
+// the pid O published from `worker_ids()`) at a random moment: right after the pool is built,
+// while it is idle, or mid-stream (in a job or between jobs). O checks exact-once accounting:
+// every job returned its value and ran exactly once, or failed with `WorkerDied(SIGKILL)` and
+// ran at most once, at most one job per kill; nothing lost, duplicated or failed otherwise.
+// Then the pool must have forked a replacement (same worker count, the victim gone), and
+// `shutdown` must leave O no child.
+//
+// Owner variant (one trial in 4): C kills O itself at such a moment. O's workers become C's
+// children; each must exit (status 0) on its own within `HANG_DEADLINE`, no job may have run
+// twice, and every job O saw succeed ran exactly once.
+
+const POOL_JOBS: usize = 8192;
+const JOB_NONE: u32 = 0;
+const JOB_RESULT: u32 = 1;
+const JOB_DIED: u32 = 2;
+/// Workers are 2 or 3.
+const POOL_MAX_WORKERS: usize = 4;
+
+#[repr(C)]
+struct PoolCtl {
+    /// O has built the pool and published its workers' pids.
+    built: AtomicU64,
+    /// O has run its first batch and now leaves the pool idle until the kill.
+    idle: AtomicU64,
+    /// C has sent the SIGKILL (`t_kill` was stored before it).
+    killed: AtomicU64,
+    t_kill: AtomicU64,
+    /// Results O has taken.
+    progress: AtomicU64,
+    victim: AtomicU64,
+    /// Kill -> O took the failed job's `WorkerDied` (ns).
+    died_ns: AtomicU64,
+    pids: [AtomicU64; POOL_MAX_WORKERS],
+    /// `seq + 1` of the job the worker `pids[k]` is running, 0 between jobs.
+    in_job: [AtomicU64; POOL_MAX_WORKERS],
+    counts: [AtomicU32; POOL_JOBS],
+    /// How O saw each job end (`JOB_`).
+    got: [AtomicU32; POOL_JOBS],
+}
+
+// SAFETY: atomics and arrays of atomics only.
+unsafe impl Shareable for PoolCtl {}
+
+impl PoolCtl {
+    fn reset(&self) {
+        for a in [
+            &self.built,
+            &self.idle,
+            &self.killed,
+            &self.t_kill,
+            &self.progress,
+            &self.victim,
+            &self.died_ns,
+        ]
+        .into_iter()
+        .chain(&self.pids)
+        .chain(&self.in_job)
+        {
+            a.store(0, Ordering::SeqCst);
+        }
+        for a in self.counts.iter().chain(&self.got) {
+            a.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn pid(&self, k: usize) -> u32 {
+        self.pids[k].load(Ordering::SeqCst) as u32
+    }
+}
+
+/// This worker's pid, cached (a worker runs many jobs; O never runs one, so each worker starts
+/// from 0 after the fork).
+static WORKER_PID: AtomicU32 = AtomicU32::new(0);
+
+fn pool_result(tseed: u64, seq: u64) -> u64 {
+    mix(tseed ^ seq.rotate_left(17))
+}
+
+/// The job: counts its run, marks the worker busy, spins, returns `pool_result`.
+fn pool_job(ctl: &PoolCtl, tseed: u64, seq: u64) -> u64 {
+    let me = match WORKER_PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = getpid();
+            WORKER_PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    };
+    let k = (0..POOL_MAX_WORKERS).find(|&k| ctl.pid(k) == me);
+    if let Some(k) = k {
+        ctl.in_job[k].store(seq + 1, Ordering::SeqCst);
+    }
+    ctl.counts[seq as usize].fetch_add(1, Ordering::SeqCst);
+    let h = msg_hash(tseed, seq);
+    let us = if h.is_multiple_of(16) {
+        100 + (h >> 8) % 300
+    } else {
+        (h >> 8) % 20
+    };
+    spin_for(Duration::from_micros(us));
+    if let Some(k) = k {
+        ctl.in_job[k].store(0, Ordering::SeqCst);
+    }
+    pool_result(tseed, seq)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PoolParams {
+    workers: usize,
+    /// Jobs in the stream.
+    n: u64,
+    queue_cap: usize,
+    /// Run this many jobs, then leave the pool idle until the kill.
+    idle_after: Option<u64>,
+}
+
+/// When C strikes.
+#[derive(Clone, Copy, Debug)]
+enum PoolKill {
+    /// As soon as the pool is built (a worker may not have taken its first job yet).
+    AfterSpawn,
+    /// While the pool is idle after its first `n` jobs, this long after it went idle.
+    Idle(u64, Duration),
+    /// Once O has taken this many results.
+    Results(u64),
+    /// This long after the pool was built.
+    Delay(Duration),
+}
+
+/// Kill moments, as C saw them when it struck.
+const MOMENTS: usize = 4;
+const MOMENT_NAMES: [&str; MOMENTS] = ["after spawn", "idle", "in a job", "between jobs"];
+
+fn pool_worker_killed() -> Outcome {
+    // O's workers become ours when O dies (owner variant, or O killed after a hang).
+    set_subreaper()?;
+    // SAFETY: a PoolCtl is atomics only; zeroes are valid.
+    let ctl: &'static PoolCtl = unsafe { leak_zeroed::<PoolCtl>()? };
+    let n = config().kills_pool;
+    run_trials(K_POOL, 0x9001, n, |rng, tseed| {
+        let r = pool_trial(rng, tseed, ctl);
+        let left = kill_and_reap_children();
+        match r {
+            Ok(()) if !left.is_empty() => Err(format!(
+                "the trial passed but left children {left:?} (killed and reaped)"
+            )),
+            r => r,
+        }
+    })
+}
+
+fn pool_trial(rng: &mut Rng, tseed: u64, ctl: &'static PoolCtl) -> Outcome {
+    ctl.reset();
+    let owner = rng.below(4) == 0;
+    let workers = 2 + rng.below(2) as usize;
+    let n = 20 + rng.below(1200);
+    let queue_cap = [2usize, 16, 1024][rng.below(3) as usize];
+    let plan = match rng.below(8) {
+        0 => PoolKill::AfterSpawn,
+        1 => PoolKill::Idle(rng.below(n / 2 + 1), Duration::from_micros(rng.below(500))),
+        2..=4 => PoolKill::Results(rng.below(n)),
+        _ => PoolKill::Delay(Duration::from_micros(rng.below(n * 8))),
+    };
+    let params = PoolParams {
+        workers,
+        n,
+        queue_cap,
+        idle_after: match plan {
+            PoolKill::Idle(k, _) => Some(k),
+            _ => None,
+        },
+    };
+    let mut o = spawn("pool owner O", (), move |()| pool_owner(ctl, tseed, params))?;
+    let o_pid = o.id();
+    let o_failed = |o: &mut Reap, what: &str| -> String {
+        let st = o.status(LONG);
+        format!("O ended before {what} ({plan:?}, {params:?}): {st:?} (see stderr)")
+    };
+    spin_until(LONG, || {
+        ctl.built.load(Ordering::SeqCst) == 1 || exited(o_pid)
+    });
+    if ctl.built.load(Ordering::SeqCst) == 0 {
+        if exited(o_pid) {
+            return Err(o_failed(&mut o, "building its pool"));
+        }
+        return Err(format!(
+            "HANG: O did not build its pool within {LONG:?}: {}",
+            describe_tree(o_pid)
+        ));
+    }
+    // Opened now: O reaps a worker only after the kill (or after failing), and a worker is
+    // O's child (checked after opening, so the pidfd cannot name a process that reused a
+    // reaped worker's pid).
+    let mut fds = Vec::new();
+    for k in 0..workers {
+        let pid = ctl.pid(k);
+        let fd = PidFd::open(pid)?;
+        ensure!(
+            parent_of(pid) == Some(o_pid),
+            "worker {pid} published by O is not O's child (parent {:?})",
+            parent_of(pid)
+        );
+        fds.push(fd);
+    }
+    let reached = match plan {
+        PoolKill::AfterSpawn => true,
+        PoolKill::Idle(_, d) => {
+            let ok = wait_until(LONG, || {
+                ctl.idle.load(Ordering::SeqCst) == 1 || exited(o_pid)
+            });
+            spin_for(d);
+            ok
+        }
+        PoolKill::Results(k) => wait_until(LONG, || {
+            ctl.progress.load(Ordering::SeqCst) >= k || exited(o_pid)
+        }),
+        PoolKill::Delay(d) => {
+            spin_for(d);
+            true
+        }
+    };
+    if exited(o_pid) {
+        return Err(o_failed(&mut o, "the kill"));
+    }
+    ensure!(
+        reached,
+        "HANG: O did not reach the kill point ({plan:?}) within {LONG:?}: {}",
+        describe_tree(o_pid)
+    );
+    let k = rng.below(workers as u64) as usize;
+    let victim = if owner { o_pid } else { ctl.pid(k) };
+    ctl.victim.store(u64::from(victim), Ordering::SeqCst);
+    let moment = match plan {
+        PoolKill::AfterSpawn => 0,
+        PoolKill::Idle(..) => 1,
+        _ => {
+            let busy = if owner {
+                ctl.in_job.iter().any(|a| a.load(Ordering::SeqCst) != 0)
+            } else {
+                ctl.in_job[k].load(Ordering::SeqCst) != 0
+            };
+            if busy { 2 } else { 3 }
+        }
+    };
+    let s = stats();
+    bump(&s.pool_moments[usize::from(owner)][moment]);
+    let t_kill = support::mono_ns();
+    ctl.t_kill.store(t_kill, Ordering::SeqCst);
+    if owner {
+        o.kill().ctx("kill O")?;
+    } else {
+        fds[k].kill()?;
+    }
+    ctl.killed.store(1, Ordering::SeqCst);
+    if owner {
+        return pool_owner_killed(&mut o, ctl, t_kill, workers, plan);
+    }
+    match o.wait_timeout(LONG).ctx("waiting for O")? {
+        Some(st) => ensure!(
+            st.success(),
+            "O's checks failed after the kill of worker {victim} ({}; {plan:?}, {params:?}): \
+             {st:?} (see stderr)",
+            MOMENT_NAMES[moment]
+        ),
+        None => {
+            return Err(format!(
+                "HANG: O did not finish within {LONG:?} of the kill of worker {victim} ({}; \
+                 {plan:?}, {params:?}; O had taken {} results): {}",
+                MOMENT_NAMES[moment],
+                ctl.progress.load(Ordering::SeqCst),
+                describe_tree(o_pid)
+            ));
+        }
+    }
+    let died = ctl.died_ns.load(Ordering::SeqCst);
+    if died != 0 {
+        record_sample(&s.pdet_n, &s.pdet, died);
+    }
+    Ok(())
+}
+
+/// O: builds the pool, publishes it, runs the stream, waits for the kill, checks the pool's
+/// recovery and the accounting. Killed itself in the owner variant.
+fn pool_owner(ctl: &'static PoolCtl, tseed: u64, p: PoolParams) -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(p.workers)
+        .queue_capacity(p.queue_cap)
+        .build(move |seq: u64| pool_job(ctl, tseed, seq))
+        .ctx("build the pool")?;
+    let ids = pool.worker_ids();
+    ensure!(
+        ids.len() == p.workers,
+        "a new pool of {} has workers {ids:?}",
+        p.workers
+    );
+    for (k, &id) in ids.iter().enumerate() {
+        ctl.pids[k].store(u64::from(id), Ordering::SeqCst);
+    }
+    ctl.built.store(1, Ordering::SeqCst);
+    let mut run = PoolRun {
+        ctl,
+        tseed,
+        next: 0,
+        failed: 0,
+    };
+    if let Some(n1) = p.idle_after {
+        run.jobs(&pool, n1)?;
+        ctl.idle.store(1, Ordering::SeqCst);
+        ensure!(
+            wait_until(LONG, || ctl.killed.load(Ordering::SeqCst) == 1),
+            "the kill never came while the pool was idle"
+        );
+    }
+    run.jobs(&pool, p.n)?;
+    ensure!(
+        wait_until(LONG, || ctl.killed.load(Ordering::SeqCst) == 1),
+        "the kill never came"
+    );
+    // The pool learns of a death when it next waits; run small batches until it has replaced
+    // the victim.
+    let victim = ctl.victim.load(Ordering::SeqCst) as u32;
+    let t = Instant::now();
+    loop {
+        let ids = pool.worker_ids();
+        if ids.len() == p.workers && !ids.contains(&victim) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < DETECT_BOUND,
+            "{:?} after the kill, the pool of {} lists workers {ids:?} (victim {victim}): not \
+             replaced",
+            t.elapsed(),
+            p.workers
+        );
+        let to = run.next + 4 * p.workers as u64;
+        run.jobs(&pool, to)?;
+    }
+    pool.shutdown().ctx("shutdown")?;
+    let left = children_of(getpid());
+    ensure!(
+        left.is_empty() && !has_children()?,
+        "shutdown left children {left:?}"
+    );
+    let (_, died) = pool_accounting(ctl, run.next, true)?;
+    ensure!(
+        died == run.failed,
+        "{} jobs failed WorkerDied but {died} are marked so",
+        run.failed
+    );
+    Ok(())
+}
+
+/// O's stream: runs jobs `next..to` through `pool.map` and checks each outcome.
+struct PoolRun {
+    ctl: &'static PoolCtl,
+    tseed: u64,
+    next: u64,
+    /// Jobs that failed with `WorkerDied` (at most one per kill).
+    failed: u64,
+}
+
+impl PoolRun {
+    fn jobs(&mut self, pool: &forkipc::Pool<u64, u64>, to: u64) -> Outcome {
+        let s = stats();
+        ensure!(
+            to as usize <= POOL_JOBS,
+            "{to} jobs exceed the {POOL_JOBS} counters"
+        );
+        let from = self.next;
+        for (seq, r) in (from..to).zip(pool.map(from..to)) {
+            match r {
+                Ok(v) => {
+                    if v != pool_result(self.tseed, seq) {
+                        bump(&s.wrong);
+                        return Err(format!("WRONG: job {seq} returned {v:#x}"));
+                    }
+                    self.ctl.got[seq as usize].store(JOB_RESULT, Ordering::SeqCst);
+                }
+                Err(JobError::WorkerDied(st)) if st.signal() == Some(libc::SIGKILL) => {
+                    let t_kill = self.ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(
+                        t_kill != 0,
+                        "job {seq} failed with WorkerDied({st:?}) before any kill"
+                    );
+                    self.failed += 1;
+                    if self.failed > 1 {
+                        bump(&s.lost);
+                        return Err(format!(
+                            "LOST: job {seq} is the {}th to fail with WorkerDied for one kill",
+                            self.failed
+                        ));
+                    }
+                    self.ctl.got[seq as usize].store(JOB_DIED, Ordering::SeqCst);
+                    self.ctl
+                        .died_ns
+                        .store(support::mono_ns().saturating_sub(t_kill), Ordering::SeqCst);
+                }
+                Err(e) => {
+                    bump(&s.lost);
+                    return Err(format!(
+                        "LOST: job {seq} failed with {e:?} (only WorkerDied(SIGKILL) of the \
+                         job the victim was running is allowed)"
+                    ));
+                }
+            }
+            self.next = seq + 1;
+            self.ctl.progress.store(seq + 1, Ordering::SeqCst);
+        }
+        if self.next != to {
+            bump(&s.lost);
+            return Err(format!(
+                "LOST: pool.map over jobs {from}..{to} yielded only {} results",
+                self.next - from
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Exact-once accounting of jobs `0..n` (and no run of a job never submitted), once no
+/// worker can run anything any more. `all_ended`: every job `0..n` was reported to O. Returns
+/// (jobs that returned and ran once, jobs that failed WorkerDied).
+fn pool_accounting(ctl: &PoolCtl, n: u64, all_ended: bool) -> Result<(u64, u64), String> {
+    let s = stats();
+    let (mut once, mut died) = (0, 0);
+    for seq in 0..POOL_JOBS {
+        let c = ctl.counts[seq].load(Ordering::SeqCst);
+        let g = ctl.got[seq].load(Ordering::SeqCst);
+        match g {
+            JOB_RESULT if c == 1 => once += 1,
+            JOB_RESULT if c == 0 => {
+                bump(&s.wrong);
+                return Err(format!("WRONG: job {seq} returned a result but never ran"));
+            }
+            JOB_DIED if c <= 1 => died += 1,
+            JOB_NONE if (seq as u64) < n && all_ended => {
+                bump(&s.lost);
+                return Err(format!("LOST: job {seq} never ended"));
+            }
+            JOB_NONE if (seq as u64) >= n && c != 0 && all_ended => {
+                bump(&s.wrong);
+                return Err(format!(
+                    "WRONG: job {seq} ran {c} times but only {n} were submitted"
+                ));
+            }
+            JOB_NONE if c <= 1 => {}
+            _ => {
+                bump(&s.duplicated);
+                return Err(format!(
+                    "DUPLICATED: job {seq} ran {c} times (O saw it {})",
+                    match g {
+                        JOB_RESULT => "return",
+                        JOB_DIED => "fail with WorkerDied",
+                        _ => "not end",
+                    }
+                ));
+            }
+        }
+    }
+    s.pool_jobs_once.fetch_add(once, Ordering::Relaxed);
+    s.pool_jobs_died.fetch_add(died, Ordering::Relaxed);
+    Ok((once, died))
+}
+
+/// O was killed: its workers are C's children now and must each exit, status 0, within
+/// `HANG_DEADLINE`; no job may have run twice.
+fn pool_owner_killed(
+    o: &mut Reap,
+    ctl: &PoolCtl,
+    t_kill: u64,
+    workers: usize,
+    plan: PoolKill,
+) -> Outcome {
+    o.expect_killed("the pool owner O", LONG)?;
+    let pids: Vec<u32> = (0..workers).map(|k| ctl.pid(k)).collect();
+    let deadline = Instant::now() + HANG_DEADLINE;
+    let mut exits = Vec::new();
+    let mut last = t_kill;
+    loop {
+        let mut st = 0;
+        // SAFETY: `st` is writable; every child of ours is one of O's orphaned workers.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r > 0 {
+            last = support::mono_ns();
+            exits.push((r as u32, std::process::ExitStatus::from_raw(st)));
+            continue;
+        }
+        if r < 0 {
+            break; // ECHILD: none left
+        }
+        if Instant::now() >= deadline {
+            let left = children_of(getpid());
+            let states: Vec<String> = left.iter().map(|&c| describe(c)).collect();
+            return Err(format!(
+                "HANG: {HANG_DEADLINE:?} after O was killed ({plan:?}), its workers {left:?} \
+                 (of {pids:?}) have not exited: {}",
+                states.join("; ")
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let mut exited_pids: Vec<u32> = exits.iter().map(|e| e.0).collect();
+    exited_pids.sort_unstable();
+    let mut want = pids.clone();
+    want.sort_unstable();
+    ensure!(
+        exited_pids == want,
+        "after O's death, children {exited_pids:?} exited; O's workers were {want:?}"
+    );
+    for (pid, st) in &exits {
+        ensure!(
+            st.success(),
+            "O's worker {pid} ended with {st:?} after O was killed, not status 0"
+        );
+    }
+    let s = stats();
+    record_sample(&s.odet_n, &s.odet, last.saturating_sub(t_kill));
+    s.pool_orphans_exited
+        .fetch_add(exits.len() as u64, Ordering::Relaxed);
+    pool_accounting(ctl, 0, false)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
