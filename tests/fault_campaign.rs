@@ -10,11 +10,11 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the eight kill cases (24% child
+//! `--kills N` is the total number of SIGKILLs, split over the nine kill cases (24% child
 //! killed mid-stream, 14% streamer killed under a grandchild receiver, 10% receiver killed under
 //! a blocked sender, 16% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
-//! receiver and the sender, 14% the owner of a forgotten guard, 6% a pool worker or the pool's
-//! owner). The flags are taken out of the
+//! receiver and the sender, 8% the owner of a forgotten guard, 6% a pool worker or the pool's
+//! owner, 6% a peer of a process blocked in `Select`). The flags are taken out of the
 //! argument list (the runner in `support` reads the remaining words as case-name filters) by
 //! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
 //! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 
 use forkipc::{
     AnonRegion, ByteReceiver, ByteSender, DisconnectReason, JobError, LockError, PoolBuilder,
-    Receiver, RecvTimeoutError, SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError,
-    TryRecvError,
+    Receiver, RecvTimeoutError, Select, SendTimeoutError, Sender, Shareable, ShmMutex,
+    TryLockError, TryRecvError,
 };
 use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
 
@@ -91,6 +91,7 @@ fn main() {
         woken_waiter_killed_presence,
         forgotten_guard_owner_killed,
         pool_worker_killed,
+        select_peer_killed,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
@@ -118,6 +119,7 @@ struct Config {
     kills_woken_presence: u64,
     kills_forgotten: u64,
     kills_pool: u64,
+    kills_select: u64,
     /// A pattern that can hang on a known defect stops after this many hangs (each costs
     /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
     max_hangs: u64,
@@ -145,7 +147,7 @@ impl Config {
         let share = |pct: u64| total * pct / 100;
         let (kills_child, kills_parent_side, kills_sender, kills_mutex) =
             (share(24), share(14), share(10), share(16));
-        let kills_pool = share(6);
+        let (kills_pool, kills_select) = (share(6), share(6));
         // The woken-waiter trials deliver two SIGKILLs each.
         let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
@@ -165,8 +167,10 @@ impl Config {
                 - kills_mutex
                 - kills_woken_mutex
                 - kills_woken_presence
-                - kills_pool,
+                - kills_pool
+                - kills_select,
             kills_pool,
+            kills_select,
             max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
@@ -290,6 +294,14 @@ struct Stats {
     pool_jobs_died: AtomicU64,
     /// Workers that exited on their own after their owner was killed.
     pool_orphans_exited: AtomicU64,
+    sel_channels: AtomicU64,
+    sel_victim_channels: AtomicU64,
+    /// Messages of the killed select peer, all delivered before its PeerDied.
+    sel_victim_msgs: AtomicU64,
+    /// Channels on which the send in flight at the kill was delivered too.
+    sel_inflight: AtomicU64,
+    /// Trials in which the selector was asleep (state S) when the peer was killed.
+    sel_asleep: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
     /// Worker kill -> the owner took the running job's WorkerDied.
@@ -298,6 +310,9 @@ struct Stats {
     /// Owner kill -> its last worker exited.
     odet_n: AtomicU64,
     odet: [AtomicU64; SAMPLES],
+    /// Peer kill -> Select reported the last of its channels Disconnected(PeerDied).
+    sdet_n: AtomicU64,
+    sdet: [AtomicU64; SAMPLES],
     /// Last kill -> the survivor of a woken-waiter or forgotten-guard trial is served.
     wdet_n: AtomicU64,
     wdet: [AtomicU64; SAMPLES],
@@ -318,7 +333,8 @@ const K_WOKEN_MUTEX: usize = 4;
 const K_WOKEN_PRESENCE: usize = 5;
 const K_FORGOTTEN: usize = 6;
 const K_POOL: usize = 7;
-const KINDS: usize = 8;
+const K_SELECT: usize = 8;
+const KINDS: usize = 9;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -502,6 +518,15 @@ extern "C" fn print_summary() {
         ld(&s.pool_orphans_exited)
     ));
     line(format!(
+        "  select peer killed        {:>6}   ({} channels watched, {} of them the victim's; its messages delivered before PeerDied: {}, the send in flight too: {}; selector asleep at the kill: {})",
+        kills[K_SELECT],
+        ld(&s.sel_channels),
+        ld(&s.sel_victim_channels),
+        ld(&s.sel_victim_msgs),
+        ld(&s.sel_inflight),
+        ld(&s.sel_asleep)
+    ));
+    line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
     ));
@@ -529,6 +554,10 @@ extern "C" fn print_summary() {
             v.iter().filter(|&&d| d > PROMISE.as_nanos() as u64).count()
         )
     };
+    line(latency(
+        "kill -> Select delivered the peer's backlog and reported its channels PeerDied",
+        &samples(&s.sdet_n, &s.sdet),
+    ));
     line(latency(
         "kill -> the pool fails the worker's running job with WorkerDied",
         &samples(&s.pdet_n, &s.pdet),
@@ -2459,7 +2488,7 @@ fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers for the pool case: signals that cannot reach a reused pid, and the
+// Helpers for the pool and select cases: signals that cannot reach a reused pid, and the
 // children of a process.
 
 /// A pidfd: a signal sent through it reaches the process it was opened on or nobody, never a
@@ -3102,6 +3131,446 @@ fn pool_owner_killed(
     s.pool_orphans_exited
         .fetch_add(exits.len() as u64, Ordering::Relaxed);
     pool_accounting(ctl, 0, false)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1g. A select peer killed. This process C waits in `Select::ready_timeout` over N channels
+// (N random in 2..=64; typed [u64; 8] and byte channels) whose senders live in 2-6 peer
+// processes; some channels idle, some stream sequence-numbered messages (each peer paced
+// fast, with pauses, or slowly, so C also sleeps in the kernel). Killer K SIGKILLs a random
+// peer at a random moment (after a delay, after the victim sent some messages, or as soon as C
+// sleeps). C calls `try_recv` on the endpoint `ready` names, which must not find it empty. On
+// every channel of the victim, C must receive every message whose send returned Ok (the peer
+// counts them in shared memory; the send in flight at the kill may arrive too), in order, none
+// duplicated or torn, then `Disconnected` with reason `PeerDied`, all within `DETECT_BOUND` of
+// the kill (the time is recorded). The other channels keep working: once the victim is fully
+// reported, the live peers send a tail on every channel (idle ones included) and close; C must
+// receive exactly what they sent, then `PeerDropped`.
+
+const SEL_MAX: usize = 64;
+const SEL_PEERS: u64 = 6;
+
+#[repr(C)]
+struct SelCtl {
+    go: AtomicU64,
+    stop: AtomicU64,
+    t_kill: AtomicU64,
+    /// C was asleep (state S) when K struck.
+    asleep: AtomicU64,
+    /// Messages on channel i whose send returned Ok.
+    sent: [AtomicU64; SEL_MAX],
+}
+
+// SAFETY: atomics only.
+unsafe impl Shareable for SelCtl {}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pace {
+    Fast,
+    Paused,
+    Slow,
+}
+
+enum SelRx {
+    Typed(Receiver<[u64; 8]>),
+    Bytes(ByteReceiver),
+}
+
+impl SelRx {
+    fn reason(&self) -> Option<DisconnectReason> {
+        match self {
+            SelRx::Typed(r) => r.disconnect_reason(),
+            SelRx::Bytes(r) => r.disconnect_reason(),
+        }
+    }
+}
+
+/// What C knows of one channel.
+struct SelChan {
+    peer: usize,
+    streaming: bool,
+    check: StreamCheck,
+    open: bool,
+    /// Messages received after the victim's last channel was reported.
+    after: u64,
+}
+
+fn chan_seed(tseed: u64, i: usize) -> u64 {
+    mix(tseed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9))
+}
+
+fn select_peer_killed() -> Outcome {
+    let n = config().kills_select;
+    run_trials(K_SELECT, 0x5e1ec7, n, select_trial)
+}
+
+fn select_trial(rng: &mut Rng, tseed: u64) -> Outcome {
+    let s = stats();
+    let n = 2 + rng.below(SEL_MAX as u64 - 1) as usize;
+    let procs = 2 + rng.below((n as u64).min(SEL_PEERS) - 1) as usize;
+    let victim = rng.below(procs as u64) as usize;
+    let region = AnonRegion::new(std::mem::size_of::<SelCtl>()).ctx("region")?;
+    let ctl: &SelCtl = region
+        .alloc(SelCtl {
+            go: AtomicU64::new(0),
+            stop: AtomicU64::new(0),
+            t_kill: AtomicU64::new(0),
+            asleep: AtomicU64::new(0),
+            sent: [const { AtomicU64::new(0) }; SEL_MAX],
+        })
+        .ctx("alloc")?;
+    // Channels, and each peer's senders.
+    let mut rxs = Vec::with_capacity(n);
+    let mut chans = Vec::with_capacity(n);
+    let mut ttx: Vec<Vec<Sender<[u64; 8]>>> = (0..procs).map(|_| Vec::new()).collect();
+    let mut btx: Vec<Vec<ByteSender>> = (0..procs).map(|_| Vec::new()).collect();
+    let mut tidx: Vec<Vec<usize>> = vec![Vec::new(); procs];
+    let mut bidx: Vec<Vec<usize>> = vec![Vec::new(); procs];
+    let mut streaming = [false; SEL_MAX];
+    for (i, streams) in streaming.iter_mut().enumerate().take(n) {
+        let peer = if i < procs {
+            i
+        } else {
+            rng.below(procs as u64) as usize
+        };
+        *streams = rng.below(2) == 0;
+        if rng.below(2) == 0 {
+            let (tx, rx) = forkipc::channel::<[u64; 8]>(typed_cap(rng)).ctx("channel")?;
+            ttx[peer].push(tx);
+            tidx[peer].push(i);
+            rxs.push(SelRx::Typed(rx));
+        } else {
+            let (tx, rx) = forkipc::byte_channel(byte_cap(rng)).ctx("byte_channel")?;
+            btx[peer].push(tx);
+            bidx[peer].push(i);
+            rxs.push(SelRx::Bytes(rx));
+        }
+        chans.push(SelChan {
+            peer,
+            streaming: *streams,
+            check: StreamCheck::new(chan_seed(tseed, i)),
+            open: true,
+            after: 0,
+        });
+    }
+    // One trial in 4: every peer slow, so the selector mostly sleeps in the kernel.
+    let all_slow = rng.below(4) == 0;
+    let paces: Vec<Pace> = (0..procs)
+        .map(|_| match rng.below(3) {
+            _ if all_slow => Pace::Slow,
+            0 => Pace::Fast,
+            1 => Pace::Paused,
+            _ => Pace::Slow,
+        })
+        .collect();
+    let mut peers = Vec::with_capacity(procs);
+    for (p, (t, b)) in ttx.into_iter().zip(btx).enumerate() {
+        let pace = paces[p];
+        let (ti, bi) = (tidx[p].clone(), bidx[p].clone());
+        let pseed = rng.next_u64();
+        peers.push(spawn("select peer", (t, b), move |(t, b)| {
+            select_peer(ctl, tseed, &t, &ti, &b, &bi, &streaming, pace, pseed)
+        })?);
+    }
+    // The killer, with a pidfd on the victim (our child: unreaped until the end).
+    let victim_fd = PidFd::open(peers[victim].id())?;
+    let victim_streams: Vec<usize> = (0..n)
+        .filter(|&i| chans[i].peer == victim && streaming[i])
+        .collect();
+    // When K strikes: after the victim sent some messages, after a delay, or as soon as the
+    // selector sleeps (within a bound: with fast peers it may never).
+    let (by_msgs, when_asleep) = match rng.below(3) {
+        0 if !victim_streams.is_empty() => (true, false),
+        1 => (false, true),
+        _ => (false, false),
+    };
+    // A slow victim sends a message per channel every 50-500 µs.
+    let most = if paces[victim] == Pace::Slow {
+        40
+    } else {
+        2000
+    };
+    let kill_after = rng.below(most);
+    let delay = Duration::from_micros(rng.below(4000));
+    let c_pid = getpid();
+    // Declared after the peers: dropped (killed, reaped) first on an early return.
+    let mut killer = spawn("killer K", (), move |()| {
+        ensure!(
+            wait_until(LONG, || ctl.go.load(Ordering::SeqCst) == 1),
+            "never told to go"
+        );
+        if by_msgs {
+            wait_until(LONG, || {
+                victim_streams
+                    .iter()
+                    .map(|&i| ctl.sent[i].load(Ordering::SeqCst))
+                    .sum::<u64>()
+                    >= kill_after
+            });
+        } else if when_asleep {
+            spin_for(delay / 8);
+            spin_until(Duration::from_millis(20), || proc_state(c_pid) == Some('S'));
+        } else {
+            spin_for(delay);
+        }
+        let asleep = proc_state(c_pid) == Some('S');
+        ctl.asleep.store(u64::from(asleep), Ordering::SeqCst);
+        ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
+        victim_fd.kill()
+    })?;
+    let mut sel = Select::new();
+    for rx in &rxs {
+        match rx {
+            SelRx::Typed(r) => sel.recv(r),
+            SelRx::Bytes(r) => sel.recv(r),
+        };
+    }
+    let victim_chans = chans.iter().filter(|c| c.peer == victim).count();
+    let mut victim_open = victim_chans;
+    let mut open = n;
+    let start = Instant::now();
+    ctl.go.store(1, Ordering::SeqCst);
+    let hang = |chans: &[SelChan], peers: &[Reap], what: String| -> String {
+        let open: Vec<String> = chans
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.open)
+            .map(|(i, c)| {
+                format!(
+                    "{i} (peer {}{}, {} of {} sent)",
+                    c.peer,
+                    if c.peer == victim { ", the victim" } else { "" },
+                    c.check.next,
+                    ctl.sent[i].load(Ordering::SeqCst)
+                )
+            })
+            .collect();
+        let states: Vec<String> = peers.iter().map(|p| describe(p.id())).collect();
+        format!(
+            "HANG: {what}; {n} channels, {procs} peers, victim peer {victim} (killed: {}); open \
+             channels: {}; peers: {}",
+            ctl.t_kill.load(Ordering::SeqCst) != 0,
+            open.join(", "),
+            states.join("; ")
+        )
+    };
+    let mut msgs = 0u64;
+    while open > 0 {
+        if start.elapsed() > 3 * LONG {
+            return Err(hang(
+                &chans,
+                &peers,
+                format!("not done after {:?}", start.elapsed()),
+            ));
+        }
+        let Ok(i) = sel.ready_timeout(LONG) else {
+            return Err(hang(
+                &chans,
+                &peers,
+                format!("Select::ready_timeout({LONG:?}) timed out"),
+            ));
+        };
+        let c = &mut chans[i];
+        let got = match &rxs[i] {
+            SelRx::Typed(r) => r.try_recv().map(|w| c.check.check_typed(&w)),
+            SelRx::Bytes(r) => r
+                .try_recv()
+                .map(|v| c.check.check_bytes(&v, r.max_message_len())),
+        };
+        match got {
+            Ok(checked) => {
+                checked.map_err(|e| format!("channel {i} (peer {}): {e}", c.peer))?;
+                c.check.next += 1;
+                msgs += 1;
+                if victim_open == 0 {
+                    c.after += 1;
+                }
+            }
+            Err(TryRecvError::Empty) => {
+                return Err(format!(
+                    "Select reported channel {i} ready, but try_recv found it Empty (not \
+                     disconnected) after {} messages",
+                    c.check.next
+                ));
+            }
+            Err(TryRecvError::Disconnected) => {
+                sel.remove(i);
+                c.open = false;
+                open -= 1;
+                let reason = rxs[i].reason();
+                let sent = ctl.sent[i].load(Ordering::SeqCst);
+                let got = c.check.next;
+                if c.peer == victim {
+                    let t_kill = ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(
+                        t_kill != 0,
+                        "channel {i} of the victim disconnected ({reason:?}) before the kill"
+                    );
+                    ensure!(
+                        reason == Some(DisconnectReason::PeerDied),
+                        "channel {i} of the killed peer disconnected with reason {reason:?}, \
+                         not PeerDied"
+                    );
+                    if got < sent {
+                        bump(&s.lost);
+                        return Err(format!(
+                            "LOST: channel {i} of the killed peer: {sent} sends returned Ok, \
+                             but only {got} messages came before Disconnected"
+                        ));
+                    }
+                    if got > sent + 1 {
+                        bump(&s.wrong);
+                        return Err(format!(
+                            "WRONG: channel {i} of the killed peer delivered {got} messages, \
+                             {sent} sends returned Ok (one more may have been in flight)"
+                        ));
+                    }
+                    if got == sent + 1 {
+                        bump(&s.sel_inflight);
+                    }
+                    s.sel_victim_msgs.fetch_add(got, Ordering::Relaxed);
+                    victim_open -= 1;
+                    if victim_open == 0 {
+                        let detect =
+                            Duration::from_nanos(support::mono_ns().saturating_sub(t_kill));
+                        ensure!(
+                            detect < DETECT_BOUND,
+                            "kill -> the last of the victim's channels reported Disconnected \
+                             took {detect:?}"
+                        );
+                        record_sample(&s.sdet_n, &s.sdet, detect.as_nanos() as u64);
+                    }
+                } else {
+                    ensure!(
+                        ctl.stop.load(Ordering::SeqCst) == 1,
+                        "channel {i} of live peer {} disconnected ({reason:?}) before the peer \
+                         was told to stop ({got} messages received, {sent} sent; a peer that \
+                         failed says why on stderr)",
+                        c.peer
+                    );
+                    ensure!(
+                        reason == Some(DisconnectReason::PeerDropped),
+                        "channel {i} of live peer {} disconnected with reason {reason:?}, not \
+                         PeerDropped",
+                        c.peer
+                    );
+                    if got != sent {
+                        bump(if got < sent { &s.lost } else { &s.wrong });
+                        return Err(format!(
+                            "{}: channel {i} of live peer {}: {sent} sent, {got} received",
+                            if got < sent { "LOST" } else { "WRONG" },
+                            c.peer
+                        ));
+                    }
+                }
+            }
+        }
+        // The victim is fully reported and every live streaming channel has delivered since:
+        // the live peers send their tails and close.
+        if victim_open == 0
+            && ctl.stop.load(Ordering::SeqCst) == 0
+            && chans
+                .iter()
+                .all(|c| c.peer == victim || !c.streaming || c.after > 0)
+        {
+            ctl.stop.store(1, Ordering::SeqCst);
+        }
+    }
+    killer.expect_success("the killer K", LONG)?;
+    for (p, peer) in peers.iter_mut().enumerate() {
+        if p == victim {
+            peer.expect_killed("the killed select peer", LONG)?;
+        } else {
+            peer.expect_success("a live select peer", LONG)?;
+        }
+    }
+    s.msgs_checked.fetch_add(msgs, Ordering::Relaxed);
+    s.sel_channels.fetch_add(n as u64, Ordering::Relaxed);
+    s.sel_victim_channels
+        .fetch_add(victim_chans as u64, Ordering::Relaxed);
+    if ctl.asleep.load(Ordering::SeqCst) == 1 {
+        bump(&s.sel_asleep);
+    }
+    Ok(())
+}
+
+/// A select peer: streams on its streaming channels (round robin, paced) until told to stop,
+/// counting every send that returned Ok; then sends a short tail on every channel and closes
+/// them all.
+#[allow(clippy::too_many_arguments)]
+fn select_peer(
+    ctl: &SelCtl,
+    tseed: u64,
+    ttx: &[Sender<[u64; 8]>],
+    tidx: &[usize],
+    btx: &[ByteSender],
+    bidx: &[usize],
+    streaming: &[bool; SEL_MAX],
+    pace: Pace,
+    pseed: u64,
+) -> Outcome {
+    let mut rng = Rng::new(pseed);
+    let mut seq = [0u64; SEL_MAX];
+    let mut buf = Vec::with_capacity(BYTE_HDR + MAX_PAYLOAD);
+    let mut send = |i: usize, typed: Option<&Sender<[u64; 8]>>, bytes: Option<&ByteSender>| {
+        let cs = chan_seed(tseed, i);
+        let r = match (typed, bytes) {
+            (Some(tx), _) => tx
+                .send_timeout(typed_msg(cs, seq[i]), LONG)
+                .map_err(|e| format!("{e:?}")),
+            (_, Some(tx)) => {
+                byte_msg(cs, seq[i], &mut buf);
+                tx.send_timeout(&buf, LONG).map_err(|e| format!("{e:?}"))
+            }
+            _ => unreachable!(),
+        };
+        r.map_err(|e| format!("send of message {} on channel {i}: {e}", seq[i]))?;
+        seq[i] += 1;
+        ctl.sent[i].store(seq[i], Ordering::SeqCst);
+        Ok::<(), String>(())
+    };
+    let any_streaming = tidx.iter().chain(bidx).any(|&i| streaming[i]);
+    let start = Instant::now();
+    while ctl.stop.load(Ordering::SeqCst) == 0 {
+        ensure!(
+            start.elapsed() < 3 * LONG,
+            "never told to stop within {:?}",
+            3 * LONG
+        );
+        for (tx, &i) in ttx.iter().zip(tidx) {
+            if streaming[i] {
+                send(i, Some(tx), None)?;
+            }
+        }
+        for (tx, &i) in btx.iter().zip(bidx) {
+            if streaming[i] {
+                send(i, None, Some(tx))?;
+            }
+        }
+        match pace {
+            Pace::Fast => {}
+            Pace::Paused => {
+                if rng.below(32) == 0 {
+                    spin_for(Duration::from_micros(rng.below(300)));
+                }
+            }
+            Pace::Slow => std::thread::sleep(Duration::from_micros(50 + rng.below(450))),
+        }
+        if !any_streaming {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    for (tx, &i) in ttx.iter().zip(tidx) {
+        for _ in 0..1 + rng.below(3) {
+            send(i, Some(tx), None)?;
+        }
+    }
+    for (tx, &i) in btx.iter().zip(bidx) {
+        for _ in 0..1 + rng.below(3) {
+            send(i, None, Some(tx))?;
+        }
+    }
     Ok(())
 }
 
