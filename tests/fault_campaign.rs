@@ -10,10 +10,11 @@
 //! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ring_consumer -- -max_total_time=60   # fuzzing
 //! ```
 //!
-//! `--kills N` is the total number of SIGKILLs, split over the seven kill cases (30% child
-//! killed mid-stream, 16% streamer killed under a grandchild receiver, 12% receiver killed under
-//! a blocked sender, 18% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
-//! receiver and the sender, 8% the owner of a forgotten guard). The flags are taken out of the
+//! `--kills N` is the total number of SIGKILLs, split over the nine kill cases (24% child
+//! killed mid-stream, 14% streamer killed under a grandchild receiver, 10% receiver killed under
+//! a blocked sender, 16% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
+//! receiver and the sender, 8% the owner of a forgotten guard, 6% a pool worker or the pool's
+//! owner, 6% a peer of a process blocked in `Select`). The flags are taken out of the
 //! argument list (the runner in `support` reads the remaining words as case-name filters) by
 //! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
 //! `FORKIPC_CAMPAIGN_SEED`. The per-case deadline (`FORKIPC_CASE_TIMEOUT`) is raised with the
@@ -45,8 +46,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, LockError, Receiver, RecvTimeoutError,
-    SendTimeoutError, Sender, Shareable, ShmMutex, TryLockError, TryRecvError,
+    AnonRegion, ByteReceiver, ByteSender, DisconnectReason, JobError, LockError, PoolBuilder,
+    Receiver, RecvTimeoutError, Select, SendTimeoutError, Sender, Shareable, ShmMutex,
+    TryLockError, TryRecvError,
 };
 use support::{Context, Outcome, Reap, Rng, getpid, mix, proc_state, spawn, spin_for, wait_until};
 
@@ -88,6 +90,8 @@ fn main() {
         woken_waiter_killed_mutex,
         woken_waiter_killed_presence,
         forgotten_guard_owner_killed,
+        pool_worker_killed,
+        select_peer_killed,
         try_recv_reports_disconnected_after_peer_death,
         stopped_is_not_dead,
         scribbled_memory,
@@ -114,6 +118,8 @@ struct Config {
     kills_woken_mutex: u64,
     kills_woken_presence: u64,
     kills_forgotten: u64,
+    kills_pool: u64,
+    kills_select: u64,
     /// A pattern that can hang on a known defect stops after this many hangs (each costs
     /// `HANG_DEADLINE`); `FORKIPC_CAMPAIGN_MAX_HANGS` raises it to measure how often one shows.
     max_hangs: u64,
@@ -140,7 +146,8 @@ impl Config {
         let seed = given.unwrap_or_else(fresh_seed);
         let share = |pct: u64| total * pct / 100;
         let (kills_child, kills_parent_side, kills_sender, kills_mutex) =
-            (share(30), share(16), share(12), share(18));
+            (share(24), share(14), share(10), share(16));
+        let (kills_pool, kills_select) = (share(6), share(6));
         // The woken-waiter trials deliver two SIGKILLs each.
         let (kills_woken_mutex, kills_woken_presence) = (share(8) & !1, share(8) & !1);
         Config {
@@ -159,7 +166,11 @@ impl Config {
                 - kills_sender
                 - kills_mutex
                 - kills_woken_mutex
-                - kills_woken_presence,
+                - kills_woken_presence
+                - kills_pool
+                - kills_select,
+            kills_pool,
+            kills_select,
             max_hangs: num("FORKIPC_CAMPAIGN_MAX_HANGS").unwrap_or(1).max(1),
         }
     }
@@ -246,6 +257,8 @@ struct Stats {
     try_recv_after_death_disconnected: AtomicU64,
     sender_blocked_at_kill: AtomicU64,
     parent_side_before_g: AtomicU64,
+    /// S killed after forking G but before G took over its ends: G left unstarted.
+    parent_side_g_unstarted: AtomicU64,
     mutex_clean: AtomicU64,
     mutex_owner_died_waiter: AtomicU64,
     mutex_owner_died_parent: AtomicU64,
@@ -273,8 +286,33 @@ struct Stats {
     forgot_broken: [AtomicU64; SCRIPTS],
     forgot_served: AtomicU64,
     forgot_crashed: AtomicU64,
+    /// Pool trials by victim (worker, owner) and by what the pool was doing at the kill.
+    pool_moments: [[AtomicU64; MOMENTS]; 2],
+    /// Jobs that returned their value and ran exactly once.
+    pool_jobs_once: AtomicU64,
+    /// Jobs that failed with WorkerDied(SIGKILL) (and ran at most once).
+    pool_jobs_died: AtomicU64,
+    /// Workers that exited on their own after their owner was killed.
+    pool_orphans_exited: AtomicU64,
+    sel_channels: AtomicU64,
+    sel_victim_channels: AtomicU64,
+    /// Messages of the killed select peer, all delivered before its PeerDied.
+    sel_victim_msgs: AtomicU64,
+    /// Channels on which the send in flight at the kill was delivered too.
+    sel_inflight: AtomicU64,
+    /// Trials in which the selector was asleep (state S) when the peer was killed.
+    sel_asleep: AtomicU64,
     det_n: AtomicU64,
     det: [AtomicU64; SAMPLES],
+    /// Worker kill -> the owner took the running job's WorkerDied.
+    pdet_n: AtomicU64,
+    pdet: [AtomicU64; SAMPLES],
+    /// Owner kill -> its last worker exited.
+    odet_n: AtomicU64,
+    odet: [AtomicU64; SAMPLES],
+    /// Peer kill -> Select reported the last of its channels Disconnected(PeerDied).
+    sdet_n: AtomicU64,
+    sdet: [AtomicU64; SAMPLES],
     /// Last kill -> the survivor of a woken-waiter or forgotten-guard trial is served.
     wdet_n: AtomicU64,
     wdet: [AtomicU64; SAMPLES],
@@ -294,7 +332,9 @@ const K_MUTEX: usize = 3;
 const K_WOKEN_MUTEX: usize = 4;
 const K_WOKEN_PRESENCE: usize = 5;
 const K_FORGOTTEN: usize = 6;
-const KINDS: usize = 7;
+const K_POOL: usize = 7;
+const K_SELECT: usize = 8;
+const KINDS: usize = 9;
 
 impl Stats {
     fn new_shared() -> &'static Stats {
@@ -404,9 +444,10 @@ extern "C" fn print_summary() {
         kills[K_CHILD]
     ));
     line(format!(
-        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {})",
+        "  parent-side streamer      {:>6}   (grandchild receives; verdict via channel; killed before forking it: {}, before it took over its ends: {})",
         kills[K_PARENT_SIDE],
-        ld(&s.parent_side_before_g)
+        ld(&s.parent_side_before_g),
+        ld(&s.parent_side_g_unstarted)
     ));
     line(format!(
         "  receiver under a sender   {:>6}   (sender blocked on a full ring at the kill: {})",
@@ -458,6 +499,33 @@ extern "C" fn print_summary() {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let pm = |v: usize| {
+        (0..MOMENTS)
+            .map(|m| format!("{} {}", MOMENT_NAMES[m], ld(&s.pool_moments[v][m])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    line(format!(
+        "  pool worker or owner      {:>6}   (jobs returned and ran once: {}; failed WorkerDied(SIGKILL), ran at most once: {}; replacement forked, shutdown left no child)",
+        kills[K_POOL],
+        ld(&s.pool_jobs_once),
+        ld(&s.pool_jobs_died)
+    ));
+    line(format!("      worker killed: {}", pm(0)));
+    line(format!(
+        "      owner killed:  {}; its workers then exited on their own: {}",
+        pm(1),
+        ld(&s.pool_orphans_exited)
+    ));
+    line(format!(
+        "  select peer killed        {:>6}   ({} channels watched, {} of them the victim's; its messages delivered before PeerDied: {}, the send in flight too: {}; selector asleep at the kill: {})",
+        kills[K_SELECT],
+        ld(&s.sel_channels),
+        ld(&s.sel_victim_channels),
+        ld(&s.sel_victim_msgs),
+        ld(&s.sel_inflight),
+        ld(&s.sel_asleep)
+    ));
     line(format!(
         "messages checked            {}  (sequence, checksum and full content)",
         ld(&s.msgs_checked)
@@ -475,6 +543,28 @@ extern "C" fn print_summary() {
         us(pct(&det, 0.5)),
         us(pct(&det, 0.99)),
         us(det.last().copied().unwrap_or(0)),
+    ));
+    let latency = |what: &str, v: &[u64]| {
+        format!(
+            "{what}, n={}: p50 {}  p99 {}  worst {}  (> 100 ms: {})",
+            v.len(),
+            us(pct(v, 0.5)),
+            us(pct(v, 0.99)),
+            us(v.last().copied().unwrap_or(0)),
+            v.iter().filter(|&&d| d > PROMISE.as_nanos() as u64).count()
+        )
+    };
+    line(latency(
+        "kill -> Select delivered the peer's backlog and reported its channels PeerDied",
+        &samples(&s.sdet_n, &s.sdet),
+    ));
+    line(latency(
+        "kill -> the pool fails the worker's running job with WorkerDied",
+        &samples(&s.pdet_n, &s.pdet),
+    ));
+    line(latency(
+        "kill of the pool's owner -> its last worker exited",
+        &samples(&s.odet_n, &s.odet),
     ));
     line(format!(
         "try_recv after PeerDied     Empty {}, Disconnected {}",
@@ -1141,19 +1231,21 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     // process's children before the process can be reaped, and a fork that a SIGKILL
     // interrupts creates no child). No child: S died before G existed.
     if !has_children()? {
-        return streamer_died_before_grandchild(ctl, &vrx, plan);
+        streamer_died_before_grandchild(ctl, &vrx, plan)?;
+        bump(&stats().parent_side_before_g);
+        return Ok(());
     }
-    if !wait_until(SHORT_WAIT, || ctl.g_pid.load(Ordering::SeqCst) != 0) {
-        // G exists but never ran its closure: S died before G could take over its presence
-        // slot, so G left at once with status 125 (`fork`'s "parent died in fork"). Valid:
-        // the verdict channel's sender was G's, and G's slot was marked dead with S.
-        let st = reap_any_child(LONG)?;
-        ensure!(
-            st.code() == Some(125),
-            "G exists but never started, and ended with {st:?} (expected exit 125: its parent \
-             died inside fork)"
-        );
-        return streamer_died_before_grandchild(ctl, &vrx, plan);
+    // G exists. It names itself first thing, unless S died before G could take over its ends:
+    // then forkipc's fork makes G leave at once, without running its closure.
+    ensure!(
+        wait_until(LONG, || ctl.g_pid.load(Ordering::SeqCst) != 0
+            || exited_child().is_some()),
+        "G exists but neither started nor exited within {LONG:?}"
+    );
+    if ctl.g_pid.load(Ordering::SeqCst) == 0
+        && let Some(g) = exited_child()
+    {
+        return grandchild_left_unstarted(ctl, &vrx, plan, g);
     }
     let g_pid = ctl.g_pid.load(Ordering::SeqCst);
     let verdict = vrx.recv_timeout(LONG);
@@ -1176,8 +1268,9 @@ fn parent_side_trial(rng: &mut Rng, tseed: u64, ctl: &Ctl) -> Outcome {
     Ok(())
 }
 
-/// S was killed before it forked G: there is nothing to reap, and the verdict channel's
-/// sender, which S held (it never got to hand it to G), must report S's death to us.
+/// S was killed before G took over the verdict channel's sender (before S forked G, or in the
+/// fork, before G adopted the ends): the sender's owner is dead, and the channel must report
+/// that death to us.
 fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt) -> Outcome {
     let r = vrx.recv_timeout(DETECT_BOUND);
     let detect =
@@ -1185,7 +1278,8 @@ fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: Kil
     ensure!(
         r == Err(RecvTimeoutError::Disconnected)
             && vrx.disconnect_reason() == Some(DisconnectReason::PeerDied),
-        "S was killed before forking G ({plan:?}); the verdict channel, whose sender S held, \
+        "S was killed before G took over its ends ({plan:?}); the verdict channel, whose \
+         sender S held, \
          returned {r:?} after {detect:?} with disconnect_reason() {:?}, not \
          Disconnected(PeerDied){}",
         vrx.disconnect_reason(),
@@ -1197,32 +1291,45 @@ fn streamer_died_before_grandchild(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: Kil
         }
     );
     record_detect(detect);
-    bump(&stats().parent_side_before_g);
     Ok(())
 }
 
-/// How long a just-forked grandchild gets to name itself before it counts as never started.
-const SHORT_WAIT: Duration = Duration::from_secs(2);
+/// Exit status of a forked child whose parent died inside `forkipc::fork`, before the child
+/// could take over its ends (`PARENT_DIED_IN_FORK` in src/process.rs): it leaves at once.
+const PARENT_DIED_IN_FORK: i32 = 125;
 
-/// Reaps whichever child exits first (waiting at most `timeout`).
-fn reap_any_child(timeout: Duration) -> Result<std::process::ExitStatus, String> {
-    use std::os::unix::process::ExitStatusExt;
-    let start = std::time::Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is writable; -1 means any child of ours.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if r > 0 {
-            return Ok(std::process::ExitStatus::from_raw(status));
-        }
-        if r < 0 {
-            return Err(format!("waitpid(-1): {}", std::io::Error::last_os_error()));
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("no child exited within {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// S was killed right after forking G, before G could take over the ends S handed it: G left
+/// at once (without naming itself). It must have left with `PARENT_DIED_IN_FORK`, and the
+/// verdict channel, whose sender G never took over, must report the death to us.
+fn grandchild_left_unstarted(ctl: &Ctl, vrx: &Receiver<Verdict>, plan: KillAt, g: u32) -> Outcome {
+    let st = support::wait_pid(g as libc::pid_t, LONG)?;
+    ensure!(
+        st.code() == Some(PARENT_DIED_IN_FORK),
+        "G (pid {g}) ended with {st:?} without ever starting ({plan:?}); expected exit status \
+         {PARENT_DIED_IN_FORK} (its parent died inside fork)"
+    );
+    streamer_died_before_grandchild(ctl, vrx, plan)?;
+    bump(&stats().parent_side_g_unstarted);
+    Ok(())
+}
+
+/// The pid of an exited, not yet reaped child of this process, if there is one (it is left
+/// reapable).
+fn exited_child() -> Option<u32> {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable; WNOWAIT leaves the child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info`, or left it zeroed (si_pid 0) when nothing exited.
+    let pid = unsafe { info.si_pid() };
+    (r == 0 && pid > 0).then_some(pid as u32)
 }
 
 /// Whether this process has any child (running or exited, not yet reaped).
@@ -2381,6 +2488,1093 @@ fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Helpers for the pool and select cases: signals that cannot reach a reused pid, and the
+// children of a process.
+
+/// A pidfd: a signal sent through it reaches the process it was opened on or nobody, never a
+/// later process that reuses the pid.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Result<PidFd, String> {
+        // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+        ensure!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        Ok(PidFd(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    fn kill(&self) -> Outcome {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a pidfd, a signal number, no siginfo, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        ensure!(
+            r == 0,
+            "pidfd_send_signal(SIGKILL): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The children of single-threaded process `pid` (orphans reparented to it included).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map_or(Vec::new(), |s| {
+        s.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    })
+}
+
+/// `describe` of `pid` and of each of its children.
+fn describe_tree(pid: u32) -> String {
+    let mut out = describe(pid);
+    for c in children_of(pid) {
+        out.push_str(&format!("; its child {}", describe(c)));
+    }
+    out
+}
+
+/// Kills and reaps every child this process still has (each is ours and unreaped, so its pid
+/// names it). Returns the pids found.
+fn kill_and_reap_children() -> Vec<u32> {
+    let mut found = Vec::new();
+    for _ in 0..8 {
+        let kids = children_of(getpid());
+        if kids.is_empty() {
+            break;
+        }
+        for &c in &kids {
+            // SAFETY: `c` is our own unreaped child.
+            unsafe { libc::kill(c as libc::pid_t, libc::SIGKILL) };
+            let _ = support::wait_pid(c as libc::pid_t, LONG);
+        }
+        found.extend(kids);
+    }
+    reap_strays();
+    found
+}
+
+/// Polls `cond` without sleeping (yielding the CPU to whoever needs it) until it holds or
+/// `timeout` passes: for waits that end in microseconds and must be seen at once.
+fn spin_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+/// A zero-filled `T` in a fresh shared mapping that lives until the process exits.
+///
+/// # Safety
+/// All-zero bytes must be a valid `T` (atomics, arrays of atomics).
+unsafe fn leak_zeroed<T: Shareable>() -> Result<&'static T, String> {
+    let region = AnonRegion::new(std::mem::size_of::<T>()).ctx("region")?;
+    let p = region.as_ptr() as *const T;
+    std::mem::forget(region);
+    // SAFETY: the mapping is zero-filled, page-aligned, large enough and never unmapped; the
+    // caller promises that zeroes are a valid `T`.
+    Ok(unsafe { &*p })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1f. A pool worker killed. Owner O (forked by this process C, a child subreaper) builds a
+// `Pool` of 2-3 workers and streams jobs through `pool.map` (sequence numbers; each job counts
+// its runs in shared memory, `counts[seq] += 1`, spins a few µs, sometimes a few hundred, and
+// returns a value derived from `seq`). C SIGKILLs a random worker (through a pidfd opened on
+// the pid O published from `worker_ids()`) at a random moment: right after the pool is built,
+// while it is idle, or mid-stream (in a job or between jobs). O checks exact-once accounting:
+// every job returned its value and ran exactly once, or failed with `WorkerDied(SIGKILL)` and
+// ran at most once, at most one job per kill; nothing lost, duplicated or failed otherwise.
+// Then the pool must have forked a replacement (same worker count, the victim gone), and
+// `shutdown` must leave O no child.
+//
+// Owner variant (one trial in 4): C kills O itself at such a moment. O's workers become C's
+// children; each must exit (status 0) on its own within `HANG_DEADLINE`, no job may have run
+// twice, and every job O saw succeed ran exactly once.
+
+const POOL_JOBS: usize = 8192;
+const JOB_NONE: u32 = 0;
+const JOB_RESULT: u32 = 1;
+const JOB_DIED: u32 = 2;
+/// Workers are 2 or 3.
+const POOL_MAX_WORKERS: usize = 4;
+
+#[repr(C)]
+struct PoolCtl {
+    /// O has built the pool and published its workers' pids.
+    built: AtomicU64,
+    /// O has run its first batch and now leaves the pool idle until the kill.
+    idle: AtomicU64,
+    /// C has sent the SIGKILL (`t_kill` was stored before it).
+    killed: AtomicU64,
+    t_kill: AtomicU64,
+    /// Results O has taken.
+    progress: AtomicU64,
+    victim: AtomicU64,
+    /// Kill -> O took the failed job's `WorkerDied` (ns).
+    died_ns: AtomicU64,
+    pids: [AtomicU64; POOL_MAX_WORKERS],
+    /// `seq + 1` of the job the worker `pids[k]` is running, 0 between jobs.
+    in_job: [AtomicU64; POOL_MAX_WORKERS],
+    counts: [AtomicU32; POOL_JOBS],
+    /// How O saw each job end (`JOB_`).
+    got: [AtomicU32; POOL_JOBS],
+}
+
+// SAFETY: atomics and arrays of atomics only.
+unsafe impl Shareable for PoolCtl {}
+
+impl PoolCtl {
+    fn reset(&self) {
+        for a in [
+            &self.built,
+            &self.idle,
+            &self.killed,
+            &self.t_kill,
+            &self.progress,
+            &self.victim,
+            &self.died_ns,
+        ]
+        .into_iter()
+        .chain(&self.pids)
+        .chain(&self.in_job)
+        {
+            a.store(0, Ordering::SeqCst);
+        }
+        for a in self.counts.iter().chain(&self.got) {
+            a.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn pid(&self, k: usize) -> u32 {
+        self.pids[k].load(Ordering::SeqCst) as u32
+    }
+}
+
+/// This worker's pid, cached (a worker runs many jobs; O never runs one, so each worker starts
+/// from 0 after the fork).
+static WORKER_PID: AtomicU32 = AtomicU32::new(0);
+
+fn pool_result(tseed: u64, seq: u64) -> u64 {
+    mix(tseed ^ seq.rotate_left(17))
+}
+
+/// The job: counts its run, marks the worker busy, spins, returns `pool_result`.
+fn pool_job(ctl: &PoolCtl, tseed: u64, seq: u64) -> u64 {
+    let me = match WORKER_PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = getpid();
+            WORKER_PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    };
+    let k = (0..POOL_MAX_WORKERS).find(|&k| ctl.pid(k) == me);
+    if let Some(k) = k {
+        ctl.in_job[k].store(seq + 1, Ordering::SeqCst);
+    }
+    ctl.counts[seq as usize].fetch_add(1, Ordering::SeqCst);
+    let h = msg_hash(tseed, seq);
+    let us = if h.is_multiple_of(16) {
+        100 + (h >> 8) % 300
+    } else {
+        (h >> 8) % 20
+    };
+    spin_for(Duration::from_micros(us));
+    if let Some(k) = k {
+        ctl.in_job[k].store(0, Ordering::SeqCst);
+    }
+    pool_result(tseed, seq)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PoolParams {
+    workers: usize,
+    /// Jobs in the stream.
+    n: u64,
+    queue_cap: usize,
+    /// Run this many jobs, then leave the pool idle until the kill.
+    idle_after: Option<u64>,
+}
+
+/// When C strikes.
+#[derive(Clone, Copy, Debug)]
+enum PoolKill {
+    /// As soon as the pool is built (a worker may not have taken its first job yet).
+    AfterSpawn,
+    /// While the pool is idle after its first `n` jobs, this long after it went idle.
+    Idle(u64, Duration),
+    /// Once O has taken this many results.
+    Results(u64),
+    /// This long after the pool was built.
+    Delay(Duration),
+}
+
+/// Kill moments, as C saw them when it struck.
+const MOMENTS: usize = 4;
+const MOMENT_NAMES: [&str; MOMENTS] = ["after spawn", "idle", "in a job", "between jobs"];
+
+fn pool_worker_killed() -> Outcome {
+    // O's workers become ours when O dies (owner variant, or O killed after a hang).
+    set_subreaper()?;
+    // SAFETY: a PoolCtl is atomics only; zeroes are valid.
+    let ctl: &'static PoolCtl = unsafe { leak_zeroed::<PoolCtl>()? };
+    let n = config().kills_pool;
+    run_trials(K_POOL, 0x9001, n, |rng, tseed| {
+        let r = pool_trial(rng, tseed, ctl);
+        let left = kill_and_reap_children();
+        match r {
+            Ok(()) if !left.is_empty() => Err(format!(
+                "the trial passed but left children {left:?} (killed and reaped)"
+            )),
+            r => r,
+        }
+    })
+}
+
+fn pool_trial(rng: &mut Rng, tseed: u64, ctl: &'static PoolCtl) -> Outcome {
+    ctl.reset();
+    let owner = rng.below(4) == 0;
+    let workers = 2 + rng.below(2) as usize;
+    let n = 20 + rng.below(1200);
+    let queue_cap = [2usize, 16, 1024][rng.below(3) as usize];
+    let plan = match rng.below(8) {
+        0 => PoolKill::AfterSpawn,
+        1 => PoolKill::Idle(rng.below(n / 2 + 1), Duration::from_micros(rng.below(500))),
+        2..=4 => PoolKill::Results(rng.below(n)),
+        _ => PoolKill::Delay(Duration::from_micros(rng.below(n * 8))),
+    };
+    let params = PoolParams {
+        workers,
+        n,
+        queue_cap,
+        idle_after: match plan {
+            PoolKill::Idle(k, _) => Some(k),
+            _ => None,
+        },
+    };
+    let mut o = spawn("pool owner O", (), move |()| pool_owner(ctl, tseed, params))?;
+    let o_pid = o.id();
+    let o_failed = |o: &mut Reap, what: &str| -> String {
+        let st = o.status(LONG);
+        format!("O ended before {what} ({plan:?}, {params:?}): {st:?} (see stderr)")
+    };
+    spin_until(LONG, || {
+        ctl.built.load(Ordering::SeqCst) == 1 || exited(o_pid)
+    });
+    if ctl.built.load(Ordering::SeqCst) == 0 {
+        if exited(o_pid) {
+            return Err(o_failed(&mut o, "building its pool"));
+        }
+        return Err(format!(
+            "HANG: O did not build its pool within {LONG:?}: {}",
+            describe_tree(o_pid)
+        ));
+    }
+    // Opened now: O reaps a worker only after the kill (or after failing), and a worker is
+    // O's child (checked after opening, so the pidfd cannot name a process that reused a
+    // reaped worker's pid).
+    let mut fds = Vec::new();
+    for k in 0..workers {
+        let pid = ctl.pid(k);
+        let fd = PidFd::open(pid)?;
+        ensure!(
+            parent_of(pid) == Some(o_pid),
+            "worker {pid} published by O is not O's child (parent {:?})",
+            parent_of(pid)
+        );
+        fds.push(fd);
+    }
+    let reached = match plan {
+        PoolKill::AfterSpawn => true,
+        PoolKill::Idle(_, d) => {
+            let ok = wait_until(LONG, || {
+                ctl.idle.load(Ordering::SeqCst) == 1 || exited(o_pid)
+            });
+            spin_for(d);
+            ok
+        }
+        PoolKill::Results(k) => wait_until(LONG, || {
+            ctl.progress.load(Ordering::SeqCst) >= k || exited(o_pid)
+        }),
+        PoolKill::Delay(d) => {
+            spin_for(d);
+            true
+        }
+    };
+    if exited(o_pid) {
+        return Err(o_failed(&mut o, "the kill"));
+    }
+    ensure!(
+        reached,
+        "HANG: O did not reach the kill point ({plan:?}) within {LONG:?}: {}",
+        describe_tree(o_pid)
+    );
+    let k = rng.below(workers as u64) as usize;
+    let victim = if owner { o_pid } else { ctl.pid(k) };
+    ctl.victim.store(u64::from(victim), Ordering::SeqCst);
+    let moment = match plan {
+        PoolKill::AfterSpawn => 0,
+        PoolKill::Idle(..) => 1,
+        _ => {
+            let busy = if owner {
+                ctl.in_job.iter().any(|a| a.load(Ordering::SeqCst) != 0)
+            } else {
+                ctl.in_job[k].load(Ordering::SeqCst) != 0
+            };
+            if busy { 2 } else { 3 }
+        }
+    };
+    let s = stats();
+    bump(&s.pool_moments[usize::from(owner)][moment]);
+    let t_kill = support::mono_ns();
+    ctl.t_kill.store(t_kill, Ordering::SeqCst);
+    if owner {
+        o.kill().ctx("kill O")?;
+    } else {
+        fds[k].kill()?;
+    }
+    ctl.killed.store(1, Ordering::SeqCst);
+    if owner {
+        return pool_owner_killed(&mut o, ctl, t_kill, workers, plan);
+    }
+    match o.wait_timeout(LONG).ctx("waiting for O")? {
+        Some(st) => ensure!(
+            st.success(),
+            "O's checks failed after the kill of worker {victim} ({}; {plan:?}, {params:?}): \
+             {st:?} (see stderr)",
+            MOMENT_NAMES[moment]
+        ),
+        None => {
+            return Err(format!(
+                "HANG: O did not finish within {LONG:?} of the kill of worker {victim} ({}; \
+                 {plan:?}, {params:?}; O had taken {} results): {}",
+                MOMENT_NAMES[moment],
+                ctl.progress.load(Ordering::SeqCst),
+                describe_tree(o_pid)
+            ));
+        }
+    }
+    let died = ctl.died_ns.load(Ordering::SeqCst);
+    if died != 0 {
+        record_sample(&s.pdet_n, &s.pdet, died);
+    }
+    Ok(())
+}
+
+/// O: builds the pool, publishes it, runs the stream, waits for the kill, checks the pool's
+/// recovery and the accounting. Killed itself in the owner variant.
+fn pool_owner(ctl: &'static PoolCtl, tseed: u64, p: PoolParams) -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(p.workers)
+        .queue_capacity(p.queue_cap)
+        .build(move |seq: u64| pool_job(ctl, tseed, seq))
+        .ctx("build the pool")?;
+    let ids = pool.worker_ids();
+    ensure!(
+        ids.len() == p.workers,
+        "a new pool of {} has workers {ids:?}",
+        p.workers
+    );
+    for (k, &id) in ids.iter().enumerate() {
+        ctl.pids[k].store(u64::from(id), Ordering::SeqCst);
+    }
+    ctl.built.store(1, Ordering::SeqCst);
+    let mut run = PoolRun {
+        ctl,
+        tseed,
+        next: 0,
+        failed: 0,
+    };
+    if let Some(n1) = p.idle_after {
+        run.jobs(&pool, n1)?;
+        ctl.idle.store(1, Ordering::SeqCst);
+        ensure!(
+            wait_until(LONG, || ctl.killed.load(Ordering::SeqCst) == 1),
+            "the kill never came while the pool was idle"
+        );
+    }
+    run.jobs(&pool, p.n)?;
+    ensure!(
+        wait_until(LONG, || ctl.killed.load(Ordering::SeqCst) == 1),
+        "the kill never came"
+    );
+    // The pool learns of a death when it next waits; run small batches until it has replaced
+    // the victim.
+    let victim = ctl.victim.load(Ordering::SeqCst) as u32;
+    let t = Instant::now();
+    loop {
+        let ids = pool.worker_ids();
+        if ids.len() == p.workers && !ids.contains(&victim) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < DETECT_BOUND,
+            "{:?} after the kill, the pool of {} lists workers {ids:?} (victim {victim}): not \
+             replaced",
+            t.elapsed(),
+            p.workers
+        );
+        let to = run.next + 4 * p.workers as u64;
+        run.jobs(&pool, to)?;
+    }
+    pool.shutdown().ctx("shutdown")?;
+    let left = children_of(getpid());
+    ensure!(
+        left.is_empty() && !has_children()?,
+        "shutdown left children {left:?}"
+    );
+    let (_, died) = pool_accounting(ctl, run.next, true)?;
+    ensure!(
+        died == run.failed,
+        "{} jobs failed WorkerDied but {died} are marked so",
+        run.failed
+    );
+    Ok(())
+}
+
+/// O's stream: runs jobs `next..to` through `pool.map` and checks each outcome.
+struct PoolRun {
+    ctl: &'static PoolCtl,
+    tseed: u64,
+    next: u64,
+    /// Jobs that failed with `WorkerDied` (at most one per kill).
+    failed: u64,
+}
+
+impl PoolRun {
+    fn jobs(&mut self, pool: &forkipc::Pool<u64, u64>, to: u64) -> Outcome {
+        let s = stats();
+        ensure!(
+            to as usize <= POOL_JOBS,
+            "{to} jobs exceed the {POOL_JOBS} counters"
+        );
+        let from = self.next;
+        for (seq, r) in (from..to).zip(pool.map(from..to)) {
+            match r {
+                Ok(v) => {
+                    if v != pool_result(self.tseed, seq) {
+                        bump(&s.wrong);
+                        return Err(format!("WRONG: job {seq} returned {v:#x}"));
+                    }
+                    self.ctl.got[seq as usize].store(JOB_RESULT, Ordering::SeqCst);
+                }
+                Err(JobError::WorkerDied(st)) if st.signal() == Some(libc::SIGKILL) => {
+                    let t_kill = self.ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(
+                        t_kill != 0,
+                        "job {seq} failed with WorkerDied({st:?}) before any kill"
+                    );
+                    self.failed += 1;
+                    if self.failed > 1 {
+                        bump(&s.lost);
+                        return Err(format!(
+                            "LOST: job {seq} is the {}th to fail with WorkerDied for one kill",
+                            self.failed
+                        ));
+                    }
+                    self.ctl.got[seq as usize].store(JOB_DIED, Ordering::SeqCst);
+                    self.ctl
+                        .died_ns
+                        .store(support::mono_ns().saturating_sub(t_kill), Ordering::SeqCst);
+                }
+                Err(e) => {
+                    bump(&s.lost);
+                    return Err(format!(
+                        "LOST: job {seq} failed with {e:?} (only WorkerDied(SIGKILL) of the \
+                         job the victim was running is allowed)"
+                    ));
+                }
+            }
+            self.next = seq + 1;
+            self.ctl.progress.store(seq + 1, Ordering::SeqCst);
+        }
+        if self.next != to {
+            bump(&s.lost);
+            return Err(format!(
+                "LOST: pool.map over jobs {from}..{to} yielded only {} results",
+                self.next - from
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Exact-once accounting of jobs `0..n` (and no run of a job never submitted), once no
+/// worker can run anything any more. `all_ended`: every job `0..n` was reported to O. Returns
+/// (jobs that returned and ran once, jobs that failed WorkerDied).
+fn pool_accounting(ctl: &PoolCtl, n: u64, all_ended: bool) -> Result<(u64, u64), String> {
+    let s = stats();
+    let (mut once, mut died) = (0, 0);
+    for seq in 0..POOL_JOBS {
+        let c = ctl.counts[seq].load(Ordering::SeqCst);
+        let g = ctl.got[seq].load(Ordering::SeqCst);
+        match g {
+            JOB_RESULT if c == 1 => once += 1,
+            JOB_RESULT if c == 0 => {
+                bump(&s.wrong);
+                return Err(format!("WRONG: job {seq} returned a result but never ran"));
+            }
+            JOB_DIED if c <= 1 => died += 1,
+            JOB_NONE if (seq as u64) < n && all_ended => {
+                bump(&s.lost);
+                return Err(format!("LOST: job {seq} never ended"));
+            }
+            JOB_NONE if (seq as u64) >= n && c != 0 && all_ended => {
+                bump(&s.wrong);
+                return Err(format!(
+                    "WRONG: job {seq} ran {c} times but only {n} were submitted"
+                ));
+            }
+            JOB_NONE if c <= 1 => {}
+            _ => {
+                bump(&s.duplicated);
+                return Err(format!(
+                    "DUPLICATED: job {seq} ran {c} times (O saw it {})",
+                    match g {
+                        JOB_RESULT => "return",
+                        JOB_DIED => "fail with WorkerDied",
+                        _ => "not end",
+                    }
+                ));
+            }
+        }
+    }
+    s.pool_jobs_once.fetch_add(once, Ordering::Relaxed);
+    s.pool_jobs_died.fetch_add(died, Ordering::Relaxed);
+    Ok((once, died))
+}
+
+/// O was killed: its workers are C's children now and must each exit, status 0, within
+/// `HANG_DEADLINE`; no job may have run twice.
+fn pool_owner_killed(
+    o: &mut Reap,
+    ctl: &PoolCtl,
+    t_kill: u64,
+    workers: usize,
+    plan: PoolKill,
+) -> Outcome {
+    o.expect_killed("the pool owner O", LONG)?;
+    let pids: Vec<u32> = (0..workers).map(|k| ctl.pid(k)).collect();
+    let deadline = Instant::now() + HANG_DEADLINE;
+    let mut exits = Vec::new();
+    let mut last = t_kill;
+    loop {
+        let mut st = 0;
+        // SAFETY: `st` is writable; every child of ours is one of O's orphaned workers.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r > 0 {
+            last = support::mono_ns();
+            exits.push((r as u32, std::process::ExitStatus::from_raw(st)));
+            continue;
+        }
+        if r < 0 {
+            break; // ECHILD: none left
+        }
+        if Instant::now() >= deadline {
+            let left = children_of(getpid());
+            let states: Vec<String> = left.iter().map(|&c| describe(c)).collect();
+            return Err(format!(
+                "HANG: {HANG_DEADLINE:?} after O was killed ({plan:?}), its workers {left:?} \
+                 (of {pids:?}) have not exited: {}",
+                states.join("; ")
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let mut exited_pids: Vec<u32> = exits.iter().map(|e| e.0).collect();
+    exited_pids.sort_unstable();
+    let mut want = pids.clone();
+    want.sort_unstable();
+    ensure!(
+        exited_pids == want,
+        "after O's death, children {exited_pids:?} exited; O's workers were {want:?}"
+    );
+    for (pid, st) in &exits {
+        ensure!(
+            st.success(),
+            "O's worker {pid} ended with {st:?} after O was killed, not status 0"
+        );
+    }
+    let s = stats();
+    record_sample(&s.odet_n, &s.odet, last.saturating_sub(t_kill));
+    s.pool_orphans_exited
+        .fetch_add(exits.len() as u64, Ordering::Relaxed);
+    pool_accounting(ctl, 0, false)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1g. A select peer killed. This process C waits in `Select::ready_timeout` over N channels
+// (N random in 2..=64; typed [u64; 8] and byte channels) whose senders live in 2-6 peer
+// processes; some channels idle, some stream sequence-numbered messages (each peer paced
+// fast, with pauses, or slowly, so C also sleeps in the kernel). Killer K SIGKILLs a random
+// peer at a random moment (after a delay, after the victim sent some messages, or as soon as C
+// sleeps). C calls `try_recv` on the endpoint `ready` names, which must not find it empty. On
+// every channel of the victim, C must receive every message whose send returned Ok (the peer
+// counts them in shared memory; the send in flight at the kill may arrive too), in order, none
+// duplicated or torn, then `Disconnected` with reason `PeerDied`, all within `DETECT_BOUND` of
+// the kill (the time is recorded). The other channels keep working: once the victim is fully
+// reported, the live peers send a tail on every channel (idle ones included) and close; C must
+// receive exactly what they sent, then `PeerDropped`.
+
+const SEL_MAX: usize = 64;
+const SEL_PEERS: u64 = 6;
+
+#[repr(C)]
+struct SelCtl {
+    go: AtomicU64,
+    stop: AtomicU64,
+    t_kill: AtomicU64,
+    /// C was asleep (state S) when K struck.
+    asleep: AtomicU64,
+    /// Messages on channel i whose send returned Ok.
+    sent: [AtomicU64; SEL_MAX],
+}
+
+// SAFETY: atomics only.
+unsafe impl Shareable for SelCtl {}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pace {
+    Fast,
+    Paused,
+    Slow,
+}
+
+enum SelRx {
+    Typed(Receiver<[u64; 8]>),
+    Bytes(ByteReceiver),
+}
+
+impl SelRx {
+    fn reason(&self) -> Option<DisconnectReason> {
+        match self {
+            SelRx::Typed(r) => r.disconnect_reason(),
+            SelRx::Bytes(r) => r.disconnect_reason(),
+        }
+    }
+}
+
+/// What C knows of one channel.
+struct SelChan {
+    peer: usize,
+    streaming: bool,
+    check: StreamCheck,
+    open: bool,
+    /// Messages received after the victim's last channel was reported.
+    after: u64,
+}
+
+fn chan_seed(tseed: u64, i: usize) -> u64 {
+    mix(tseed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9))
+}
+
+fn select_peer_killed() -> Outcome {
+    let n = config().kills_select;
+    run_trials(K_SELECT, 0x5e1ec7, n, select_trial)
+}
+
+fn select_trial(rng: &mut Rng, tseed: u64) -> Outcome {
+    let s = stats();
+    let n = 2 + rng.below(SEL_MAX as u64 - 1) as usize;
+    let procs = 2 + rng.below((n as u64).min(SEL_PEERS) - 1) as usize;
+    let victim = rng.below(procs as u64) as usize;
+    let region = AnonRegion::new(std::mem::size_of::<SelCtl>()).ctx("region")?;
+    let ctl: &SelCtl = region
+        .alloc(SelCtl {
+            go: AtomicU64::new(0),
+            stop: AtomicU64::new(0),
+            t_kill: AtomicU64::new(0),
+            asleep: AtomicU64::new(0),
+            sent: [const { AtomicU64::new(0) }; SEL_MAX],
+        })
+        .ctx("alloc")?;
+    // Channels, and each peer's senders.
+    let mut rxs = Vec::with_capacity(n);
+    let mut chans = Vec::with_capacity(n);
+    let mut ttx: Vec<Vec<Sender<[u64; 8]>>> = (0..procs).map(|_| Vec::new()).collect();
+    let mut btx: Vec<Vec<ByteSender>> = (0..procs).map(|_| Vec::new()).collect();
+    let mut tidx: Vec<Vec<usize>> = vec![Vec::new(); procs];
+    let mut bidx: Vec<Vec<usize>> = vec![Vec::new(); procs];
+    let mut streaming = [false; SEL_MAX];
+    for (i, streams) in streaming.iter_mut().enumerate().take(n) {
+        let peer = if i < procs {
+            i
+        } else {
+            rng.below(procs as u64) as usize
+        };
+        *streams = rng.below(2) == 0;
+        if rng.below(2) == 0 {
+            let (tx, rx) = forkipc::channel::<[u64; 8]>(typed_cap(rng)).ctx("channel")?;
+            ttx[peer].push(tx);
+            tidx[peer].push(i);
+            rxs.push(SelRx::Typed(rx));
+        } else {
+            let (tx, rx) = forkipc::byte_channel(byte_cap(rng)).ctx("byte_channel")?;
+            btx[peer].push(tx);
+            bidx[peer].push(i);
+            rxs.push(SelRx::Bytes(rx));
+        }
+        chans.push(SelChan {
+            peer,
+            streaming: *streams,
+            check: StreamCheck::new(chan_seed(tseed, i)),
+            open: true,
+            after: 0,
+        });
+    }
+    // One trial in 4: every peer slow, so the selector mostly sleeps in the kernel.
+    let all_slow = rng.below(4) == 0;
+    let paces: Vec<Pace> = (0..procs)
+        .map(|_| match rng.below(3) {
+            _ if all_slow => Pace::Slow,
+            0 => Pace::Fast,
+            1 => Pace::Paused,
+            _ => Pace::Slow,
+        })
+        .collect();
+    let mut peers = Vec::with_capacity(procs);
+    for (p, (t, b)) in ttx.into_iter().zip(btx).enumerate() {
+        let pace = paces[p];
+        let (ti, bi) = (tidx[p].clone(), bidx[p].clone());
+        let pseed = rng.next_u64();
+        peers.push(spawn("select peer", (t, b), move |(t, b)| {
+            select_peer(ctl, tseed, &t, &ti, &b, &bi, &streaming, pace, pseed)
+        })?);
+    }
+    // The killer, with a pidfd on the victim (our child: unreaped until the end).
+    let victim_fd = PidFd::open(peers[victim].id())?;
+    let victim_streams: Vec<usize> = (0..n)
+        .filter(|&i| chans[i].peer == victim && streaming[i])
+        .collect();
+    // When K strikes: after the victim sent some messages, after a delay, or as soon as the
+    // selector sleeps (within a bound: with fast peers it may never).
+    let (by_msgs, when_asleep) = match rng.below(3) {
+        0 if !victim_streams.is_empty() => (true, false),
+        1 => (false, true),
+        _ => (false, false),
+    };
+    // A slow victim sends a message per channel every 50-500 µs.
+    let most = if paces[victim] == Pace::Slow {
+        40
+    } else {
+        2000
+    };
+    let kill_after = rng.below(most);
+    let delay = Duration::from_micros(rng.below(4000));
+    let c_pid = getpid();
+    // Declared after the peers: dropped (killed, reaped) first on an early return.
+    let mut killer = spawn("killer K", (), move |()| {
+        ensure!(
+            wait_until(LONG, || ctl.go.load(Ordering::SeqCst) == 1),
+            "never told to go"
+        );
+        if by_msgs {
+            wait_until(LONG, || {
+                victim_streams
+                    .iter()
+                    .map(|&i| ctl.sent[i].load(Ordering::SeqCst))
+                    .sum::<u64>()
+                    >= kill_after
+            });
+        } else if when_asleep {
+            spin_for(delay / 8);
+            spin_until(Duration::from_millis(20), || proc_state(c_pid) == Some('S'));
+        } else {
+            spin_for(delay);
+        }
+        let asleep = proc_state(c_pid) == Some('S');
+        ctl.asleep.store(u64::from(asleep), Ordering::SeqCst);
+        ctl.t_kill.store(support::mono_ns(), Ordering::SeqCst);
+        victim_fd.kill()
+    })?;
+    let mut sel = Select::new();
+    for rx in &rxs {
+        match rx {
+            SelRx::Typed(r) => sel.recv(r),
+            SelRx::Bytes(r) => sel.recv(r),
+        };
+    }
+    let victim_chans = chans.iter().filter(|c| c.peer == victim).count();
+    let mut victim_open = victim_chans;
+    let mut open = n;
+    let start = Instant::now();
+    ctl.go.store(1, Ordering::SeqCst);
+    let hang = |chans: &[SelChan], peers: &[Reap], what: String| -> String {
+        let open: Vec<String> = chans
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.open)
+            .map(|(i, c)| {
+                format!(
+                    "{i} (peer {}{}, {} of {} sent)",
+                    c.peer,
+                    if c.peer == victim { ", the victim" } else { "" },
+                    c.check.next,
+                    ctl.sent[i].load(Ordering::SeqCst)
+                )
+            })
+            .collect();
+        let states: Vec<String> = peers.iter().map(|p| describe(p.id())).collect();
+        format!(
+            "HANG: {what}; {n} channels, {procs} peers, victim peer {victim} (killed: {}); open \
+             channels: {}; peers: {}",
+            ctl.t_kill.load(Ordering::SeqCst) != 0,
+            open.join(", "),
+            states.join("; ")
+        )
+    };
+    let mut msgs = 0u64;
+    while open > 0 {
+        if start.elapsed() > 3 * LONG {
+            return Err(hang(
+                &chans,
+                &peers,
+                format!("not done after {:?}", start.elapsed()),
+            ));
+        }
+        let Ok(i) = sel.ready_timeout(LONG) else {
+            return Err(hang(
+                &chans,
+                &peers,
+                format!("Select::ready_timeout({LONG:?}) timed out"),
+            ));
+        };
+        let c = &mut chans[i];
+        let got = match &rxs[i] {
+            SelRx::Typed(r) => r.try_recv().map(|w| c.check.check_typed(&w)),
+            SelRx::Bytes(r) => r
+                .try_recv()
+                .map(|v| c.check.check_bytes(&v, r.max_message_len())),
+        };
+        match got {
+            Ok(checked) => {
+                checked.map_err(|e| format!("channel {i} (peer {}): {e}", c.peer))?;
+                c.check.next += 1;
+                msgs += 1;
+                if victim_open == 0 {
+                    c.after += 1;
+                }
+            }
+            Err(TryRecvError::Empty) => {
+                return Err(format!(
+                    "Select reported channel {i} ready, but try_recv found it Empty (not \
+                     disconnected) after {} messages",
+                    c.check.next
+                ));
+            }
+            Err(TryRecvError::Disconnected) => {
+                sel.remove(i);
+                c.open = false;
+                open -= 1;
+                let reason = rxs[i].reason();
+                let sent = ctl.sent[i].load(Ordering::SeqCst);
+                let got = c.check.next;
+                if c.peer == victim {
+                    let t_kill = ctl.t_kill.load(Ordering::SeqCst);
+                    ensure!(
+                        t_kill != 0,
+                        "channel {i} of the victim disconnected ({reason:?}) before the kill"
+                    );
+                    ensure!(
+                        reason == Some(DisconnectReason::PeerDied),
+                        "channel {i} of the killed peer disconnected with reason {reason:?}, \
+                         not PeerDied"
+                    );
+                    if got < sent {
+                        bump(&s.lost);
+                        return Err(format!(
+                            "LOST: channel {i} of the killed peer: {sent} sends returned Ok, \
+                             but only {got} messages came before Disconnected"
+                        ));
+                    }
+                    if got > sent + 1 {
+                        bump(&s.wrong);
+                        return Err(format!(
+                            "WRONG: channel {i} of the killed peer delivered {got} messages, \
+                             {sent} sends returned Ok (one more may have been in flight)"
+                        ));
+                    }
+                    if got == sent + 1 {
+                        bump(&s.sel_inflight);
+                    }
+                    s.sel_victim_msgs.fetch_add(got, Ordering::Relaxed);
+                    victim_open -= 1;
+                    if victim_open == 0 {
+                        let detect =
+                            Duration::from_nanos(support::mono_ns().saturating_sub(t_kill));
+                        ensure!(
+                            detect < DETECT_BOUND,
+                            "kill -> the last of the victim's channels reported Disconnected \
+                             took {detect:?}"
+                        );
+                        record_sample(&s.sdet_n, &s.sdet, detect.as_nanos() as u64);
+                    }
+                } else {
+                    ensure!(
+                        ctl.stop.load(Ordering::SeqCst) == 1,
+                        "channel {i} of live peer {} disconnected ({reason:?}) before the peer \
+                         was told to stop ({got} messages received, {sent} sent; a peer that \
+                         failed says why on stderr)",
+                        c.peer
+                    );
+                    ensure!(
+                        reason == Some(DisconnectReason::PeerDropped),
+                        "channel {i} of live peer {} disconnected with reason {reason:?}, not \
+                         PeerDropped",
+                        c.peer
+                    );
+                    if got != sent {
+                        bump(if got < sent { &s.lost } else { &s.wrong });
+                        return Err(format!(
+                            "{}: channel {i} of live peer {}: {sent} sent, {got} received",
+                            if got < sent { "LOST" } else { "WRONG" },
+                            c.peer
+                        ));
+                    }
+                }
+            }
+        }
+        // The victim is fully reported and every live streaming channel has delivered since:
+        // the live peers send their tails and close.
+        if victim_open == 0
+            && ctl.stop.load(Ordering::SeqCst) == 0
+            && chans
+                .iter()
+                .all(|c| c.peer == victim || !c.streaming || c.after > 0)
+        {
+            ctl.stop.store(1, Ordering::SeqCst);
+        }
+    }
+    killer.expect_success("the killer K", LONG)?;
+    for (p, peer) in peers.iter_mut().enumerate() {
+        if p == victim {
+            peer.expect_killed("the killed select peer", LONG)?;
+        } else {
+            peer.expect_success("a live select peer", LONG)?;
+        }
+    }
+    s.msgs_checked.fetch_add(msgs, Ordering::Relaxed);
+    s.sel_channels.fetch_add(n as u64, Ordering::Relaxed);
+    s.sel_victim_channels
+        .fetch_add(victim_chans as u64, Ordering::Relaxed);
+    if ctl.asleep.load(Ordering::SeqCst) == 1 {
+        bump(&s.sel_asleep);
+    }
+    Ok(())
+}
+
+/// A select peer: streams on its streaming channels (round robin, paced) until told to stop,
+/// counting every send that returned Ok; then sends a short tail on every channel and closes
+/// them all.
+#[allow(clippy::too_many_arguments)]
+fn select_peer(
+    ctl: &SelCtl,
+    tseed: u64,
+    ttx: &[Sender<[u64; 8]>],
+    tidx: &[usize],
+    btx: &[ByteSender],
+    bidx: &[usize],
+    streaming: &[bool; SEL_MAX],
+    pace: Pace,
+    pseed: u64,
+) -> Outcome {
+    let mut rng = Rng::new(pseed);
+    let mut seq = [0u64; SEL_MAX];
+    let mut buf = Vec::with_capacity(BYTE_HDR + MAX_PAYLOAD);
+    let mut send = |i: usize, typed: Option<&Sender<[u64; 8]>>, bytes: Option<&ByteSender>| {
+        let cs = chan_seed(tseed, i);
+        let r = match (typed, bytes) {
+            (Some(tx), _) => tx
+                .send_timeout(typed_msg(cs, seq[i]), LONG)
+                .map_err(|e| format!("{e:?}")),
+            (_, Some(tx)) => {
+                byte_msg(cs, seq[i], &mut buf);
+                tx.send_timeout(&buf, LONG).map_err(|e| format!("{e:?}"))
+            }
+            _ => unreachable!(),
+        };
+        r.map_err(|e| format!("send of message {} on channel {i}: {e}", seq[i]))?;
+        seq[i] += 1;
+        ctl.sent[i].store(seq[i], Ordering::SeqCst);
+        Ok::<(), String>(())
+    };
+    let any_streaming = tidx.iter().chain(bidx).any(|&i| streaming[i]);
+    let start = Instant::now();
+    while ctl.stop.load(Ordering::SeqCst) == 0 {
+        ensure!(
+            start.elapsed() < 3 * LONG,
+            "never told to stop within {:?}",
+            3 * LONG
+        );
+        for (tx, &i) in ttx.iter().zip(tidx) {
+            if streaming[i] {
+                send(i, Some(tx), None)?;
+            }
+        }
+        for (tx, &i) in btx.iter().zip(bidx) {
+            if streaming[i] {
+                send(i, None, Some(tx))?;
+            }
+        }
+        match pace {
+            Pace::Fast => {}
+            Pace::Paused => {
+                if rng.below(32) == 0 {
+                    spin_for(Duration::from_micros(rng.below(300)));
+                }
+            }
+            Pace::Slow => std::thread::sleep(Duration::from_micros(50 + rng.below(450))),
+        }
+        if !any_streaming {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    for (tx, &i) in ttx.iter().zip(tidx) {
+        for _ in 0..1 + rng.below(3) {
+            send(i, Some(tx), None)?;
+        }
+    }
+    for (tx, &i) in btx.iter().zip(bidx) {
+        for _ in 0..1 + rng.below(3) {
+            send(i, None, Some(tx))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // A `try_recv` polling loop must learn that the sender's process died: after a SIGKILL,
 // `try_recv` answers `Disconnected`, not `Empty` forever (an earlier version of
 // `RxCore::read`'s non-blocking path checked only the closed flag, not the peer's presence).
@@ -3196,7 +4390,9 @@ fn scribbled_lock_word_while_held_then_unmap_does_not_crash() -> Outcome {
 // call cancels the child), leaves that slot reserved for good, so the peers of those ends never
 // learn that their owner died. S makes its fork slow (64 MiB of touched memory: page tables to
 // copy) and is killed at a random moment around it; whenever no child came of the fork, the
-// peer of the end S was handing over must see `Disconnected(PeerDied)`.
+// peer of the end S was handing over must see `Disconnected(PeerDied)`. So must it when a
+// child came of the fork but S died before the child adopted the end (the child then leaves at
+// once with `PARENT_DIED_IN_FORK`, without running its closure).
 
 const FORK_ATTEMPTS: u64 = 24;
 
@@ -3206,7 +4402,7 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
     let region = AnonRegion::new(4096).ctx("region")?;
     let wt: &Watch = region.alloc(Watch::default()).ctx("alloc")?;
     let mut rng = Rng::new(config().seed ^ 0xf02c);
-    let (mut no_child, mut child) = (0, 0);
+    let (mut no_child, mut unstarted, mut child) = (0, 0, 0);
     for attempt in 0..FORK_ATTEMPTS {
         wt.holder_ready.store(0, Ordering::SeqCst);
         wt.waiter_pid.store(0, Ordering::SeqCst);
@@ -3231,29 +4427,36 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
         s.kill().ctx("kill S")?;
         s.expect_killed("S", LONG)?;
         if has_children()? {
-            if !wait_until(SHORT_WAIT, || wt.waiter_pid.load(Ordering::SeqCst) != 0) {
-                // The child came of the fork after S's death was already marked on its
-                // reserved slot: it leaves at once with status 125 without running its closure,
-                // and the peer must see the death like a kill before the fork.
-                let st = reap_any_child(LONG)?;
-                ensure!(
-                    st.code() == Some(125),
-                    "S's child never started, and ended with {st:?} (expected exit 125: its \
-                     parent died inside fork)"
-                );
-            } else {
-                drop(Stray(Some(wt.waiter_pid.load(Ordering::SeqCst) as u32)));
+            // The child names itself first thing, unless S died before it could take over the
+            // end: then it leaves at once (PARENT_DIED_IN_FORK), and the end is S's, dead.
+            ensure!(
+                wait_until(LONG, || wt.waiter_pid.load(Ordering::SeqCst) != 0
+                    || exited_child().is_some()),
+                "S's child neither started nor exited within {LONG:?}"
+            );
+            let w = wt.waiter_pid.load(Ordering::SeqCst);
+            if w != 0 {
+                drop(Stray(Some(w as u32)));
                 child += 1;
                 continue;
             }
+            let c = exited_child().ctx("the exited child")?;
+            let st = support::wait_pid(c as libc::pid_t, LONG)?;
+            ensure!(
+                st.code() == Some(PARENT_DIED_IN_FORK),
+                "S's child {c} ended with {st:?} without ever starting; expected exit status \
+                 {PARENT_DIED_IN_FORK} (its parent died inside fork)"
+            );
+            unstarted += 1;
+        } else {
+            no_child += 1;
         }
-        no_child += 1;
         let r = rx.recv_timeout(DETECT_BOUND);
         ensure!(
             r == Err(RecvTimeoutError::Disconnected)
                 && rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
-            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child came \
-             of the fork, but the end S was handing over never reported S's death: \
+            "attempt {attempt}: S was killed {d:?} after reaching forkipc::fork and no child took \
+             over the end S was handing over, but that end never reported S's death: \
              recv_timeout({DETECT_BOUND:?}) returned {r:?}, disconnect_reason() {:?} (the \
              presence slot reserved for the child stays reserved?)",
             rx.disconnect_reason()
@@ -3261,7 +4464,8 @@ fn killed_inside_fork_is_reported_dead() -> Outcome {
     }
     reap_strays();
     println!(
-        "    {no_child} kills left no child (each reported to the peer), {child} came after the fork"
+        "    {no_child} kills left no child, {unstarted} a child that left unstarted (each \
+         reported to the peer), {child} came after the fork"
     );
     Ok(())
 }

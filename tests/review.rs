@@ -266,7 +266,7 @@ fn regression_woken_waiter_that_times_out_hands_the_wake_on() -> Outcome {
     stage.store(4, Ordering::SeqCst); // H unlocks for good
     ensure!(wait_for(stage, 5, LONG), "H never unlocked");
     std::thread::sleep(Duration::from_millis(100));
-    let free_now = matches!(m.try_lock(), Ok(_));
+    let free_now = m.try_lock().is_ok();
     support::wait_child(&mut w2.0, LONG)?;
     ensure!(
         w2_result.load(Ordering::SeqCst) == 1,
@@ -754,7 +754,7 @@ fn glibc_robust_mutexes_interleave_with_ours() -> Outcome {
     for (i, want_dead) in [(0, true), (1, false), (2, true), (3, true)] {
         let rr = ms[i].try_lock();
         let dead = matches!(rr, Err(TryLockError::OwnerDied(_)));
-        let free = matches!(rr, Ok(_));
+        let free = rr.is_ok();
         if dead != want_dead || !(dead || free) {
             report.push(format!("ours m{i}: {rr:?}"));
         }
