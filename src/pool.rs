@@ -273,7 +273,9 @@ struct Inner<J, R> {
     cfg: PoolBuilder,
     work: Rc<dyn Fn(J) -> R>,
     codec: Codec<J, R>,
+    /// The workers' slots, in `_slots_region` (not truly `'static`: see `Pool::start`).
     slots: &'static [WorkerSlot],
+    _slots_region: AnonRegion,
     /// `None`: the slot's worker is gone and could not be replaced.
     workers: Vec<Option<Worker>>,
     queue: VecDeque<(u64, Vec<u8>)>,
@@ -424,18 +426,17 @@ impl<J: 'static, R: 'static> Pool<J, R> {
                 started: AtomicU64::new(0),
             })?;
         }
-        // The slots live as long as the pool's owner (workers are its children; the region is
-        // leaked so the slice can be `'static` and shared with the worker closures).
         let base = region.as_ptr() as *const WorkerSlot;
-        std::mem::forget(region);
         // SAFETY: `n` initialised `WorkerSlot`s were placed contiguously from the start of the
-        // (page-aligned) region, which is never unmapped.
+        // (page-aligned) region. The slice is used only while `Inner`, which owns the region
+        // (`_slots_region`), lives, and by workers, which have their own copy of the mapping.
         let slots = unsafe { std::slice::from_raw_parts(base, n) };
         let mut inner = Inner {
             cfg,
             work,
             codec,
             slots,
+            _slots_region: region,
             workers: Vec::with_capacity(n),
             queue: VecDeque::new(),
             jobs: VecDeque::new(),

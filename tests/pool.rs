@@ -28,6 +28,7 @@ fn main() {
         dispatch_prefers_idle_workers,
         multithreaded_owner_fails_jobs_instead_of_hanging,
         serde_jobs_and_results,
+        regression_dropped_pools_leave_no_mapping,
     ]);
 }
 
@@ -366,5 +367,24 @@ fn serde_jobs_and_results() -> Outcome {
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     ensure!(out == ["FORK", "POOL", "SELECT"], "{out:?}");
+    Ok(())
+}
+
+/// Each pool used to keep its worker-slot mapping for the rest of the owner's life.
+fn regression_dropped_pools_leave_no_mapping() -> Outcome {
+    let warm = Pool::new(1, |x: u32| x).ctx("pool")?;
+    warm.shutdown().ctx("shutdown")?;
+    let before = support::mapping_count();
+    for _ in 0..20 {
+        let pool = Pool::new(1, |x: u32| x + 1).ctx("pool")?;
+        ensure!(pool.submit(1).ctx("submit")?.join() == Ok(2), "job");
+        pool.shutdown().ctx("shutdown")?;
+    }
+    let after = support::mapping_count();
+    ensure!(
+        after <= before,
+        "20 pools built and shut down left {} mappings",
+        after - before
+    );
     Ok(())
 }
