@@ -764,7 +764,7 @@ impl<J, R> Inner<J, R> {
         for k in 0..self.workers.len() {
             let ready = self.workers[k]
                 .as_ref()
-                .is_some_and(|w| w.results.core.c.recv_ready());
+                .is_some_and(|w| w.results.core.c.recv_hint() && w.results.core.c.recv_ready());
             if ready {
                 self.drain(k);
                 any = true;

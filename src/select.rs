@@ -46,6 +46,9 @@ use crate::sync::{Deadline, FutexWord, Ordering, WaitPolicy, barrier};
 /// How long a blocked `ready` sleeps at most when it cannot watch every peer's presence word
 /// in one `futex_waitv` (more than 127 distinct peer processes, or no `futex_waitv`).
 const POLL: Duration = Duration::from_millis(50);
+/// Quick scans of every operation before the timed spin phase (a few microseconds at most).
+#[cfg(not(loom))]
+const TIGHT_SCANS: u32 = 64;
 /// How long a blocked `ready` sleeps at most when the heavy barrier failed (see `barrier`).
 const UNFENCED_NAP: Duration = Duration::from_millis(10);
 
@@ -159,10 +162,13 @@ enum Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    /// Whether the operation would not block now.
-    fn ready(&self) -> bool {
+    /// Whether the operation would not block now. `quick`: for a receive, only whether a
+    /// header is written (one load; a close, a dead peer or a lost ownership is seen by the
+    /// full check, which runs now and then while spinning and always before sleeping).
+    fn ready(&self, quick: bool) -> bool {
         match self {
             // An endpoint this process does not own is "ready": its operations fail at once.
+            Op::Recv(c) if quick => c.c.recv_hint() && (!c.is_owned() || c.c.recv_ready()),
             Op::Recv(c) => !c.is_owned() || c.c.recv_ready(),
             Op::Send(c, len) => !c.is_owned() || c.p.send_ready(*len),
         }
@@ -329,11 +335,15 @@ impl<'a> Select<'a> {
 
     /// The first ready operation, searching from `next` round the list.
     fn poll(&mut self) -> Option<usize> {
+        self.poll_with(false)
+    }
+
+    fn poll_with(&mut self, quick: bool) -> Option<usize> {
         let n = self.ops.len();
         for k in 0..n {
             let i = (self.next + k) % n;
             if let Some(op) = &self.ops[i]
-                && op.ready()
+                && op.ready(quick)
             {
                 self.next = i + 1;
                 return Some(i);
@@ -347,18 +357,35 @@ impl<'a> Select<'a> {
             self.ops.iter().any(Option::is_some),
             "Select: waiting with no operation would block for ever"
         );
-        let mut spinner = Spinner::new(WaitPolicy::default());
-        loop {
-            if let Some(i) = self.poll() {
+        // A tight phase first, as a single blocked `recv` has: quick looks, no clock reads.
+        #[cfg(not(loom))]
+        for _ in 0..TIGHT_SCANS {
+            if let Some(i) = self.poll_with(true) {
                 return Some(i);
             }
-            if deadline.is_some_and(Deadline::expired) {
-                return None;
+            std::hint::spin_loop();
+        }
+        let mut spinner = Spinner::new(WaitPolicy::default());
+        // Spinning uses the quick look (a written header: one load per operation);
+        // the full one, which also sees a dead peer, runs at the spinner's checkpoints, before
+        // sleeping (after arming) and after every wake-up.
+        loop {
+            while spinner.spin() {
+                let checkpoint = spinner.checkpoint();
+                if let Some(i) = self.poll_with(!checkpoint) {
+                    return Some(i);
+                }
+                if checkpoint && deadline.is_some_and(Deadline::expired) {
+                    return self.poll();
+                }
             }
-            if spinner.spin() {
-                continue;
+            if deadline.is_some_and(Deadline::expired) {
+                return self.poll();
             }
             if let Some(i) = self.sleep(deadline) {
+                return Some(i);
+            }
+            if let Some(i) = self.poll() {
                 return Some(i);
             }
         }

@@ -338,10 +338,20 @@ pub fn thread_count() -> io::Result<usize> {
 }
 
 /// The system page size.
+/// Cached after the first call (it is on the path of every presence check).
+#[inline]
 pub fn page_size() -> usize {
+    static PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Relaxed: a process-wide constant; racing first calls store the same value.
+    let p = PAGE.load(std::sync::atomic::Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as usize } else { 4096 }
+    let p = if p > 0 { p as usize } else { 4096 };
+    PAGE.store(p, std::sync::atomic::Ordering::Relaxed);
+    p
 }
 
 /// Opens a pidfd for `pid` (Linux 5.3+), or `None` where the kernel lacks it.

@@ -1,8 +1,9 @@
 //! Many children: `Select` and `Pool`, each against what a user would otherwise write, in the
 //! same run (same CPUs, same repetition scheme).
 //!
-//! * Select round trips: a ping-pong over duplex `i mod k` while the parent waits in a `Select`
-//!   over all `k` receivers, against the same ping-pong with a plain `recv` (k = 1, no Select).
+//! * Select round trips: a ping-pong over one duplex while the parent waits in a `Select`
+//!   watching `k` duplexes (the other `k - 1` idle), against the same ping-pong with a plain
+//!   `recv`: what watching `k` endpoints costs a conversation on one of them.
 //! * Select streams: the child sends 64 B messages round-robin over `k` channels, the parent
 //!   takes whichever is ready, against one channel drained with `recv`.
 //! * Pool round trips: `submit` + `join` of one tiny job, against a duplex round trip.
@@ -21,9 +22,9 @@ use crate::support::{
 };
 
 pub const DUPLEX_RTT: &str = "duplex<u64> RTT, recv (no Select)";
-pub const SELECT_RTT_1: &str = "Select over 1 duplex, RTT";
-pub const SELECT_RTT_8: &str = "Select over 8 duplexes, RTT";
-pub const SELECT_RTT_64: &str = "Select over 64 duplexes, RTT";
+pub const SELECT_RTT_1: &str = "Select watching 1 duplex, RTT";
+pub const SELECT_RTT_8: &str = "Select watching 8 duplexes, RTT";
+pub const SELECT_RTT_64: &str = "Select watching 64 duplexes, RTT";
 pub const ONE_CHANNEL_64B: &str = "one channel<[u64; 8]>, recv";
 pub const SELECT_64B_1: &str = "Select over 1 channel<[u64; 8]>";
 pub const SELECT_64B_8: &str = "Select over 8 channels<[u64; 8]>";
@@ -71,7 +72,8 @@ pub fn pool_streams() -> Vec<Session> {
     ]
 }
 
-/// Ping-pong over duplex `i mod k`; the parent waits with `Select` (or `recv` if not `select`).
+/// Ping-pong over duplex 0 while the parent waits with a `Select` over all `k` (or with `recv`
+/// if not `select`).
 fn duplexes_rtt(row: Row, k: usize, select: bool) -> Session {
     let n = iters(200_000);
     let mut mine = Vec::new();
@@ -87,7 +89,7 @@ fn duplexes_rtt(row: Row, k: usize, select: bool) -> Session {
         for round in 0..rounds() {
             gate.enter(round);
             for _ in 0..n {
-                let d = &theirs[(i % k as u64) as usize];
+                let d = &theirs[0];
                 i += 1;
                 let got = d.recv().map_err(|e| format!("echo {i}: {e}"))?;
                 d.send(got).map_err(|e| format!("echo {i}: {e}"))?;
@@ -104,7 +106,7 @@ fn duplexes_rtt(row: Row, k: usize, select: bool) -> Session {
         }
         let elapsed = time(|| {
             for _ in 0..n {
-                let idx = (i % k as u64) as usize;
+                let idx = 0;
                 i += 1;
                 mine[idx].send(i).expect("send (did the child die?)");
                 let echo = if select {

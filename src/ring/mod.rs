@@ -912,6 +912,15 @@ impl Consumer {
         (&self.hdr().rx, &self.hdr().tx)
     }
 
+    /// A cheap first look for `Select`'s spinning: whether the next header is written. One
+    /// load; no validation, no close or liveness check (`recv_ready` does all three, and
+    /// `Select` runs it at its checkpoints and before sleeping).
+    #[inline]
+    pub(crate) fn recv_hint(&self) -> bool {
+        let idx = (self.head.get() as usize) & (self.data.cap() - 1);
+        self.broken.get().is_some() || self.data.header(idx).load(Ordering::Relaxed) != 0
+    }
+
     /// Whether a receive would not block: a committed message waits (padding skipped), or the
     /// ring is disconnected (closed after the last message, peer dead, corrupt). Consumes
     /// nothing but padding.
