@@ -565,30 +565,46 @@ impl<R> Drop for JobHandle<R> {
 pub struct Map<'p, J, R, I> {
     pool: &'p Pool<J, R>,
     jobs: I,
-    pending: VecDeque<JobHandle<R>>,
+    /// Ids submitted and not yet yielded, in input order.
+    pending: VecDeque<u64>,
+}
+
+impl<J, R, I> Drop for Map<'_, J, R, I> {
+    fn drop(&mut self) {
+        // Results not yielded are discarded when they come.
+        if let Ok(mut inner) = self.pool.inner.try_borrow_mut() {
+            for id in self.pending.drain(..) {
+                inner.abandon(id);
+            }
+        }
+    }
 }
 
 impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I> {
     type Item = Result<R, JobError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let ahead = {
-            let inner = self.pool.inner.borrow();
-            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
-        };
+        let mut inner = self.pool.inner.borrow_mut();
+        let ahead = inner.cfg.queue_capacity + inner.cfg.workers * WINDOW;
+        // Top up what is submitted ahead (one dispatch for the lot), then wait for the oldest.
+        let mut added = false;
         while self.pending.len() < ahead {
             let Some(job) = self.jobs.next() else { break };
-            match self.pool.submit(job) {
-                Ok(h) => self.pending.push_back(h),
-                Err(e) => {
-                    return Some(Err(JobError::Codec {
-                        reason: e.to_string(),
-                    }));
-                }
+            self.pending.push_back(inner.enqueue(&job));
+            added = true;
+        }
+        if added {
+            inner.dispatch();
+        }
+        let id = self.pending.pop_front()?;
+        loop {
+            if let Some(r) = inner.take(id) {
+                return Some(r);
+            }
+            if !inner.pump(None) {
+                return Some(inner.take(id).unwrap_or(Err(JobError::Closed)));
             }
         }
-        let h = self.pending.pop_front()?;
-        Some(h.join())
     }
 }
 
@@ -639,6 +655,13 @@ impl<J, R> Inner<J, R> {
     }
 
     fn submit(&mut self, job: &J) -> Result<u64, Error> {
+        let id = self.enqueue(job);
+        self.dispatch();
+        Ok(id)
+    }
+
+    /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
+    fn enqueue(&mut self, job: &J) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.jobs.push_back(JobState::Pending);
@@ -647,11 +670,11 @@ impl<J, R> Inner<J, R> {
         frame.extend_from_slice(&id.to_le_bytes());
         if let Err(reason) = (self.codec.enc_job)(job, &mut frame) {
             self.finish(id, Err(JobError::Codec { reason }));
-            return Ok(id);
+            return id;
         }
         if self.closed {
             self.finish(id, Err(JobError::Closed));
-            return Ok(id);
+            return id;
         }
         while self.queue.len() >= self.cfg.queue_capacity {
             if !self.pump(None) {
@@ -659,8 +682,7 @@ impl<J, R> Inner<J, R> {
             }
         }
         self.queue.push_back((id, frame));
-        self.dispatch();
-        Ok(id)
+        id
     }
 
     /// Hands queued jobs to workers: idle ones first, then the least loaded, within the window.
@@ -687,6 +709,32 @@ impl<J, R> Inner<J, R> {
                 Ok(()) => {
                     w.in_flight.push_back((id, frame));
                     w.dispatched += 1;
+                    // Fill this worker's window while it is still the least loaded one (it
+                    // stays so while the others are at least as busy).
+                    let others = self
+                        .workers
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, o)| *j != k && o.is_some())
+                        .filter_map(|(_, o)| o.as_ref().map(|o| o.in_flight.len()))
+                        .min()
+                        .unwrap_or(WINDOW);
+                    let Some(w) = self.workers[k].as_mut() else {
+                        return;
+                    };
+                    while w.in_flight.len() < WINDOW.min(others + 1)
+                        && max.is_none_or(|m| w.dispatched < m)
+                    {
+                        let Some((id, frame)) = self.queue.pop_front() else {
+                            return;
+                        };
+                        if w.jobs.try_send(&frame).is_err() {
+                            self.queue.push_front((id, frame));
+                            break;
+                        }
+                        w.in_flight.push_back((id, frame));
+                        w.dispatched += 1;
+                    }
                 }
                 Err(_) => {
                     // Full (cannot be: the window is far below the ring) or disconnected: the

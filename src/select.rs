@@ -217,6 +217,9 @@ pub struct Select<'a> {
     ops: Vec<Option<Op<'a>>>,
     /// Where the next search starts (one past the last operation chosen): fairness.
     next: usize,
+    /// The operation that the next blocking call checks fully first (one per call, in turn),
+    /// so that a disconnect is reported even while other operations keep the quick look busy.
+    audit: usize,
 }
 
 impl std::fmt::Debug for Select<'_> {
@@ -265,6 +268,7 @@ impl<'a> Select<'a> {
         Select {
             ops: Vec::new(),
             next: 0,
+            audit: 0,
         }
     }
 
@@ -357,6 +361,16 @@ impl<'a> Select<'a> {
             self.ops.iter().any(Option::is_some),
             "Select: waiting with no operation would block for ever"
         );
+        // One operation, in turn, gets the full look at every call.
+        let n = self.ops.len();
+        let a = self.audit % n;
+        self.audit = a + 1;
+        if let Some(op) = &self.ops[a]
+            && op.ready(false)
+        {
+            self.next = a + 1;
+            return Some(a);
+        }
         // A tight phase first, as a single blocked `recv` has: quick looks, no clock reads.
         #[cfg(not(loom))]
         for _ in 0..TIGHT_SCANS {
