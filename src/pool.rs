@@ -738,13 +738,18 @@ impl<J, R> Inner<J, R> {
                 }
                 Err(_) => {
                     // Full (cannot be: the window is far below the ring) or disconnected: the
-                    // worker is gone or going; `pump` will see it. Keep the job queued.
+                    // worker is gone or going. Keep the job queued; if the worker was gone
+                    // (retired, and replaced if it could be), go on with the others.
                     self.queue.push_front((id, frame));
+                    let before = self.workers[k].as_ref().map(|w| w.child.id());
                     self.retire_if_dead(k);
                     if self.workers.iter().all(Option::is_none) {
                         self.fail_queue();
+                        return;
                     }
-                    return;
+                    if self.workers[k].as_ref().map(|w| w.child.id()) == before {
+                        return; // still there (full): `pump` waits for it
+                    }
                 }
             }
         }

@@ -29,6 +29,7 @@ fn main() {
         multithreaded_owner_fails_jobs_instead_of_hanging,
         serde_jobs_and_results,
         regression_dropped_pools_leave_no_mapping,
+        regression_small_queue_after_an_idle_worker_died,
     ]);
 }
 
@@ -385,6 +386,34 @@ fn regression_dropped_pools_leave_no_mapping() -> Outcome {
         after <= before,
         "20 pools built and shut down left {} mappings",
         after - before
+    );
+    Ok(())
+}
+
+/// Found by the campaign: with a small queue, the first dispatch after an idle worker's death
+/// retired and replaced it, then gave up instead of going on, and `map` slept in a `Select`
+/// with no job in flight, for ever.
+fn regression_small_queue_after_an_idle_worker_died() -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(2)
+        .queue_capacity(2)
+        .build(|x: u64| x + 1)
+        .ctx("pool")?;
+    ensure!(pool.map(0..100u64).all(|r| r.is_ok()), "first batch");
+    let ids = pool.worker_ids();
+    // SAFETY: signals our own unreaped worker.
+    unsafe { libc::kill(ids[0] as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(20));
+    let start = Instant::now();
+    let results: Vec<_> = pool.map(100..108u64).take(8).collect();
+    ensure!(
+        results.iter().zip(100u64..).all(|(r, x)| *r == Ok(x + 1)),
+        "{results:?}"
+    );
+    ensure!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
     );
     Ok(())
 }
