@@ -37,6 +37,11 @@ fn main() {
             forkipc_rows::mib(),
         ),
         group(
+            "shared CPUs: round trips",
+            many_rows::shared_cpus(),
+            Vec::new(),
+        ),
+        group(
             "many children: round trips",
             many_rows::select_rtt(),
             Vec::new(),
@@ -67,7 +72,7 @@ struct Target {
     bound: f64,
 }
 
-const TARGETS: [Target; 9] = [
+const TARGETS: [Target; 11] = [
     Target {
         row: forkipc_rows::ADAPTIVE_RTT,
         baseline: baselines::SPIN_RTT,
@@ -92,6 +97,16 @@ const TARGETS: [Target; 9] = [
         row: forkipc_rows::ZERO_COPY_1MIB,
         baseline: baselines::MEMCPY_1MIB,
         bound: 0.9,
+    },
+    Target {
+        row: many_rows::SAME_CPU_ADAPTIVE,
+        baseline: many_rows::SAME_CPU_PIPE,
+        bound: 1.5,
+    },
+    Target {
+        row: many_rows::FANOUT_ADAPTIVE,
+        baseline: many_rows::FANOUT_BLOCK,
+        bound: 1.0,
     },
     Target {
         row: many_rows::SELECT_RTT_8,

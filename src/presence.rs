@@ -83,6 +83,10 @@ mod loom_stub {
     pub(crate) fn pass_on_death(_: PresenceRef) {}
     pub(crate) fn announce_waiter(_: PresenceRef) {}
     pub(crate) fn waiter_done() {}
+    pub(crate) fn note_my_cpu(_: u32) {}
+    pub(crate) fn cpu_of(_: PresenceRef) -> u32 {
+        0
+    }
     loom::lazy_static! {
         /// Under loom all model threads are one "process": one doorbell.
         static ref BELL: FutexWord = FutexWord::new(0);
@@ -138,7 +142,9 @@ mod native {
     struct Slot {
         gen_: crate::sync::AtomicU32,
         bell: FutexWord,
-        _pad: [u32; 6],
+        /// The CPU (plus one; 0 unknown) the holder last started waiting on (a hint).
+        cpu: crate::sync::AtomicU32,
+        _pad: [u32; 5],
         word: FutexWord,
         _gap: [u32; 5],
         _prev: std::sync::atomic::AtomicUsize,
@@ -171,6 +177,24 @@ mod native {
     /// Bytes of the table per slot: its shared page and the page for its private entry.
     fn slot_span() -> usize {
         2 * crate::sys::page_size()
+    }
+
+    /// Notes that this process starts waiting on CPU `cpu` (plus one), for its peers.
+    pub(crate) fn note_my_cpu(cpu: u32) {
+        if let Some((s, _)) = split(PresenceRef(MINE.load(Ordering::Relaxed))) {
+            // Relaxed: a hint read by peers deciding whether to spin. Written only when it
+            // changes, so that the line stays shared in the peers' caches (every wait reads
+            // it, and a write per wait would cost a cache-line transfer per round trip).
+            if s.cpu.load(Ordering::Relaxed) != cpu {
+                s.cpu.store(cpu, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The CPU (plus one; 0 unknown) the process behind `r` last started waiting on.
+    pub(crate) fn cpu_of(r: PresenceRef) -> u32 {
+        // Relaxed: a hint (see `note_my_cpu`).
+        split(r).map_or(0, |(s, _)| s.cpu.load(Ordering::Relaxed))
     }
 
     /// The doorbell of the process behind `r` (whatever its generation: ringing a recycled

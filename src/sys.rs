@@ -229,6 +229,13 @@ pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> 
     }
 }
 
+/// The CPU the calling thread runs on now, plus one (0: unknown). Cheap (vDSO or rseq).
+pub fn current_cpu_plus_one() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 { 0 } else { c as u32 + 1 }
+}
+
 /// The calling thread's kernel thread id.
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.

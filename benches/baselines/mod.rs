@@ -366,9 +366,18 @@ pub fn memcpy_1mib_bytes_per_sec(row: Row) -> Session {
 /// the child reads from `c_rx` and echoes to `c_tx`. The session owns the parent's ends; the
 /// child's are dropped in the parent once it has forked.
 fn fd_pingpong_rtt(row: Row, (p_tx, p_rx): (File, File), (c_rx, c_tx): (File, File)) -> Session {
+    fd_pingpong_rtt_on(row, CHILD_CPU, (p_tx, p_rx), (c_rx, c_tx))
+}
+
+fn fd_pingpong_rtt_on(
+    row: Row,
+    child_cpu: usize,
+    (p_tx, p_rx): (File, File),
+    (c_rx, c_tx): (File, File),
+) -> Session {
     let n = iters(3_000);
     let gate = Gate::new();
-    let child = fork_pinned(CHILD_CPU, || {
+    let child = fork_pinned(child_cpu, || {
         let (mut rx, mut tx) = (&c_rx, &c_tx);
         let mut buf = [0u8; 8];
         for round in 0..rounds() {
@@ -471,6 +480,18 @@ pub fn pipe_pingpong_rtt(row: Row) -> Session {
     let (down_rd, down_wr) = new_pipe(None);
     let (up_rd, up_wr) = new_pipe(None);
     fd_pingpong_rtt(row, (down_wr, up_rd), (down_rd, up_wr))
+}
+
+/// As [`pipe_pingpong_rtt`] with the child on the parent's CPU (a loaded machine's case).
+pub fn pipe_pingpong_rtt_same_cpu(row: Row) -> Session {
+    let (down_rd, down_wr) = new_pipe(None);
+    let (up_rd, up_wr) = new_pipe(None);
+    fd_pingpong_rtt_on(
+        row,
+        crate::support::PARENT_CPU,
+        (down_wr, up_rd),
+        (down_rd, up_wr),
+    )
 }
 
 pub fn socketpair_pingpong_rtt(row: Row) -> Session {

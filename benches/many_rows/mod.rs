@@ -39,6 +39,114 @@ pub const POOL_MAP_2: &str = "Pool::map, 2 workers (jobs/s)";
 
 const RTT_CAPACITY: usize = 16;
 
+pub const SAME_CPU_PIPE: &str = "pipe RTT, both on CPU 0";
+pub const SAME_CPU_ADAPTIVE: &str = "duplex<u64> RTT, both on CPU 0, Adaptive";
+pub const SAME_CPU_BLOCK: &str = "duplex<u64> RTT, both on CPU 0, Block";
+pub const FANOUT_ADAPTIVE: &str = "fan-out to 3 echo children, unpinned, Adaptive (per round)";
+pub const FANOUT_BLOCK: &str = "fan-out to 3 echo children, unpinned, Block (per round)";
+
+/// Waiting when CPUs are shared: a round trip with both processes on one CPU (against a pipe
+/// on one CPU), and a parent with 3 echo children on the machine's 2 CPUs, unpinned (4
+/// runnable processes), with the default wait against `WaitPolicy::Block`.
+pub fn shared_cpus() -> Vec<Session> {
+    let ns = |name| Row::new(name, Unit::Nanos);
+    vec![
+        crate::baselines::pipe_pingpong_rtt_same_cpu(ns(SAME_CPU_PIPE)),
+        same_cpu_rtt(
+            ns(SAME_CPU_ADAPTIVE).vs(SAME_CPU_PIPE),
+            WaitPolicy::default(),
+        ),
+        same_cpu_rtt(ns(SAME_CPU_BLOCK).vs(SAME_CPU_PIPE), WaitPolicy::Block),
+        fan_out(ns(FANOUT_BLOCK), WaitPolicy::Block),
+        fan_out(ns(FANOUT_ADAPTIVE).vs(FANOUT_BLOCK), WaitPolicy::default()),
+    ]
+}
+
+fn same_cpu_rtt(row: Row, policy: WaitPolicy) -> Session {
+    let n = iters(3_000);
+    let (me, peer) = duplex::<u64, u64>(RTT_CAPACITY).expect("duplex");
+    me.set_wait_policy(policy);
+    let gate = Gate::new();
+    let child = fork_ipc(crate::support::PARENT_CPU, peer, |peer| {
+        peer.set_wait_policy(policy);
+        for round in 0..rounds() {
+            gate.enter(round);
+            for _ in 0..n {
+                let got = peer.recv().map_err(|e| e.to_string())?;
+                peer.send(got).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    });
+    let mut i = 0u64;
+    let rep = move || {
+        gate.open_next();
+        let elapsed = time(|| {
+            for _ in 0..n {
+                i += 1;
+                me.send(i).expect("send");
+                assert_eq!(me.recv().expect("recv"), i, "wrong echo");
+            }
+        });
+        ns_per_op(elapsed, n)
+    };
+    Session::new(row, rep, move || reap_child(child))
+}
+
+/// Lets the calling process run on every CPU.
+fn unpin() {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in 0..2 {
+        let _ = set.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+fn fan_out(row: Row, policy: WaitPolicy) -> Session {
+    let n = iters(5_000);
+    let mut mine = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = duplex::<u64, u64>(RTT_CAPACITY).expect("duplex");
+        a.set_wait_policy(policy);
+        children.push(fork_ipc(CHILD_CPU, b, move |d| {
+            unpin();
+            d.set_wait_policy(policy);
+            for x in d.iter() {
+                d.send(x).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }));
+        mine.push(a);
+    }
+    let mine = std::rc::Rc::new(std::cell::RefCell::new(mine));
+    let ends = mine.clone();
+    let mut i = 0u64;
+    let rep = move || {
+        let mine = mine.borrow();
+        unpin();
+        let elapsed = time(|| {
+            for _ in 0..n {
+                i += 1;
+                for d in mine.iter() {
+                    d.send(i).expect("send");
+                }
+                for d in mine.iter() {
+                    assert_eq!(d.recv().expect("recv"), i, "wrong echo");
+                }
+            }
+        });
+        pin_to_cpu(crate::support::PARENT_CPU);
+        ns_per_op(elapsed, n)
+    };
+    Session::new(row, rep, move || {
+        ends.borrow_mut().clear();
+        for c in children {
+            reap_child(c);
+        }
+    })
+}
+
 pub fn select_rtt() -> Vec<Session> {
     let ns = |name| Row::new(name, Unit::Nanos);
     vec![

@@ -612,12 +612,13 @@ impl Producer {
     #[cold]
     fn wait_for_room(&self, len: usize, deadline: Option<&Deadline>) -> Result<(), RingError> {
         let hdr = self.hdr();
-        wait::wait_until(&hdr.tx, &hdr.rx, self.policy.get(), deadline, || match self
-            .try_reserve(len)
-        {
-            Err(RingError::WouldBlock) => Ok(false),
-            Err(e) => Err(e),
-            Ok(_) => Ok(true),
+        let policy = wait::effective_policy(&hdr.rx, self.policy.get());
+        wait::wait_until(&hdr.tx, &hdr.rx, policy, deadline, || {
+            match self.try_reserve(len) {
+                Err(RingError::WouldBlock) => Ok(false),
+                Err(e) => Err(e),
+                Ok(_) => Ok(true),
+            }
         })
         .map_err(|e| refine_close(e, &hdr.rx))
     }
@@ -878,12 +879,13 @@ impl Consumer {
 
     #[cold]
     fn wait_for_message(&self, deadline: Option<&Deadline>) -> Result<(), RingError> {
+        let hdr = self.hdr();
+        let policy = wait::effective_policy(&hdr.tx, self.policy.get());
         #[cfg(not(loom))]
-        if self.policy.get() != WaitPolicy::Block && self.poll_header() {
+        if policy != WaitPolicy::Block && self.poll_header() {
             return Ok(()); // the caller's `try_read` validates it
         }
-        let hdr = self.hdr();
-        wait::wait_until(&hdr.rx, &hdr.tx, self.policy.get(), deadline, || {
+        wait::wait_until(&hdr.rx, &hdr.tx, policy, deadline, || {
             match self.try_read() {
                 Err(RingError::WouldBlock) => Ok(false),
                 Err(e) => Err(e),

@@ -84,6 +84,23 @@ pub(super) fn wait_until(
     }
 }
 
+/// The policy a wait uses: `WaitPolicy::Block` instead of `Adaptive` when the peer's process
+/// last started waiting on this very CPU (noted in the presence slots): it cannot act while we
+/// spin, so a round trip on one CPU costs two futex hand-offs, like a pipe's, instead of two
+/// spin budgets. A hint: a wrong guess costs one wait's spin phase, or sleeps once too early.
+pub(super) fn effective_policy(peer: &SideState, policy: WaitPolicy) -> WaitPolicy {
+    #[cfg(not(loom))]
+    if let WaitPolicy::Adaptive(_) = policy {
+        let cpu = crate::sys::current_cpu_plus_one();
+        presence::note_my_cpu(cpu);
+        if cpu != 0 && presence::cpu_of(peer.owner_ref()) == cpu {
+            return WaitPolicy::Block;
+        }
+    }
+    let _ = peer;
+    policy
+}
+
 /// One more look before reporting `e`.
 fn last_look(
     ready: &mut impl FnMut() -> Result<bool, RingError>,

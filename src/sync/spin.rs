@@ -45,7 +45,14 @@ pub(crate) struct Spinner {
     iterations: u32,
     #[cfg(not(loom))]
     started: Option<std::time::Instant>,
+    /// Spinning has lasted past `YIELD_AFTER`: yield instead of spinning.
+    #[cfg(not(loom))]
+    yielding: bool,
 }
+
+/// How long a waiter spins before it starts yielding the CPU between looks (see `spin`).
+#[cfg(not(loom))]
+const YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(3);
 
 impl Spinner {
     /// True once every 1024 spins: time for a slow check (is the peer still alive?).
@@ -59,6 +66,8 @@ impl Spinner {
             iterations: 0,
             #[cfg(not(loom))]
             started: None,
+            #[cfg(not(loom))]
+            yielding: false,
         }
     }
 
@@ -77,15 +86,20 @@ impl Spinner {
         {
             let now = std::time::Instant::now();
             let start = *self.started.get_or_insert(now);
-            if now.duration_since(start) >= budget {
+            let spent = now.duration_since(start);
+            if spent >= budget {
                 return false;
             }
+            // Past the first microseconds, a peer that has not answered may be waiting for
+            // *this* CPU (same CPU, more runnable processes than CPUs): spinning cannot help it,
+            // yielding can. Between two idle CPUs an answer comes long before this.
+            self.yielding = spent >= YIELD_AFTER;
         }
-        if self.iterations < 1 << 20 || budget.is_some() {
-            std::hint::spin_loop();
-        } else {
-            // A pure spinner that has spun for a long time yields to whoever shares its CPU.
+        if self.yielding || (budget.is_none() && self.iterations >= 1 << 20) {
+            // Gives the CPU to whoever is runnable on it, if anyone (else returns at once).
             std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
         true
     }
