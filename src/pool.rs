@@ -51,6 +51,12 @@ use crate::{AnonRegion, ByteReceiver, ByteSender, Child, Error, Select, byte_cha
 /// behind it on its worker (jobs go to an idle worker first, then to the least loaded).
 pub const WINDOW: usize = 32;
 
+/// Bytes of each worker's job ring and result ring.
+const RING_BYTES: usize = 64 * 1024;
+/// The largest frame (id and kind included) a ring of `RING_BYTES` takes: half the ring
+/// minus 16 (see `ring`).
+const MAX_FRAME: usize = RING_BYTES / 2 - 16;
+
 const KIND_OK: u8 = 0;
 const KIND_PANICKED: u8 = 1;
 const KIND_BAD_JOB: u8 = 2;
@@ -100,6 +106,16 @@ impl std::fmt::Display for JobError {
 }
 
 impl std::error::Error for JobError {}
+
+/// How a job fails in a process that is not the pool's owner (a copy inherited through
+/// `fork`).
+fn not_owner() -> JobError {
+    JobError::NoWorker {
+        reason: "this process is not the pool's owner (it has a copy inherited through fork): \
+                 only the process that built a pool can run it"
+            .into(),
+    }
+}
 
 /// How jobs and results cross the process boundary.
 struct Codec<J, R> {
@@ -265,8 +281,8 @@ struct Worker {
     in_flight: VecDeque<(u64, Vec<u8>)>,
     /// Jobs dispatched to this worker in its life (for `max_jobs_per_worker`).
     dispatched: u64,
-    /// Killed by the pool for running past `job_timeout`.
-    timed_out: bool,
+    /// The job it was killed for, having run past `job_timeout`.
+    timed_out: Option<u64>,
 }
 
 struct Inner<J, R> {
@@ -293,6 +309,9 @@ struct Inner<J, R> {
     /// Why the last respawn failed, if it did.
     respawn_error: Option<String>,
     closed: bool,
+    /// The process that built the pool: a copy inherited through `fork` does nothing (its
+    /// workers are not its children, and their slots are the owner's).
+    owner: crate::sync::ident::Ident,
 }
 
 /// A pool of forked worker processes running one function on jobs.
@@ -446,6 +465,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             next_id: 0,
             respawn_error: None,
             closed: false,
+            owner: crate::sync::ident::current_ident(),
         };
         for k in 0..n {
             let w = inner.spawn(k)?;
@@ -488,6 +508,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
     /// The pids of the live workers.
     pub fn worker_ids(&self) -> Vec<u32> {
         let inner = self.inner.borrow();
+        if !inner.is_owner() {
+            return Vec::new();
+        }
         inner
             .workers
             .iter()
@@ -632,8 +655,8 @@ impl<J, R> Inner<J, R> {
 
     /// Forks the worker for slot `k`.
     fn spawn(&mut self, k: usize) -> Result<Worker, Error> {
-        let (jobs_tx, jobs_rx) = byte_channel(64 * 1024)?;
-        let (res_tx, res_rx) = byte_channel(64 * 1024)?;
+        let (jobs_tx, jobs_rx) = byte_channel(RING_BYTES)?;
+        let (res_tx, res_rx) = byte_channel(RING_BYTES)?;
         let slot = &self.slots[k];
         // Relaxed: the new worker is forked after this store (fork orders it).
         slot.current.store(IDLE, Ordering::Relaxed);
@@ -641,7 +664,14 @@ impl<J, R> Inner<J, R> {
         let codec = self.codec;
         let max = self.cfg.max_jobs_per_worker;
         let timed = self.cfg.job_timeout.is_some();
+        let owner_pid = crate::sync::ident::current_pid();
         let child = fork((jobs_rx, res_tx), move |(jobs, results)| {
+            // A worker stuck in a job never reads its job channel again, so it would not
+            // notice its owner's death: have the kernel kill it then. (The owner is
+            // single-threaded, so "the parent thread exits" means "the owner exits".)
+            if !crate::sys::die_with_parent(owner_pid) {
+                return 0; // the owner is already gone
+            }
             worker_main(&jobs, &results, slot, &*work, codec, max, timed)
         })?;
         Ok(Worker {
@@ -650,7 +680,7 @@ impl<J, R> Inner<J, R> {
             results: res_rx,
             in_flight: VecDeque::new(),
             dispatched: 0,
-            timed_out: false,
+            timed_out: None,
         })
     }
 
@@ -661,10 +691,18 @@ impl<J, R> Inner<J, R> {
     }
 
     /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
+    fn is_owner(&self) -> bool {
+        crate::sync::ident::current_ident() == self.owner
+    }
+
     fn enqueue(&mut self, job: &J) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.jobs.push_back(JobState::Pending);
+        if !self.is_owner() {
+            self.finish(id, Err(not_owner()));
+            return id;
+        }
         let mut frame = self.spare.pop().unwrap_or_default();
         frame.clear();
         frame.extend_from_slice(&id.to_le_bytes());
@@ -674,6 +712,19 @@ impl<J, R> Inner<J, R> {
         }
         if self.closed {
             self.finish(id, Err(JobError::Closed));
+            return id;
+        }
+        if frame.len() > MAX_FRAME {
+            self.finish(
+                id,
+                Err(JobError::Codec {
+                    reason: format!(
+                        "the encoded job takes {} bytes; a pool job takes at most {}",
+                        frame.len() - 8,
+                        MAX_FRAME - 8
+                    ),
+                }),
+            );
             return id;
         }
         while self.queue.len() >= self.cfg.queue_capacity {
@@ -687,6 +738,9 @@ impl<J, R> Inner<J, R> {
 
     /// Hands queued jobs to workers: idle ones first, then the least loaded, within the window.
     fn dispatch(&mut self) {
+        if !self.is_owner() {
+            return;
+        }
         while let Some((id, frame)) = self.queue.pop_front() {
             let max = self.cfg.max_jobs_per_worker;
             let pick = self
@@ -758,6 +812,9 @@ impl<J, R> Inner<J, R> {
     /// Waits for something to happen (a result, a death, a job deadline) and handles it.
     /// `false` if nothing ever can (no worker, nothing in flight).
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
+        if !self.is_owner() {
+            return false;
+        }
         self.dispatch();
         if self.workers.iter().all(Option::is_none) {
             self.fail_queue();
@@ -780,7 +837,18 @@ impl<J, R> Inner<J, R> {
                 return true;
             }
         }
-        let job_deadline = self.earliest_job_deadline();
+        // With a job timeout, never sleep past it while jobs are in flight: a job that starts
+        // while we sleep has no deadline in `earliest_job_deadline` yet.
+        let busy = self
+            .workers
+            .iter()
+            .flatten()
+            .any(|w| !w.in_flight.is_empty());
+        let job_deadline = match (self.earliest_job_deadline(), self.cfg.job_timeout) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) if busy => Instant::now().checked_add(t),
+            _ => None,
+        };
         let until = match (deadline, job_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -849,7 +917,7 @@ impl<J, R> Inner<J, R> {
                 break;
             }
             if !self.accept(k, &frame) {
-                self.kill_worker(k, false);
+                self.kill_worker(k, None);
                 break;
             }
         }
@@ -870,7 +938,11 @@ impl<J, R> Inner<J, R> {
         ) else {
             return false;
         };
-        if w.in_flight.front().map(|f| f.0) != Some(id) {
+        // Validated before the job is taken off the in-flight list: a frame that is not a
+        // result of the oldest job leaves it there, for `retire` to settle.
+        if w.in_flight.front().map(|f| f.0) != Some(id)
+            || !matches!(kind, KIND_OK | KIND_PANICKED | KIND_BAD_JOB)
+        {
             return false;
         }
         if let Some((_, frame)) = w.in_flight.pop_front() {
@@ -882,10 +954,9 @@ impl<J, R> Inner<J, R> {
             KIND_PANICKED => Err(JobError::Panicked {
                 message: String::from_utf8_lossy(payload).into_owned(),
             }),
-            KIND_BAD_JOB => Err(JobError::Codec {
+            _ => Err(JobError::Codec {
                 reason: String::from_utf8_lossy(payload).into_owned(),
             }),
-            _ => return false,
         };
         self.finish(id, result);
         true
@@ -928,13 +999,14 @@ impl<J, R> Inner<J, R> {
             if w.in_flight.front().map(|f| f.0) == Some(cur)
                 && Duration::from_nanos(now_ns - started) >= t
             {
-                self.kill_worker(k, true);
+                self.kill_worker(k, Some(cur));
             }
         }
     }
 
     /// Kills worker `k` (for a timeout or a protocol violation) and retires it.
-    fn kill_worker(&mut self, k: usize, timed_out: bool) {
+    /// `timed_out`: the job it is killed for having run past `job_timeout`.
+    fn kill_worker(&mut self, k: usize, timed_out: Option<u64>) {
         if let Some(w) = self.workers[k].as_mut() {
             w.timed_out = timed_out;
             let _ = w.child.kill();
@@ -953,17 +1025,39 @@ impl<J, R> Inner<J, R> {
 
     /// Worker `k` is gone (or going): reap it, settle its in-flight jobs, fork a replacement.
     fn retire(&mut self, k: usize) {
+        // Take whatever it sent before it went (a result committed just before a timeout kill
+        // must count), then make sure it is gone (a worker that closed its ring but lives on,
+        // a compromised one, must not keep `wait` from returning) and reap it.
+        let mut frame = std::mem::take(&mut self.rbuf);
+        while let Some(w) = self.workers[k].as_mut() {
+            let got = match w.results.try_recv_ref() {
+                Ok(msg) => {
+                    frame.clear();
+                    frame.extend_from_slice(&msg);
+                    true
+                }
+                Err(_) => false,
+            };
+            if !got || !self.accept(k, &frame) {
+                break;
+            }
+        }
+        self.rbuf = frame;
         let Some(mut w) = self.workers[k].take() else {
             return;
         };
-        // Whatever it sent before dying is already taken (`drain` empties the ring first).
+        let _ = w.child.kill();
         let status = w.child.wait().ok();
         let slot = &self.slots[k];
         let started = slot.current.load(Ordering::Acquire);
         let mut requeue = Vec::new();
         for (n, (id, frame)) in w.in_flight.drain(..).enumerate() {
-            if n == 0 && (id == started || w.timed_out) {
-                let e = if w.timed_out {
+            // The oldest unreported job is the only one it can have started (it runs them in
+            // order and reports each before taking the next); it failed if its slot says so,
+            // or if the pool killed the worker for running it too long.
+            let timed_out = w.timed_out == Some(id);
+            if n == 0 && (id == started || timed_out) {
+                let e = if timed_out {
                     JobError::TimedOut
                 } else {
                     match status {
@@ -1009,6 +1103,9 @@ impl<J, R> Inner<J, R> {
     }
 
     fn shutdown(&mut self) -> Result<(), Error> {
+        if !self.is_owner() {
+            return Ok(()); // a copy in a fork child: the owner's workers are not ours
+        }
         // Let every queued and in-flight job finish.
         while !self.queue.is_empty()
             || self
@@ -1088,6 +1185,30 @@ fn worker_main<J, R>(
                     out.extend_from_slice(msg.as_bytes());
                 }
             },
+        }
+        if out.len() > MAX_FRAME {
+            // Too large for the ring: report that instead (a panic message is cut to fit).
+            let kind = out[8];
+            let text = if kind == KIND_PANICKED {
+                // Cut at a character boundary (the message is UTF-8 from a `str`).
+                let mut end = MAX_FRAME;
+                while end > 9 && (out[end] & 0xc0) == 0x80 {
+                    end -= 1;
+                }
+                out.truncate(end);
+                None
+            } else {
+                Some(format!(
+                    "the encoded result takes {} bytes; a pool result takes at most {}",
+                    out.len() - 9,
+                    MAX_FRAME - 9
+                ))
+            };
+            if let Some(text) = text {
+                out.truncate(8);
+                out.push(KIND_BAD_JOB);
+                out.extend_from_slice(text.as_bytes());
+            }
         }
         if results.send(&out).is_err() {
             return 0; // the owner is gone

@@ -422,11 +422,14 @@ impl<'a> Select<'a> {
         let rung = bell.load(Ordering::SeqCst);
         let armed = Armed::new(&self.ops, me);
         let fenced = barrier::heavy();
+        // The peers' owners are read, and their presence words armed (values read), after the
+        // barrier and *before* the re-check: a peer that dies after this changes its word, so
+        // the sleep below returns at once; one that died before is seen dead by the re-check.
+        let peers = armed.peer_words();
         if let Some(i) = self.poll() {
             drop(armed);
             return Some(i);
         }
-        let peers = armed.peer_words();
         let nap = (!fenced).then(|| Deadline::after(UNFENCED_NAP).min_with(deadline));
         if let Some(&(_, r)) = peers.first() {
             presence::announce_waiter(r);
@@ -447,21 +450,20 @@ impl<'a> Select<'a> {
 /// The armed sides of one sleep; disarmed on drop (also if something panics).
 struct Armed<'s> {
     sides: Vec<&'s SideState>,
-    peers: Vec<PresenceRef>,
+    /// The watched sides' peers (read after the heavy barrier: a hand-over stores the new
+    /// owner, fences, then checks our `wait`, so one of the two sees the other).
+    peers: Vec<&'s SideState>,
 }
 
 impl<'s> Armed<'s> {
     fn new(ops: &[Option<Op<'s>>], me: PresenceRef) -> Armed<'s> {
         let mut sides = Vec::with_capacity(ops.len());
-        let mut peers = Vec::new();
+        let mut peers = Vec::with_capacity(ops.len());
         for op in ops.iter().flatten() {
             if let Some((mine, peer)) = op.sides() {
                 mine.arm_select(me);
                 sides.push(mine);
-                let r = peer.owner_ref();
-                if r != PresenceRef::NONE && !peers.contains(&r) {
-                    peers.push(r);
-                }
+                peers.push(peer);
             }
         }
         Armed { sides, peers }
@@ -471,7 +473,11 @@ impl<'s> Armed<'s> {
     /// distinct live peer process.
     fn peer_words(&self) -> Vec<((&'static FutexWord, u32), PresenceRef)> {
         let mut out: Vec<((&'static FutexWord, u32), PresenceRef)> = Vec::new();
-        for &r in &self.peers {
+        for peer in &self.peers {
+            let r = peer.owner_ref();
+            if r == PresenceRef::NONE {
+                continue;
+            }
             if let Some(wv) = presence::arm(r)
                 && !out.iter().any(|((w, _), _)| std::ptr::eq(*w, wv.0))
             {

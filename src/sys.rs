@@ -236,6 +236,16 @@ pub fn current_cpu_plus_one() -> u32 {
     if c < 0 { 0 } else { c as u32 + 1 }
 }
 
+/// Asks the kernel to SIGKILL the calling process when its parent exits
+/// (`PR_SET_PDEATHSIG`), then checks that the parent is still `parent` (it may have exited
+/// before the request took effect). `false`: it already has.
+pub fn die_with_parent(parent: u32) -> bool {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // SAFETY: getppid has no preconditions.
+    (unsafe { libc::getppid() }) as u32 == parent
+}
+
 /// The calling thread's kernel thread id.
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.

@@ -2619,7 +2619,7 @@ unsafe fn leak_zeroed<T: Shareable>() -> Result<&'static T, String> {
 // `shutdown` must leave O no child.
 //
 // Owner variant (one trial in 4): C kills O itself at such a moment. O's workers become C's
-// children; each must exit (status 0) on its own within `HANG_DEADLINE`, no job may have run
+// children; each must exit (status 0, or SIGKILL from its parent-death signal) within `HANG_DEADLINE`, no job may have run
 // twice, and every job O saw succeed ran exactly once.
 
 const POOL_JOBS: usize = 8192;
@@ -3075,7 +3075,8 @@ fn pool_accounting(ctl: &PoolCtl, n: u64, all_ended: bool) -> Result<(u64, u64),
     Ok((once, died))
 }
 
-/// O was killed: its workers are C's children now and must each exit, status 0, within
+/// O was killed: its workers are C's children now and must each exit (status 0, or SIGKILL from
+/// their parent-death signal) within
 /// `HANG_DEADLINE`; no job may have run twice.
 fn pool_owner_killed(
     o: &mut Reap,
@@ -3121,9 +3122,11 @@ fn pool_owner_killed(
         "after O's death, children {exited_pids:?} exited; O's workers were {want:?}"
     );
     for (pid, st) in &exits {
+        // Status 0 (it noticed the death on its job channel) or SIGKILL (the parent-death
+        // signal a worker asks for, so that one stuck in a job goes too).
         ensure!(
-            st.success(),
-            "O's worker {pid} ended with {st:?} after O was killed, not status 0"
+            st.success() || st.signal() == Some(libc::SIGKILL),
+            "O's worker {pid} ended with {st:?} after O was killed, not status 0 or SIGKILL"
         );
     }
     let s = stats();

@@ -131,9 +131,11 @@ impl SideState {
             let bell = self.bell.load(Ordering::Relaxed);
             if bell & BELL_FLAG != 0 {
                 presence::ring_bell(PresenceRef(bell & !BELL_FLAG));
-            } else {
-                self.wait.wake(1);
             }
+            // Always, even with a bell: a bell a peer scribbled (or a stale one) must not
+            // divert the wake-up of a plain blocked `recv`/`send` on this side. (A syscall
+            // only when the side said it sleeps; a `Select` sleeps on its bell, not here.)
+            self.wait.wake(1);
         }
     }
 

@@ -62,7 +62,9 @@ pub(super) fn wait_until(
             }
             continue;
         }
-        me.wait.store(1, Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `wait` in `wake_if_asleep`, so a publisher
+        // that sees 1 also sees every earlier store to this side (a `Select`'s disarmed bell).
+        me.wait.store(1, Ordering::Release);
         // Dekker: our `wait = 1` before our re-check; pairs with the publisher's light barrier
         // (`notify_consumer`, `ReadGuard::drop`) and the fence in `close`/`set_owner`. If the
         // barrier failed, a wake-up may be lost: sleep at most `UNFENCED_NAP`, then look again.
