@@ -323,7 +323,9 @@ struct Inner<J, R> {
 /// run twice, and the pool forks a replacement. A panic fails only its job (`Panicked` with the
 /// message). `job_timeout` kills a worker stuck in one job (`TimedOut`). Dropping the pool (or
 /// `shutdown`) lets queued jobs finish, then every worker exits and is reaped; if the owner dies,
-/// the workers notice (their job channel disconnects) and exit.
+/// the workers notice (their job channel disconnects) and exit, and one stuck in a job is killed
+/// by the kernel (`PR_SET_PDEATHSIG`). A copy of a `Pool` inherited by a fork child is inert
+/// there: its jobs fail with `JobError::NoWorker`, and it leaves the owner's workers alone.
 ///
 /// The owner must be single-threaded when it forks: at `build` and at every respawn. If it is
 /// not at a respawn, that worker is not replaced, and once no worker is left the remaining jobs
