@@ -355,6 +355,14 @@ impl<J, R> std::fmt::Debug for Pool<J, R> {
     }
 }
 
+/// What `take_sent` found.
+enum Sent {
+    /// The ring is empty (every valid result taken).
+    Empty,
+    /// A frame that is not a result of the worker's oldest job: the worker misbehaves.
+    Violation,
+}
+
 /// Where a job stands, for its handle.
 enum JobState<R> {
     /// Not finished; its handle waits (or will).
@@ -901,29 +909,41 @@ impl<J, R> Inner<J, R> {
 
     /// Takes every result worker `k` has sent; retires it if it is gone.
     fn drain(&mut self, k: usize) {
+        match self.take_sent(k) {
+            Sent::Violation => self.kill_worker(k, None),
+            Sent::Empty => {
+                let gone = self.workers[k]
+                    .as_ref()
+                    .is_some_and(|w| w.results.disconnect_reason().is_some());
+                if gone {
+                    self.retire(k);
+                }
+            }
+        }
+    }
+
+    /// Accepts every result frame worker `k` has committed, each from a private copy (the
+    /// worker can still write the ring), until its ring is empty or a frame is not a valid
+    /// result.
+    fn take_sent(&mut self, k: usize) -> Sent {
         let mut frame = std::mem::take(&mut self.rbuf);
-        while let Some(w) = self.workers[k].as_mut() {
-            // A private copy first: the worker can still write the ring.
-            let got = match w.results.try_recv_ref() {
+        let outcome = loop {
+            let Some(w) = self.workers[k].as_mut() else {
+                break Sent::Empty;
+            };
+            match w.results.try_recv_ref() {
                 Ok(msg) => {
                     frame.clear();
                     frame.extend_from_slice(&msg);
-                    true
                 }
-                Err(_) => false,
-            };
-            if !got {
-                if w.results.disconnect_reason().is_some() {
-                    self.retire(k);
-                }
-                break;
+                Err(_) => break Sent::Empty,
             }
             if !self.accept(k, &frame) {
-                self.kill_worker(k, None);
-                break;
+                break Sent::Violation;
             }
-        }
+        };
         self.rbuf = frame;
+        outcome
     }
 
     /// One result frame from worker `k`. `false`: a protocol violation.
@@ -1030,21 +1050,7 @@ impl<J, R> Inner<J, R> {
         // Take whatever it sent before it went (a result committed just before a timeout kill
         // must count), then make sure it is gone (a worker that closed its ring but lives on,
         // a compromised one, must not keep `wait` from returning) and reap it.
-        let mut frame = std::mem::take(&mut self.rbuf);
-        while let Some(w) = self.workers[k].as_mut() {
-            let got = match w.results.try_recv_ref() {
-                Ok(msg) => {
-                    frame.clear();
-                    frame.extend_from_slice(&msg);
-                    true
-                }
-                Err(_) => false,
-            };
-            if !got || !self.accept(k, &frame) {
-                break;
-            }
-        }
-        self.rbuf = frame;
+        let _ = self.take_sent(k);
         let Some(mut w) = self.workers[k].take() else {
             return;
         };
