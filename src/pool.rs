@@ -1047,15 +1047,21 @@ impl<J, R> Inner<J, R> {
 
     /// Worker `k` is gone (or going): reap it, settle its in-flight jobs, fork a replacement.
     fn retire(&mut self, k: usize) {
-        // Take whatever it sent before it went (a result committed just before a timeout kill
-        // must count), then make sure it is gone (a worker that closed its ring but lives on,
-        // a compromised one, must not keep `wait` from returning) and reap it.
+        // Make sure it is gone (a worker that closed its ring but lives on, a compromised one,
+        // must not keep `wait` from returning) and reap it; then take whatever it sent before
+        // it went (a result committed just before a timeout kill must count).
+        let status = match self.workers[k].as_mut() {
+            Some(w) => {
+                let _ = w.child.kill();
+                w.child.wait().ok()
+            }
+            None => return,
+        };
+        // Dead and reaped: what its ring holds now is all it ever sent.
         let _ = self.take_sent(k);
         let Some(mut w) = self.workers[k].take() else {
             return;
         };
-        let _ = w.child.kill();
-        let status = w.child.wait().ok();
         let slot = &self.slots[k];
         let started = slot.current.load(Ordering::Acquire);
         let mut requeue = Vec::new();
