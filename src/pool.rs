@@ -167,16 +167,6 @@ struct WorkerSlot {
 // SAFETY: two atomics, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for WorkerSlot {}
 
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Configures and builds a [`Pool`] (like rayon's `ThreadPoolBuilder`).
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
@@ -986,7 +976,7 @@ impl<J, R> Inner<J, R> {
 
     fn earliest_job_deadline(&self) -> Option<Instant> {
         let t = self.cfg.job_timeout?;
-        let now_ns = mono_ns();
+        let now_ns = crate::sys::mono_ns();
         let now = Instant::now();
         self.workers
             .iter()
@@ -994,6 +984,8 @@ impl<J, R> Inner<J, R> {
             .filter_map(|(k, w)| {
                 let w = w.as_ref()?;
                 let slot = &self.slots[k];
+                // Acquire: pairs with the worker's Release store of `current`, so its
+                // `started` is seen.
                 let cur = slot.current.load(Ordering::Acquire);
                 if w.in_flight.front().map(|f| f.0) != Some(cur) {
                     return None;
@@ -1010,12 +1002,14 @@ impl<J, R> Inner<J, R> {
         let Some(t) = self.cfg.job_timeout else {
             return;
         };
-        let now_ns = mono_ns();
+        let now_ns = crate::sys::mono_ns();
         for k in 0..self.workers.len() {
             let Some(w) = self.workers[k].as_ref() else {
                 continue;
             };
             let slot = &self.slots[k];
+            // Acquire: pairs with the worker's Release store of `current`, so its
+            // `started` is seen.
             let cur = slot.current.load(Ordering::Acquire);
             let started = slot.started.load(Ordering::Relaxed).min(now_ns);
             if w.in_flight.front().map(|f| f.0) == Some(cur)
@@ -1063,6 +1057,8 @@ impl<J, R> Inner<J, R> {
             return;
         };
         let slot = &self.slots[k];
+        // Acquire: pairs with the worker's Release store of `current`, so its
+        // `started` is seen.
         let started = slot.current.load(Ordering::Acquire);
         let mut requeue = Vec::new();
         for (n, (id, frame)) in w.in_flight.drain(..).enumerate() {
@@ -1170,7 +1166,7 @@ fn worker_main<J, R>(
         out.clear();
         out.extend_from_slice(&id.to_le_bytes());
         if timed {
-            slot.started.store(mono_ns(), Ordering::Relaxed);
+            slot.started.store(crate::sys::mono_ns(), Ordering::Relaxed);
         }
         // Release: pairs with the owner's Acquire load of `current` (in `retire` and the
         // timeout checks), which then sees this job's start time.

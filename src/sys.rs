@@ -31,6 +31,13 @@ fn monotonic_now() -> libc::timespec {
     ts
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process, so a time one process stores
+/// in shared memory can be compared with another's.
+pub fn mono_ns() -> u64 {
+    let t = monotonic_now();
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 impl Deadline {
     /// `timeout` from now; saturates far in the future (a timeout of `Duration::MAX` works).
     pub fn after(timeout: Duration) -> Deadline {
