@@ -71,15 +71,18 @@ pub mod __loom {
 
     /// The typed channels' fast send path: `false` if it does not apply right now.
     pub fn push_fixed(p: &Producer, msg: &[u8]) -> bool {
-        // SAFETY: `msg` is readable for `msg.len()` bytes.
-        unsafe { p.try_push_contiguous(msg.as_ptr(), msg.len()) }
+        // SAFETY: `msg` is readable for `msg.len()` bytes, which is at most the largest
+        // message (checked).
+        msg.len() <= p.max_message_len()
+            && unsafe { p.try_push_contiguous(msg.as_ptr(), msg.len()) }
     }
 
     /// The typed channels' fast receive path: `false` unless a message of exactly
     /// `out.len()` bytes was taken.
     pub fn pop_fixed(c: &Consumer, out: &mut [u8]) -> bool {
-        // SAFETY: `out` is writable for `out.len()` bytes.
-        unsafe { c.try_pop_exact(out.as_mut_ptr(), out.len()) }
+        // SAFETY: `out` is writable for `out.len()` bytes, at most the largest message
+        // (checked).
+        out.len() <= c.max_message_len() && unsafe { c.try_pop_exact(out.as_mut_ptr(), out.len()) }
     }
 }
 

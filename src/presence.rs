@@ -77,6 +77,18 @@ mod loom_stub {
     pub(crate) fn check(_: PresenceRef) -> Liveness {
         Liveness::Alive
     }
+    #[derive(Clone, Copy)]
+    pub(crate) enum Resolved {
+        Unknown,
+    }
+    pub(crate) fn resolve(_: PresenceRef) -> Resolved {
+        Resolved::Unknown
+    }
+    impl Resolved {
+        pub(crate) fn check(self) -> Liveness {
+            Liveness::Alive
+        }
+    }
     pub(crate) fn arm(_: PresenceRef) -> Option<(&'static FutexWord, u32)> {
         None
     }
@@ -139,7 +151,7 @@ mod native {
     /// follows only private memory from its anchor through the presence word, so no other
     /// process can steer or stop it there.
     #[repr(C, align(64))]
-    struct Slot {
+    pub(crate) struct Slot {
         gen_: crate::sync::AtomicU32,
         bell: FutexWord,
         /// The CPU (plus one; 0 unknown) the holder last started waiting on (a hint).
@@ -157,6 +169,19 @@ mod native {
     };
 
     impl Slot {
+        /// A slot outside the table whose word reads `word` forever (see `Resolved`).
+        const fn stand_in(word: u32) -> Slot {
+            Slot {
+                gen_: crate::sync::AtomicU32::new(0),
+                bell: FutexWord::new(0),
+                cpu: crate::sync::AtomicU32::new(0),
+                _pad: [0; 5],
+                word: FutexWord::new(word),
+                _gap: [0; 5],
+                _prev: std::sync::atomic::AtomicUsize::new(0),
+            }
+        }
+
         /// The slot's robust-list entry: 32 bytes after the word, at the start of the page
         /// after the slot's shared page (private in the holder, after `take`).
         fn entry(&self) -> &std::sync::atomic::AtomicUsize {
@@ -367,20 +392,46 @@ mod native {
     /// either here or by the wake-up `take` sends.
     #[inline]
     pub(crate) fn check(r: PresenceRef) -> Liveness {
+        resolve(r).check()
+    }
+
+    /// A `PresenceRef` looked up once: the slot it names (in this process's own mapping of
+    /// the table, an address we computed, never one read from shared memory) and the
+    /// generation. Endpoints keep one for their peer's owner, so the check on every message is
+    /// two loads and a compare instead of a table lookup. A reference to no owner resolves to a
+    /// private slot that always reads alive, one that names no slot to one that always reads
+    /// dead, so the check has no other case.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Resolved(&'static Slot, u32);
+
+    /// The stand-in slots of `Resolved`: private to this process, never written, never linked.
+    static ALWAYS_ALIVE: Slot = Slot::stand_in(1);
+    static ALWAYS_DEAD: Slot = Slot::stand_in(FUTEX_OWNER_DIED);
+
+    pub(crate) fn resolve(r: PresenceRef) -> Resolved {
         if r.0 == 0 {
-            return Liveness::Alive;
+            return Resolved(&ALWAYS_ALIVE, 0);
         }
-        let Some((s, g)) = split(r) else {
-            return Liveness::Dead;
-        };
-        let w = s.word.load(Ordering::SeqCst);
-        if s.gen_.load(Ordering::SeqCst) != g
-            || w & FUTEX_OWNER_DIED != 0
-            || w & FUTEX_TID_MASK == 0
-        {
-            Liveness::Dead
-        } else {
-            Liveness::Alive
+        match split(r) {
+            Some((s, g)) => Resolved(s, g),
+            None => Resolved(&ALWAYS_DEAD, 0),
+        }
+    }
+
+    impl Resolved {
+        /// Whether the owner is alive now.
+        #[inline]
+        pub(crate) fn check(self) -> Liveness {
+            let Resolved(s, g) = self;
+            let w = s.word.load(Ordering::SeqCst);
+            if s.gen_.load(Ordering::SeqCst) != g
+                || w & FUTEX_OWNER_DIED != 0
+                || w & FUTEX_TID_MASK == 0
+            {
+                Liveness::Dead
+            } else {
+                Liveness::Alive
+            }
         }
     }
 

@@ -58,6 +58,16 @@ pub struct ByteReceiver {
 impl ByteSender {
     #[inline]
     fn put(&self, msg: &[u8], mode: Mode<'_>) -> Result<(), SendTimeoutError<(), TooLarge>> {
+        if self.core.try_push_fast(msg) {
+            return Ok(());
+        }
+        self.put_slow(msg, mode)
+    }
+
+    /// The general path: wrap-around, a full ring, a disconnect, a refusal, not the owner.
+    #[cold]
+    #[inline(never)]
+    fn put_slow(&self, msg: &[u8], mode: Mode<'_>) -> Result<(), SendTimeoutError<(), TooLarge>> {
         let mut r = self.core.reserve(msg.len(), mode)?;
         r.r.write(msg);
         r.commit();
@@ -194,6 +204,11 @@ impl ByteReceiver {
         mode: Mode<'_>,
         f: impl FnOnce(&ReadGuard<'_>) -> R,
     ) -> Result<R, RecvTimeoutError> {
+        if self.core.own.owned()
+            && let Some(g) = self.core.c.try_read_fast()
+        {
+            return Ok(f(&g));
+        }
         let g = self.core.read(mode)?;
         Ok(f(&g))
     }

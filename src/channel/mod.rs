@@ -225,6 +225,20 @@ impl TxCore {
         self.own.owned()
     }
 
+    /// The fast path of a send of `msg` as one record: copies it in and commits if this
+    /// process owns the end, no reservation is alive, it fits (in length, before the end of the
+    /// data area, in free space) and the channel is open. `false` (nothing done) otherwise: the
+    /// caller takes the general path, which pads, waits, and reports.
+    #[inline]
+    pub(crate) fn try_push_fast(&self, msg: &[u8]) -> bool {
+        self.own.owned()
+            && !self.reserved.get()
+            && msg.len() <= self.p.max_message_len()
+            // SAFETY: `msg` is readable for `msg.len()` bytes, at most the largest message
+            // (checked just above).
+            && unsafe { self.p.try_push_contiguous(msg.as_ptr(), msg.len()) }
+    }
+
     /// Reserves room for `len` bytes, per `mode`. The widest error of a send: `Timeout` when
     /// there is no room within the time allowed (for `Mode::Try`: none), `Disconnected`,
     /// `Refused` when `len` can never fit. Each send method narrows it to its own type.

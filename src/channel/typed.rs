@@ -149,7 +149,8 @@ impl<T: Plain> Sender<T> {
         // `T: NoUninit`: every byte of `msg` is initialised, so no stale memory of this process
         // reaches the peer.
         let src = bytemuck::bytes_of(&msg);
-        // SAFETY: `src` is readable for `size_of::<T>()` bytes (it is `msg`'s bytes).
+        // SAFETY: `src` is readable for `size_of::<T>()` bytes (it is `msg`'s bytes), which is at
+        // most the ring's largest message (`channel` sized the ring with `cap_for_messages`).
         if self.core.owned() && unsafe { self.core.p.try_push_contiguous(src.as_ptr(), src.len()) }
         {
             return Ok(());
@@ -233,7 +234,8 @@ impl<T: Plain> Receiver<T> {
     /// into `v` (private memory), releases it and returns `true`.
     #[inline]
     fn pop_fast(&self, v: &mut MaybeUninit<T>) -> bool {
-        // SAFETY: `v` is writable for `size_of::<T>()` bytes.
+        // SAFETY: `v` is writable for `size_of::<T>()` bytes, at most the ring's largest message
+        // (`channel` sized the ring with `cap_for_messages`).
         self.core.own.owned()
             && unsafe {
                 self.core

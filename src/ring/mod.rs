@@ -326,6 +326,7 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
             tail: Cell::new(0),
             head_seen: Cell::new(0),
             zeroed_slot: Cell::new(u64::MAX),
+            fast_end: Cell::new(0),
         },
         Consumer {
             end: End::new(&mem),
@@ -378,6 +379,11 @@ pub struct Producer {
     /// has written since; `u64::MAX` when none. A commit whose following slot is this one need
     /// not clear it.
     zeroed_slot: Cell<u64>,
+    /// How far the fast path may place a record (its end position) without looking at shared
+    /// memory: `min(end of tail's lap, head_seen + cap - HDR)`. Recomputed by `refresh_fast_end`
+    /// when a record does not fit below it; only ever an underestimate of the room (`tail`
+    /// and `head_seen` only grow), so a stale value costs a refresh, never an overrun.
+    fast_end: Cell<u64>,
 }
 
 /// Reserved, not yet committed space for one message. Dropping it commits nothing.
@@ -401,6 +407,10 @@ pub struct End {
     hdr: NonNull<RingHeader>,
     policy: Cell<WaitPolicy>,
     broken: Cell<Option<DisconnectReason>>,
+    /// The peer side's `owner` word as last read, and its presence slot looked up (see
+    /// `peer_owner_alive`). Private; starts as "no owner", which `resolve` maps to `Unknown`.
+    seen_owner: Cell<u64>,
+    seen_slot: Cell<presence::Resolved>,
 }
 
 // SAFETY: `hdr` points into the mapping that `mem` keeps alive; the header is atomics only.
@@ -415,6 +425,8 @@ impl End {
             hdr: mem.hdr,
             policy: Cell::new(WaitPolicy::default()),
             broken: Cell::new(None),
+            seen_owner: Cell::new(0),
+            seen_slot: Cell::new(presence::resolve(PresenceRef::NONE)),
         }
     }
 
@@ -444,6 +456,34 @@ impl End {
     /// Why this end gave up on the ring, if it did.
     pub(crate) fn broken(&self) -> Option<DisconnectReason> {
         self.broken.get()
+    }
+
+    /// Whether the owner of `peer` (the other side's state) is alive: `SideState::owner_alive`,
+    /// with the lookup of the owner's presence slot cached. On every message: one load of the
+    /// `owner` word and, while it holds the value seen last time, two loads of the slot we
+    /// looked up then (the same answer `presence::check` gives: the lookup is a pure function
+    /// of the value, computed in this process). Any change, and any death seen, takes the full
+    /// path, which re-reads `owner` to tell a hand-over from a death.
+    #[inline]
+    fn peer_owner_alive(&self, peer: &SideState) -> bool {
+        if peer.owner.load(Ordering::SeqCst) == self.seen_owner.get()
+            && self.seen_slot.get().check() == Liveness::Alive
+        {
+            return true;
+        }
+        self.peer_owner_alive_slow(peer)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn peer_owner_alive_slow(&self, peer: &SideState) -> bool {
+        let alive = peer.owner_alive();
+        if alive {
+            let o = peer.owner.load(Ordering::SeqCst);
+            self.seen_owner.set(o);
+            self.seen_slot.set(presence::resolve(PresenceRef(o)));
+        }
+        alive
     }
 }
 
@@ -539,35 +579,84 @@ impl Producer {
     /// takes the general path, which pads, waits and reports.
     ///
     /// # Safety
-    /// `src` must be readable for `len` bytes.
-    #[inline]
+    /// `src` must be readable for `len` bytes, and `len <= max_message_len(cap)` (a typed
+    /// channel's ring is sized so that its message always is).
+    #[inline(always)]
     pub(crate) unsafe fn try_push_contiguous(&self, src: *const u8, len: usize) -> bool {
-        let cap = self.data.cap();
+        // Everything read into locals first: the `Cell`s in `self` may alias the shared stores
+        // below as far as the compiler knows, and would be re-read after each.
+        let data = self.data;
+        let fast_end = self.fast_end.get();
         let tail = self.tail.get();
-        let idx = (tail as usize) & (cap - 1);
-        let rec = record_size(len);
-        if rec > cap - idx
-            || len > max_message_len(cap)
-            || tail - self.head_seen.get() + (rec + HDR) as u64 > cap as u64
-            || self.broken.get().is_some()
+        debug_assert!(len <= max_message_len(data.cap()));
+        let rec = record_size(len) as u64;
+        let end = tail + rec;
+        if end > fast_end {
+            return self.refresh_fast_end(end) && self.push_after_refresh(src, len);
+        }
+        if self.broken.get().is_some()
             || self.hdr().rx.closed.load(Ordering::Relaxed) != OPEN
             || !self.peer_alive()
         {
             return false;
         }
-        // SAFETY: `idx + HDR + len <= idx + rec <= cap` (checked above), and the space is free
-        // (`room` accounting); `src` is readable for `len` bytes (caller).
-        unsafe { self.data.write_raw(idx + HDR, src, len) };
-        // As in `commit`: clear the following header, then publish with one Release store.
-        self.clear_slot(tail + rec as u64);
+        let idx = (tail as usize) & (data.cap() - 1);
+        // SAFETY: `end <= fast_end <= end of tail's lap`, so `idx + HDR + len <= cap`: the
+        // payload is inside the data area; it is free space (`fast_end <= head_seen + cap - HDR`);
+        // `src` is readable for `len` bytes (caller).
+        unsafe { data.write_raw(idx + HDR, src, len) };
+        // As in `commit`: the following header must read "empty" before the record is visible.
+        // It does already if we cleared it ahead of time (below, one message ago).
+        if end != self.zeroed_slot.get() {
+            data.clear_header((end as usize) & (data.cap() - 1));
+        }
         // Release: pairs with the consumer's Acquire load of this header.
-        self.data
-            .header(idx)
+        data.header(idx)
             .store(KIND_MSG << 32 | len as u64, Ordering::Release);
-        self.tail.set(tail + rec as u64);
+        self.tail.set(end);
         self.notify_consumer();
-        self.clear_ahead(tail + 2 * rec as u64);
+        // Clear the header that will follow the *next* record of this size, if that slot is
+        // free (`next <= fast_end` implies `next + HDR <= head_seen + cap`: what it held in the
+        // previous lap has been consumed). Stores become visible in order, so clearing it at
+        // the next commit, when it lies in a cache line the consumer still holds, would hold
+        // that commit back by a cross-core ownership transfer; done one message early, the
+        // transfer is off the critical path. Ordered before the next commit by its Release
+        // store.
+        let next = end + rec;
+        if next <= fast_end {
+            data.clear_header((next as usize) & (data.cap() - 1));
+            self.zeroed_slot.set(next);
+        }
         true
+    }
+
+    /// `try_push_contiguous` once more after `refresh_fast_end` made room (out of line: the
+    /// fast path stays small).
+    #[cold]
+    #[inline(never)]
+    fn push_after_refresh(&self, src: *const u8, len: usize) -> bool {
+        // SAFETY: forwarded from our caller's contract. The retry takes the fast branch: the
+        // record fits below the new `fast_end`.
+        unsafe { self.try_push_contiguous(src, len) }
+    }
+
+    /// Recomputes `fast_end` (reading the consumer's position) and says whether a record
+    /// ending at `end` now fits without wrapping. `false` also for a corrupt position (the
+    /// general path reports it).
+    #[cold]
+    #[inline(never)]
+    fn refresh_fast_end(&self, end: u64) -> bool {
+        let cap = self.data.cap() as u64;
+        let tail = self.tail.get();
+        let lap_end = (tail | (cap - 1)) + 1;
+        // `room` re-reads the consumer's position only if the record (and the 8 bytes kept
+        // free after it) does not fit in what we last saw.
+        if end > lap_end || !matches!(self.room((end - tail) as usize + HDR), Ok(true)) {
+            return false;
+        }
+        let fast_end = lap_end.min(self.head_seen.get() + cap - HDR as u64);
+        self.fast_end.set(fast_end);
+        end <= fast_end
     }
 
     /// Makes the header slot at position `pos` read "empty", unless it is known to already.
@@ -576,23 +665,6 @@ impl Producer {
         if pos != self.zeroed_slot.get() {
             self.data
                 .clear_header((pos as usize) & (self.data.cap() - 1));
-        }
-    }
-
-    /// After a fixed-size commit: clear the slot that will follow the *next* record of the same
-    /// size, if it is free. Stores become visible in order, so clearing it at the next commit,
-    /// when it lies in a cache line the consumer still holds, would hold that commit back by a
-    /// cross-core ownership transfer; done one message early, the transfer is off the critical
-    /// path. (One store per message either way.) Ordered before the next commit by its Release
-    /// store.
-    #[inline]
-    fn clear_ahead(&self, pos: u64) {
-        let cap = self.data.cap();
-        // Free: what the slot held in the previous lap has been consumed (`head_seen` is a lower
-        // bound of the consumer's position).
-        if pos + HDR as u64 - self.head_seen.get() <= cap as u64 {
-            self.data.clear_header((pos as usize) & (cap - 1));
-            self.zeroed_slot.set(pos);
         }
     }
 
@@ -641,7 +713,7 @@ impl Producer {
     /// succeeds after the receiver's death has been observed.
     #[inline]
     pub(crate) fn peer_alive(&self) -> bool {
-        self.hdr().rx.owner_alive()
+        self.end.peer_owner_alive(&self.hdr().rx)
     }
 
     /// Marks the producer side closed and wakes the consumer. `panicking`: the endpoint is
@@ -809,31 +881,62 @@ impl Consumer {
         hdr.tx.wake_if_asleep();
     }
 
+    /// The fast path of a receive: the next record if it is a committed message that passes
+    /// `try_read`'s checks (kind, length, bounds); `None` for anything else (empty, padding,
+    /// a broken ring, a bad header), which the caller leaves to `try_read` / `read` to wait for,
+    /// skip or report. Changes nothing.
+    #[inline(always)]
+    pub(crate) fn try_read_fast(&self) -> Option<ReadGuard<'_>> {
+        let data = self.data;
+        let cap = data.cap();
+        let pos = self.head.get();
+        let idx = (pos as usize) & (cap - 1);
+        // Acquire: pairs with the producer's Release store in `commit` / `try_push_contiguous`.
+        let h = data.header(idx).load(Ordering::Acquire);
+        let len = (h & 0xffff_ffff) as usize;
+        if h >> 32 != KIND_MSG
+            || len > max_message_len(cap)
+            || idx + record_size(len) > cap
+            || self.broken.get().is_some()
+        {
+            return None;
+        }
+        Some(ReadGuard {
+            c: self,
+            at: idx + HDR,
+            len,
+            end: pos + record_size(len) as u64,
+        })
+    }
+
     /// The fast path of fixed-size messages: if the next record is a committed message of
     /// exactly `len` bytes, copies it to `dst`, releases it and returns `true`. Anything else
     /// (empty, padding, another length, a broken ring) returns `false` and changes nothing;
     /// the caller then takes the general path, which validates and reports.
     ///
     /// # Safety
-    /// `dst` must be writable for `len` bytes.
+    /// `dst` must be writable for `len` bytes, and `len <= max_message_len(cap)`.
     #[inline]
     pub(crate) unsafe fn try_pop_exact(&self, dst: *mut u8, len: usize) -> bool {
-        let cap = self.data.cap();
+        let data = self.data;
         let pos = self.head.get();
-        let idx = (pos as usize) & (cap - 1);
+        let idx = (pos as usize) & (data.cap() - 1);
         let rec = record_size(len);
         // Acquire: pairs with the producer's Release store in `commit` / `try_push_contiguous`.
-        let h = self.data.header(idx).load(Ordering::Acquire);
+        let h = data.header(idx).load(Ordering::Acquire);
+        // The header is exactly the one a message of `len` bytes has, and the record lies
+        // inside the data area (a header written anywhere else comes from a scribbling peer).
+        // `len` is at most the maximum message length (caller), so the general path's length
+        // check holds too.
         if h != (KIND_MSG << 32 | len as u64)
-            || rec > cap - idx
-            || len > max_message_len(cap)
+            || idx + rec > data.cap()
             || self.broken.get().is_some()
         {
             return false;
         }
         // SAFETY: the record lies inside the data area (`idx + rec <= cap`, checked above) and
         // is committed; `dst` is writable for `len` bytes (caller).
-        unsafe { self.data.read_raw(idx + HDR, dst, len) };
+        unsafe { data.read_raw(idx + HDR, dst, len) };
         self.release(pos + rec as u64);
         true
     }
@@ -941,7 +1044,7 @@ impl Consumer {
 
     /// Whether the producer side's owner is alive (see [`SideState::owner_alive`]).
     pub(crate) fn peer_alive(&self) -> bool {
-        self.hdr().tx.owner_alive()
+        self.end.peer_owner_alive(&self.hdr().tx)
     }
 
     /// Whether the producer closed its side.
@@ -1052,6 +1155,88 @@ mod tests {
         assert_eq!(record_size(8), 16);
         assert_eq!(record_size(9), 24);
         assert_eq!(max_message_len(64), 16);
+    }
+
+    /// The fast paths (`try_push_contiguous`, `try_read_fast`, `try_pop_exact`) mixed with the
+    /// general ones, with lengths that change from message to message, over many laps of a
+    /// small ring: the header cleared ahead by a fast push for a next record of the same size
+    /// must never be trusted once a record of another size covers it.
+    #[test]
+    fn fast_paths_with_mixed_lengths_keep_content_and_order() {
+        let (p, c) = ring(256).unwrap();
+        let max = max_message_len(256);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut sent, mut got, mut turn) = (0u64, 0u64, 0u64);
+        let mut queue = std::collections::VecDeque::new();
+        let mut out = vec![0u8; max];
+        for round in 0.. {
+            if got == 200_000 {
+                break;
+            }
+            assert!(
+                round < 2_000_000,
+                "no progress: {got} received, {sent} sent"
+            );
+            // Produce a burst, mostly of one length, sometimes another.
+            for _ in 0..next(6) {
+                let len = if next(4) == 0 {
+                    next(max as u64 + 1) as usize
+                } else {
+                    24
+                };
+                let msg: Vec<u8> = (0..len).map(|k| (sent as usize + k) as u8).collect();
+                // SAFETY: `msg` is readable for `len <= max` bytes.
+                let fast = unsafe { p.try_push_contiguous(msg.as_ptr(), len) };
+                if !fast {
+                    match p.try_reserve(len) {
+                        Ok(mut r) => {
+                            r.write(&msg);
+                            r.commit();
+                        }
+                        Err(RingError::WouldBlock) => break,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                queue.push_back(msg);
+                sent += 1;
+            }
+            // Consume some, by each of the three read paths in turn.
+            for _ in 0..next(6) {
+                let Some(want) = queue.front() else {
+                    // Caught up: the header after the last record must read empty, whatever
+                    // the slot held in an earlier lap.
+                    assert!(c.try_read_fast().is_none(), "phantom message after {got}");
+                    assert!(matches!(c.try_read(), Err(RingError::WouldBlock)));
+                    break;
+                };
+                turn += 1;
+                let ok = match turn % 3 {
+                    0 => c.try_read_fast().map(|g| {
+                        g.read_into(&mut out[..g.len()]);
+                        g.len()
+                    }),
+                    // SAFETY: `out` is writable for `max` bytes, `want.len() <= max`.
+                    1 if unsafe { c.try_pop_exact(out.as_mut_ptr(), want.len()) } => {
+                        Some(want.len())
+                    }
+                    _ => c.try_read().ok().map(|g| {
+                        g.read_into(&mut out[..g.len()]);
+                        g.len()
+                    }),
+                };
+                let Some(len) = ok else { continue };
+                assert_eq!(&out[..len], &want[..], "message {got}");
+                queue.pop_front();
+                got += 1;
+            }
+        }
+        assert!(c.broken().is_none() && p.broken().is_none());
     }
 
     #[test]
