@@ -42,8 +42,12 @@ def payload(size):
     return bytearray(((i * 131) >> 3) & 0xFF for i in range(size))
 
 
+# The harness's self-test: PEERS_CORRUPT_SEQ=k stamps message k wrongly.
+CORRUPT_SEQ = int(os.environ.get("PEERS_CORRUPT_SEQ", "-1"))
+
+
 def stamp(buf, seq):
-    struct.pack_into("<Q", buf, 0, seq)
+    struct.pack_into("<Q", buf, 0, seq ^ 1 if seq == CORRUPT_SEQ else seq)
     if len(buf) >= 16:
         struct.pack_into("<Q", buf, len(buf) - 8, ~seq & MASK)
 

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_setaffinity};
@@ -165,11 +165,26 @@ pub fn reap(pid: Pid) -> Result<(), String> {
     result
 }
 
-/// Kills and reaps `pid` after a failed measurement, and returns the measurement's error with
-/// the child's fate appended.
+/// How long a failed measurement waits for its child to exit by itself (and say why) before
+/// killing it.
+const FAILED_CHILD_GRACE: Duration = Duration::from_secs(2);
+
+/// Reaps `pid` after a failed measurement (killing it if it has not exited within
+/// [`FAILED_CHILD_GRACE`]), and returns the measurement's error with the child's fate appended.
 pub fn kill_and_reap(pid: Pid, err: String) -> String {
-    let _ = signal::kill(pid, Signal::SIGKILL);
-    let status = waitpid(pid, None);
+    let deadline = Instant::now() + FAILED_CHILD_GRACE;
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = signal::kill(pid, Signal::SIGKILL);
+                break waitpid(pid, None);
+            }
+            other => break other,
+        }
+    };
     set_current_child(0);
     format!("{err} (child {pid}: {status:?})")
 }
@@ -195,8 +210,13 @@ pub fn reap_forkipc(mut child: forkipc::Child) -> Result<(), String> {
 
 /// Kills and reaps a forkipc child after a failed measurement (see [`kill_and_reap`]).
 pub fn kill_and_reap_forkipc(mut child: forkipc::Child, err: String) -> String {
-    let _ = child.kill();
-    let status = child.wait();
+    let status = match child.wait_timeout(FAILED_CHILD_GRACE) {
+        Ok(Some(status)) => Ok(status),
+        _ => {
+            let _ = child.kill();
+            child.wait()
+        }
+    };
     set_current_child(0);
     format!("{err} (forkipc child {}: {status:?})", child.id())
 }
@@ -265,11 +285,34 @@ pub fn payload(size: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The message number that [`stamp`] stamps wrongly, from `PEERS_CORRUPT_SEQ` (none: never):
+/// a self-test showing that a broken transport fails the run instead of reporting a figure.
+static CORRUPT_SEQ: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Reads `PEERS_CORRUPT_SEQ`. Call once, at start.
+pub fn read_corrupt_seq() -> Result<(), String> {
+    if let Some(v) = std::env::var_os("PEERS_CORRUPT_SEQ") {
+        let v = v.to_string_lossy();
+        let seq = v
+            .parse::<u64>()
+            .map_err(|e| format!("PEERS_CORRUPT_SEQ={v}: {e}"))?;
+        // Relaxed: set before any fork, read by this process and its children.
+        CORRUPT_SEQ.store(seq, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Writes `seq` into the first 8 bytes of `msg` and, for messages of 16 bytes or more, its
 /// complement into the last 8 (a torn or short message fails one of the two checks).
 #[inline]
 pub fn stamp(msg: &mut [u8], seq: u64) {
-    msg[..8].copy_from_slice(&seq.to_le_bytes());
+    // Relaxed: see `read_corrupt_seq`.
+    let head = if seq == CORRUPT_SEQ.load(Ordering::Relaxed) {
+        seq ^ 1
+    } else {
+        seq
+    };
+    msg[..8].copy_from_slice(&head.to_le_bytes());
     let n = msg.len();
     if n >= 16 {
         msg[n - 8..].copy_from_slice(&(!seq).to_le_bytes());

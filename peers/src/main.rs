@@ -242,6 +242,7 @@ fn run() -> Result<(), String> {
     let opts = options()?;
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     install_watchdog()?;
+    harness::read_corrupt_seq()?;
     pin_to_cpu(PARENT_CPU)?;
 
     let systems: Vec<System> = System::ALL
