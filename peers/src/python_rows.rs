@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use crate::harness::set_python;
 
+/// The running helper. Dropped without [`Python::stop`] (a failed run), it is killed and
+/// reaped.
 pub struct Python {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     /// The helper's first line: "ready python 3.x.y".
     pub version: String,
@@ -31,7 +33,7 @@ impl Python {
         };
         let mut py = Python {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout: BufReader::new(stdout),
             version: String::new(),
         };
@@ -54,8 +56,9 @@ impl Python {
 
     /// One measurement: `kind` is "rtt" or "stream"; returns the time of the `n` timed messages.
     pub fn measure(&mut self, kind: &str, size: usize, n: u64) -> Result<Duration, String> {
-        writeln!(self.stdin, "{kind} {size} {n}")
-            .and_then(|()| self.stdin.flush())
+        let stdin = self.stdin.as_mut().ok_or("python helper stopped")?;
+        writeln!(stdin, "{kind} {size} {n}")
+            .and_then(|()| stdin.flush())
             .map_err(|e| format!("python helper: {e}"))?;
         let line = self.line()?;
         match line.strip_prefix("ok ") {
@@ -68,17 +71,24 @@ impl Python {
     }
 
     /// Closes the helper's stdin (it exits) and reaps it.
-    pub fn stop(self) -> Result<(), String> {
-        let Python {
-            mut child, stdin, ..
-        } = self;
-        drop(stdin);
-        let status = child.wait().map_err(|e| e.to_string())?;
+    pub fn stop(mut self) -> Result<(), String> {
+        drop(self.stdin.take());
+        let status = self.child.wait().map_err(|e| e.to_string())?;
         set_python(0);
         if status.success() {
             Ok(())
         } else {
             Err(format!("python helper exited with {status}"))
+        }
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            set_python(0);
         }
     }
 }
