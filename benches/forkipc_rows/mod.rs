@@ -19,7 +19,8 @@ use std::hint::black_box;
 use forkipc::{WaitPolicy, byte_channel, channel, duplex};
 
 use crate::baselines::{
-    FUTEX_RTT, MEMCPY_1MIB, PIPE_RTT, RING_1MIB, RING_64B, SOCKET_RTT, SPIN_RTT,
+    FUTEX_RTT, LAMPORT_64B, MEMCPY_1MIB, PIPE_RTT, RING_1MIB, SOCKET_RTT, SPIN_RTT,
+    STREAM_CAPACITIES,
 };
 use crate::support::{
     CHILD_CPU, Gate, Row, Session, Unit, fork_ipc, iters, ns_per_op, per_sec, reap_child, rounds,
@@ -30,8 +31,18 @@ use crate::support::{
 pub const ADAPTIVE_RTT: &str = "forkipc channel<u64> RTT, Adaptive(50 µs)";
 pub const BLOCK_RTT: &str = "forkipc channel<u64> RTT, Block";
 pub const SPIN_POLICY_RTT: &str = "forkipc channel<u64> RTT, Spin";
-pub const TYPED_64B: &str = "forkipc channel<[u8; 64]>, 64 B msgs";
-pub const BYTES_64B: &str = "forkipc byte_channel, 64 B msgs";
+/// `channel::<[u8; 64]>(capacity)` at each of [`STREAM_CAPACITIES`].
+pub const TYPED_64B: [&str; 3] = [
+    "forkipc channel<[u8; 64]>(64)",
+    "forkipc channel<[u8; 64]>(1024)",
+    "forkipc channel<[u8; 64]>(4096)",
+];
+/// A `byte_channel` with the data area of the typed channel of the same capacity.
+pub const BYTES_64B: [&str; 3] = [
+    "forkipc byte_channel, 64 B msgs, for 64",
+    "forkipc byte_channel, 64 B msgs, for 1024",
+    "forkipc byte_channel, 64 B msgs, for 4096",
+];
 pub const COPY_1MIB: &str = "forkipc byte_channel 1 MiB, send + recv_into";
 pub const ZERO_COPY_1MIB: &str = "forkipc byte_channel 1 MiB, zero-copy";
 
@@ -41,17 +52,8 @@ const MIB: usize = 1 << 20;
 /// ring keeps the few cache lines it cycles through hot.
 const RTT_CAPACITY: usize = 16;
 
-/// Data-area bytes of the 64 B stream rings: the same 64 KiB as the minimal ring's 1024 slots
-/// of 64 B (forkipc stores 72 B per 64 B message, its 8-byte header included, so this holds
-/// about 900 messages).
-const STREAM_64B_RING: usize = 64 << 10;
-
-/// The typed channel capacity that gets a [`STREAM_64B_RING`]-byte data area: a capacity of
-/// `n` asks for `(n + 1) * 72 + 8` bytes, rounded up to a power of two.
-const TYPED_64B_CAPACITY: usize = 900;
-
 /// Data-area bytes of the 1 MiB rings: room for 3 messages of 1 MiB (the largest message is
-/// half the area minus 16 bytes), against the minimal ring's 4 slots.
+/// half the area minus 16 bytes), against the Lamport ring's 4 slots.
 const STREAM_1MIB_RING: usize = 4 << 20;
 
 /// Round trips: forkipc with each wait policy, against the spin and futex ping-pongs.
@@ -74,16 +76,25 @@ pub fn rtt() -> Vec<Session> {
     ]
 }
 
-/// 64 B message streams, against the minimal ring.
+/// 64 B message streams at each compared capacity, against the Lamport ring of that many
+/// slots.
 pub fn msgs_64b() -> Vec<Session> {
-    let msgs = |name| Row::new(name, Unit::MsgsPerSec).vs(RING_64B);
-    vec![
-        typed_64b_msgs_per_sec(msgs(TYPED_64B)),
-        bytes_64b_msgs_per_sec(msgs(BYTES_64B)),
-    ]
+    let msgs = |name, base| Row::new(name, Unit::MsgsPerSec).vs(base);
+    let mut v = Vec::new();
+    for (k, cap) in STREAM_CAPACITIES.into_iter().enumerate() {
+        v.push(typed_64b_msgs_per_sec(
+            msgs(TYPED_64B[k], LAMPORT_64B[k]),
+            cap,
+        ));
+        v.push(bytes_64b_msgs_per_sec(
+            msgs(BYTES_64B[k], LAMPORT_64B[k]),
+            cap,
+        ));
+    }
+    v
 }
 
-/// 1 MiB message streams, against the minimal ring and memcpy.
+/// 1 MiB message streams, against the Lamport ring and memcpy.
 pub fn mib() -> Vec<Session> {
     let bytes = |name| Row::new(name, Unit::BytesPerSec);
     vec![
@@ -138,17 +149,14 @@ fn channel_rtt(row: Row, policy: WaitPolicy, full_count: u64) -> Session {
 // ---------------------------------------------------------------------------------------------
 // 64 B streams
 
-/// A `channel::<[u8; 64]>` of 64 KiB from the child to the parent: the child sends messages
+/// A `channel::<[u8; 64]>(capacity)` from the child to the parent: the child sends messages
 /// stamped with their sequence number, as fast as the ring lets it; the parent times
 /// `iters(5M)` receives per repetition and checks every stamp. Messages per second.
-fn typed_64b_msgs_per_sec(row: Row) -> Session {
+/// (The channel holds *at least* `capacity` messages: its data area is a power of two, each
+/// message taking 72 bytes with its header; 64 asks for 8 KiB, which holds 112.)
+fn typed_64b_msgs_per_sec(row: Row, capacity: usize) -> Session {
     let n = iters(5_000_000);
-    let (tx, rx) = channel::<[u8; 64]>(TYPED_64B_CAPACITY).expect("channel");
-    let (_, _, data_bytes) = forkipc::__testing::typed_ring_memory(&rx);
-    assert_eq!(
-        data_bytes, STREAM_64B_RING,
-        "the typed 64 B ring should be the size of the byte ring and the minimal ring"
-    );
+    let (tx, rx) = channel::<[u8; 64]>(capacity).expect("channel");
     let gate = Gate::new();
     let child = fork_ipc(CHILD_CPU, tx, |tx| {
         let mut msg = [0xa5u8; 64];
@@ -178,12 +186,15 @@ fn typed_64b_msgs_per_sec(row: Row) -> Session {
     Session::new(row, rep, move || reap_child(child))
 }
 
-/// As [`typed_64b_msgs_per_sec`] with a 64 KiB `byte_channel`: `send(&[u8])` in the child,
-/// `recv_into` a reused `Vec` in the parent (no allocation per message). `iters(2M)` messages
-/// per repetition.
-fn bytes_64b_msgs_per_sec(row: Row) -> Session {
-    let n = iters(2_000_000);
-    let (tx, rx) = byte_channel(STREAM_64B_RING).expect("byte_channel");
+/// As [`typed_64b_msgs_per_sec`] with a `byte_channel` whose data area is that of
+/// `channel::<[u8; 64]>(capacity)`: `send(&[u8])` in the child, `recv_into` a reused `Vec` in
+/// the parent (no allocation per message). `iters(5M)` messages per repetition.
+fn bytes_64b_msgs_per_sec(row: Row, capacity: usize) -> Session {
+    let n = iters(5_000_000);
+    let (_, probe) = channel::<[u8; 64]>(capacity).expect("channel");
+    let (_, _, data_bytes) = forkipc::__testing::typed_ring_memory(&probe);
+    drop(probe);
+    let (tx, rx) = byte_channel(data_bytes).expect("byte_channel");
     let gate = Gate::new();
     let child = fork_ipc(CHILD_CPU, tx, |tx| {
         let mut msg = [0xa5u8; 64];
@@ -226,7 +237,7 @@ fn stamp(msg: &[u8]) -> u64 {
 // 1 MiB streams
 
 /// A 4 MiB `byte_channel` from the child to the parent, 1 MiB messages, copied at both ends
-/// like the minimal ring: the child `send`s a 1 MiB buffer (one copy in, after restamping its
+/// like the Lamport ring: the child `send`s a 1 MiB buffer (one copy in, after restamping its
 /// first 8 bytes), the parent `recv_into`s a reused 1 MiB `Vec` (one copy out) and checks the
 /// stamp and the length. `iters(2000)` messages per repetition. Bytes per second.
 fn copy_1mib_bytes_per_sec(row: Row) -> Session {

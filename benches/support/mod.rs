@@ -26,6 +26,8 @@
 //! The bench binary is single-threaded, so forking it is safe, and the child may allocate, lock
 //! and print like any process.
 
+pub mod probe;
+
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::hint::spin_loop;
@@ -108,17 +110,21 @@ impl Session {
 pub fn interleave(mut sessions: Vec<Session>) -> Vec<Row> {
     let k = sessions.len();
     let mut samples = vec![Vec::with_capacity(rounds()); k];
+    let mut readings = vec![Vec::with_capacity(rounds()); k];
     for round in 0..rounds() {
         for i in (0..k).map(|i| (i + round) % k) {
             arm_watchdog();
+            let before = probe::read();
             samples[i].push((sessions[i].rep)());
+            readings[i].push([before, probe::read()]);
         }
     }
     alarm::cancel();
     sessions
         .into_iter()
         .zip(&mut samples)
-        .map(|(session, samples)| {
+        .zip(readings)
+        .map(|((session, samples), readings)| {
             (session.finish)();
             if verbose() {
                 let all: Vec<String> = samples
@@ -126,9 +132,17 @@ pub fn interleave(mut sessions: Vec<Session>) -> Vec<Row> {
                     .map(|v| session.row.unit.format(*v))
                     .collect();
                 println!("{}: {}", session.row.name, all.join(", "));
+                let probes: Vec<String> = readings
+                    .iter()
+                    .map(|[a, b]| format!("{:.0}/{:.0} ns", a.rtt_ns, b.rtt_ns))
+                    .collect();
+                println!("  probe before/after: {}", probes.join(", "));
             }
+            let kept = samples[WARMUP_REPS..].to_vec();
             Row {
                 value: median(&mut samples[WARMUP_REPS..]),
+                samples: kept,
+                readings: readings[WARMUP_REPS..].to_vec(),
                 ..session.row
             }
         })
@@ -500,6 +514,11 @@ pub struct Row {
     pub unit: Unit,
     /// Names of the rows this row's value is divided by in the ratio column.
     pub ratio_to: Vec<&'static str>,
+    /// The measured repetitions (warm-up excluded), in round order: sample `r` of every row of
+    /// a group was taken in the same round, so ratios can be paired round by round.
+    pub samples: Vec<f64>,
+    /// The speed-mode probe's readings just before and just after each sample.
+    pub readings: Vec<[probe::Reading; 2]>,
 }
 
 impl Row {
@@ -510,6 +529,8 @@ impl Row {
             value: f64::NAN,
             unit,
             ratio_to: Vec::new(),
+            samples: Vec::new(),
+            readings: Vec::new(),
         }
     }
 
@@ -525,6 +546,16 @@ impl Row {
 pub struct Group {
     pub title: &'static str,
     pub rows: Vec<Row>,
+}
+
+impl Group {
+    /// How many of the group's repetitions saw the speed-mode probe move (before vs after),
+    /// out of how many.
+    pub fn switches(&self) -> (usize, usize) {
+        let all = self.rows.iter().flat_map(|r| &r.readings);
+        let moved = all.clone().filter(|[a, b]| !a.agrees(b)).count();
+        (moved, all.count())
+    }
 }
 
 /// Finds the row named `name` in any group.
@@ -629,4 +660,34 @@ pub fn describe_run() -> String {
             ""
         }
     )
+}
+
+/// The machine, for the header: CPU model, CPU count, kernel, date, load average.
+pub fn describe_machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    // Online CPUs, not this (pinned) thread's affinity.
+    // SAFETY: `sysconf` has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string());
+    let load = std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("machine: {model}, {cpus} CPUs, Linux {kernel}; {date}; load average {load}")
 }
