@@ -210,7 +210,8 @@ fn options() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: peers [--quick] [--reps N] [--only {}]\n  \
-                     --quick (or PEERS_QUICK=1): smoke run, output in target/peers-quick/",
+                     --quick (or PEERS_QUICK=1): smoke run, output in target/peers-quick/\n  \
+                     --only: a subset, output in target/peers-partial/",
                     System::ALL.map(System::key).join(",")
                 );
                 std::process::exit(0);
@@ -330,8 +331,13 @@ fn run() -> Result<(), String> {
     );
     print!("{tables}{footer}");
 
-    let (md_path, docs): (PathBuf, PathBuf) = if opts.quick {
-        let dir = crate_dir.join("target/peers-quick");
+    // Only a full run of every system replaces the published figures.
+    let (md_path, docs): (PathBuf, PathBuf) = if opts.quick || opts.only.is_some() {
+        let dir = crate_dir.join(if opts.quick {
+            "target/peers-quick"
+        } else {
+            "target/peers-partial"
+        });
         (dir.join("latest.md"), dir)
     } else {
         (
