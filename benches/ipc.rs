@@ -62,8 +62,10 @@ fn main() {
     for g in &groups {
         let (moved, all) = g.switches();
         println!(
-            "speed-mode probe, {}: moved by more than {:.0} % during {moved} of {all} repetitions",
+            "speed-mode probe, {}: cross-CPU spin round trip {:.0} ns (median); moved by more \
+             than {:.0} % during {moved} of {all} repetitions",
             g.title,
+            g.probe_rtt_ns(),
             support::probe::TOLERANCE * 100.0
         );
     }

@@ -556,6 +556,23 @@ impl Group {
         let moved = all.clone().filter(|[a, b]| !a.agrees(b)).count();
         (moved, all.count())
     }
+
+    /// The median of the probe's round trips over the group, in nanoseconds: which speed
+    /// mode the group ran in (about 100 ns in the fast one here, about 400 ns in the slow one,
+    /// where every transfer between the two CPUs is slower but a copy inside one CPU is not).
+    pub fn probe_rtt_ns(&self) -> f64 {
+        let mut all: Vec<f64> = self
+            .rows
+            .iter()
+            .flat_map(|r| &r.readings)
+            .flat_map(|[a, b]| [a.rtt_ns, b.rtt_ns])
+            .collect();
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            median(&mut all)
+        }
+    }
 }
 
 /// Finds the row named `name` in any group.
