@@ -4,64 +4,117 @@
 //!
 //! ```text
 //! owner process                                   worker k (forked by the owner)
-//!   queue: jobs not yet dispatched                  loop: recv job -> mark started -> work(job)
-//!   per worker: in-flight ids (oldest first),             -> send result -> mark idle
-//!               a byte duplex (jobs ->, <- results)
-//!   slots: AnonRegion [WorkerSlot; workers]  <-- shared -->  slots[k]: current job id, start time
+//!   queue: encoded job records not yet sent         loop: recv a job frame (a batch)
+//!   per worker: the frames in flight, and the          for each job: publish its id in the slot
+//!               first unreported job of each             -> work(job) -> append the result to
+//!   a byte duplex per worker (job frames ->,                its scratch (shared), publish its length
+//!                             <- result frames)        send the scratch as one result frame:
+//!                                                        at the end of the batch, when it is
+//!                                                        full, or when the owner sleeps
 //! ```
 //!
-//! Frames (little-endian): a job is `[id: u64][payload]`; a result is `[id: u64][kind: u8]
+//! Shared region (one per pool; zero-filled, so a fresh slot reads `current = 0`, which
+//! `spawn` replaces with `IDLE` before each fork):
+//!
+//! ```text
+//! offset 0                 Header   { waiting: u32 }                   (64 B, owner writes)
+//! offset 64 + 64 k         WorkerSlot { current: u64, started: u64,    (64 B each, worker k
+//!                                       pending: u64 }                   writes)
+//! offset 64 + 64 n + S k   scratch k: [u8; S], S = SCRATCH             (worker k writes)
+//! ```
+//!
+//! Frames (little-endian). A job frame is one or more records `[id: u64][len: u32][payload]`;
+//! a result frame (and a scratch) is one or more records `[id: u64][kind: u8][len: u32]
 //! [payload]`, kind 0 = the result, 1 = the job panicked (payload: the message, UTF-8), 2 = the
-//! job could not be decoded. Payloads are bytemuck bytes for plain data, postcard for serde
-//! types; every frame is decoded from a private copy and validated (a compromised worker can
-//! send anything: it gets at most a failed job).
+//! job could not be decoded or its result encoded. Payloads are bytemuck bytes for plain data,
+//! postcard for serde types. Every frame is decoded from a private copy and every length in it
+//! is checked (a compromised worker can send or scribble anything: it gets at most its own jobs
+//! failed or wrong).
 //!
 //! # Accounting: every job ends exactly once
 //!
-//! A worker runs its jobs one at a time, in dispatch order, and reports each before it takes
-//! the next. So when a worker dies, after draining what it sent, its in-flight list is: the job
-//! it was running (if its slot says it started it), then jobs it never started. The first fails
-//! with `WorkerDied(status)` (or `TimedOut` if the pool killed it), the others go back to the
-//! front of the queue, in order, for the other workers (or a replacement): none lost, none run
-//! twice. A result whose id is not the worker's oldest in-flight job is a protocol violation:
-//! the worker is killed and treated as dead.
+//! A worker runs the jobs it is sent one at a time, in dispatch order. Before it starts one it
+//! publishes the job's id in `current` (Release); after it finishes one it appends the result
+//! record to its scratch and publishes the scratch's length in `pending` (Release), before it
+//! looks at the next job. So a result is committed per job, in shared memory, even while the
+//! frame that will carry it is still being filled; the frame is only the way results travel
+//! while the worker lives (and its commit wakes a sleeping owner).
 //!
-//! Dispatch: a job goes to the idle worker first (no in-flight job), else to the worker with
-//! the fewest in flight, up to a window of [`WINDOW`] jobs each, so tiny jobs stream without a
-//! round trip per job while a slow job delays at most the few queued behind it on its worker.
+//! When a worker dies the owner reaps it first (so nothing writes its ring or scratch any
+//! more), then takes every result frame in its ring, then the records in its scratch (those
+//! already taken through the ring, if it died between sending a frame and clearing its
+//! scratch, are skipped). What is left in flight, oldest first, is: the job it was running, if
+//! `current` names it, then jobs it never started. The first fails with `WorkerDied(status)`
+//! (or `TimedOut` if the pool killed it for that job); the others go back to the front of the
+//! queue, in order, for the other workers or a replacement: none lost, none run twice. A result
+//! record whose id is not the worker's oldest unreported job is a protocol violation: the
+//! worker is killed and treated as dead.
 //!
-//! Waiting: the owner waits in a [`Select`] over every worker's result receiver (woken by a
-//! result, a close or a death), with a timeout at the earliest job deadline when
-//! `job_timeout` is set.
+//! A timeout kill must not hit the job after the one that timed out: the owner claims the
+//! worker by swapping `current` from the late job's id to `KILLED` (compare-and-swap), and a
+//! worker with a `job_timeout` moves `current` to its next job with a compare-and-swap too,
+//! which fails once the owner has claimed it: then it starts nothing more and waits to be
+//! killed. So a worker killed for a timeout has started no job after the late one, whose result
+//! counts if it was committed before the kill.
+//!
+//! # Batching and waking
+//!
+//! Dispatch sends a job frame of up to [`BATCH`] queued jobs to the least loaded worker (an idle
+//! one first), keeping at most [`WINDOW`] jobs in flight per worker and sharing the queue
+//! fairly among the workers, so tiny jobs cost one ring message per batch each way while a slow
+//! job delays at most the few jobs queued behind it on its worker.
+//!
+//! The owner spins briefly on the result rings, then sleeps in a [`Select`] over them (with a
+//! timeout at the earliest job deadline when `job_timeout` is set). Before it sleeps it sets
+//! `waiting` and runs the heavy side of the asymmetric barrier (`sync::barrier`); a worker
+//! reads `waiting` after each job, behind the light side, and sends its results at once when it
+//! is set. That is Dekker's handshake: either the worker sees `waiting`, or the owner sees its
+//! `pending` length and then sleeps at most [`RECHECK`] (the worker may be deep in its next
+//! job). A worker that finishes its batch always sends what it has, so nothing waits longer
+//! than that batch.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitStatus;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::sync::WaitPolicy;
 use crate::sync::spin::Spinner;
 use crate::{AnonRegion, ByteReceiver, ByteSender, Child, Error, Select, byte_channel, fork};
 
-/// Jobs in flight per worker at most (dispatched, not yet reported): enough for tiny jobs to
-/// stream without a round trip per job; a slow job delays at most `WINDOW - 1` jobs queued
-/// behind it on its worker (jobs go to an idle worker first, then to the least loaded).
-pub const WINDOW: usize = 32;
+/// Jobs in flight per worker at most (sent, not yet reported): two full batches, so a worker
+/// always has the next batch while the owner takes the results of the last one. A slow job
+/// delays at most the jobs sent behind it to its worker.
+pub const WINDOW: usize = 2 * BATCH;
+
+/// Jobs per job frame at most.
+pub const BATCH: usize = 64;
+
+/// How long the owner sleeps at most when the barrier failed (a worker may then not see
+/// `waiting` in time).
+const RECHECK: Duration = Duration::from_millis(1);
 
 /// Bytes of each worker's job ring and result ring.
 const RING_BYTES: usize = 64 * 1024;
-/// The largest frame (id and kind included) a ring of `RING_BYTES` takes: half the ring
-/// minus 16 (see `ring`).
+/// The largest frame a ring of `RING_BYTES` takes: half the ring minus 16 (see `ring`). A
+/// worker's scratch holds one result frame.
 const MAX_FRAME: usize = RING_BYTES / 2 - 16;
+const SCRATCH: usize = MAX_FRAME;
+/// Bytes of a job record's header: id, payload length.
+const JOB_HDR: usize = 12;
+/// Bytes of a result record's header: id, kind, payload length.
+const RES_HDR: usize = 13;
 
 const KIND_OK: u8 = 0;
 const KIND_PANICKED: u8 = 1;
 const KIND_BAD_JOB: u8 = 2;
-/// `WorkerSlot::current` when the worker runs no job.
+/// `WorkerSlot::current` before the worker's first job.
 const IDLE: u64 = u64::MAX;
+/// `WorkerSlot::current` once the owner has claimed the worker to kill it for a timeout.
+const KILLED: u64 = u64::MAX - 1;
 
 /// Why a job did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,19 +206,67 @@ fn dec_serde<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| e.to_string())
 }
 
-/// What a worker publishes about itself (in the pool's shared region). Hints only: a
-/// compromised worker can write anything here, and the owner never trusts more than "which
-/// in-flight job had started".
-#[repr(C)]
-struct WorkerSlot {
-    /// The id of the job being run, or `IDLE`.
-    current: AtomicU64,
-    /// When it started (`CLOCK_MONOTONIC` ns).
-    started: AtomicU64,
+/// What the owner publishes to every worker (offset 0 of the pool's region).
+#[repr(C, align(64))]
+struct Header {
+    /// 1 while the owner sleeps (or is about to): workers send their results after each job
+    /// instead of at the end of their batch.
+    waiting: AtomicU32,
 }
 
-// SAFETY: two atomics, valid for every bit pattern, no pointers.
+// SAFETY: one atomic, valid for every bit pattern, no pointers.
+unsafe impl crate::Shareable for Header {}
+
+/// What worker `k` publishes about itself (offset `64 + 64 k`). Hints only: a compromised
+/// worker can write anything here, and the owner never trusts more than "which in-flight job
+/// had started" and "these bytes of the scratch hold results", which it validates.
+#[repr(C, align(64))]
+struct WorkerSlot {
+    /// The id of the job it started last; `IDLE` before its first; `KILLED` once the owner has
+    /// claimed it for a timeout kill.
+    current: AtomicU64,
+    /// When the job in `current` started (`CLOCK_MONOTONIC` ns; written with a job timeout).
+    started: AtomicU64,
+    /// Bytes of result records in its scratch not yet sent (0 after each result frame).
+    pending: AtomicU64,
+    /// Result frames sent: bumped before the scratch is written over (a sequence lock for
+    /// the owner's reads of a live worker's scratch).
+    flushes: AtomicU64,
+}
+
+// SAFETY: four atomics, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for WorkerSlot {}
+
+const _: () = assert!(std::mem::size_of::<Header>() == 64);
+const _: () = assert!(std::mem::size_of::<WorkerSlot>() == 64);
+
+/// A worker's scratch: `SCRATCH` bytes of shared memory it alone writes (while it lives).
+#[derive(Clone, Copy)]
+struct Scratch(*mut u8);
+
+impl Scratch {
+    /// Copies `src` to offset `at`. Only `worker_main` calls it, in its own worker.
+    fn write(self, at: usize, src: &[u8]) {
+        if at.checked_add(src.len()).is_none_or(|end| end > SCRATCH) {
+            return;
+        }
+        // SAFETY: `at + src.len() <= SCRATCH` (checked above) and the scratch is `SCRATCH`
+        // bytes of the pool's region, mapped in this worker for its whole life; bytes, so any
+        // concurrent scribble by another process only garbles data the owner validates.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len()) };
+    }
+
+    /// A private copy of the first `len` bytes (`len` clamped to the scratch).
+    fn copy_out(self, len: usize, out: &mut Vec<u8>) {
+        let len = len.min(SCRATCH);
+        out.clear();
+        out.resize(len, 0);
+        // SAFETY: `len <= SCRATCH` bytes inside the pool's region, which the owner maps while
+        // `Inner` lives; read into a private buffer, as the ring reads messages (whatever a
+        // hostile process wrote there is only bytes, validated after the copy).
+        unsafe { std::ptr::copy_nonoverlapping(self.0, out.as_mut_ptr(), len) };
+    }
+}
 
 /// Configures and builds a [`Pool`] (like rayon's `ThreadPoolBuilder`).
 #[derive(Debug, Clone)]
@@ -261,39 +362,143 @@ impl PoolBuilder {
     }
 }
 
+/// A job frame sent to a worker, kept to run its unstarted jobs elsewhere if the worker dies.
+struct Sent {
+    /// The frame's records, as sent (written by the owner: trusted).
+    bytes: Vec<u8>,
+    /// Offset of the first record not yet reported.
+    at: usize,
+}
+
+/// The id of the job record at `at` of an owner-written buffer, and where the next starts.
+fn job_record(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let id = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
+    let len = u32::from_le_bytes(b.get(at + 8..at + JOB_HDR)?.try_into().ok()?) as usize;
+    Some((id, at + JOB_HDR + len))
+}
+
 /// One worker process as the owner sees it.
 struct Worker {
     child: Child,
     jobs: ByteSender,
     results: ByteReceiver,
-    /// Jobs dispatched and not yet reported, oldest first, with their frames (to run them
-    /// elsewhere if this worker dies before starting them).
-    in_flight: VecDeque<(u64, Vec<u8>)>,
+    /// Job frames sent and not fully reported, oldest first.
+    in_flight: VecDeque<Sent>,
+    /// Jobs sent and not yet reported.
+    load: usize,
     /// Jobs dispatched to this worker in its life (for `max_jobs_per_worker`).
     dispatched: u64,
     /// The job it was killed for, having run past `job_timeout`.
     timed_out: Option<u64>,
 }
 
+impl Worker {
+    /// Its oldest unreported job.
+    fn front(&self) -> Option<u64> {
+        let s = self.in_flight.front()?;
+        job_record(&s.bytes, s.at).map(|(id, _)| id)
+    }
+
+    /// Marks its oldest unreported job reported; a frame fully reported goes to `spare`.
+    fn pop_front(&mut self, spare: &mut Vec<Vec<u8>>) {
+        let Some(s) = self.in_flight.front_mut() else {
+            return;
+        };
+        self.load = self.load.saturating_sub(1);
+        match job_record(&s.bytes, s.at) {
+            Some((_, next)) if next < s.bytes.len() => s.at = next,
+            _ => {
+                if let Some(s) = self.in_flight.pop_front() {
+                    spare.push(s.bytes);
+                }
+            }
+        }
+    }
+
+    /// Every unreported job, oldest first, as `(id, record)`.
+    fn take_unreported(&mut self) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for s in self.in_flight.drain(..) {
+            let mut at = s.at;
+            while let Some((id, next)) = job_record(&s.bytes, at) {
+                let Some(rec) = s.bytes.get(at..next) else {
+                    break;
+                };
+                out.push((id, rec.to_vec()));
+                at = next;
+            }
+        }
+        self.load = 0;
+        out
+    }
+}
+
+/// Jobs queued in the owner, encoded, not yet sent.
+#[derive(Default)]
+struct Queue {
+    /// Jobs put back after their worker died, to be sent before the others: one record each.
+    again: VecDeque<Vec<u8>>,
+    /// Records, in submission order, from `at` on.
+    buf: Vec<u8>,
+    at: usize,
+    /// Records in `buf` from `at`.
+    count: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.again.len() + self.count
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes and returns the ids of every queued job.
+    fn take_ids(&mut self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .again
+            .drain(..)
+            .filter_map(|r| job_record(&r, 0).map(|(id, _)| id))
+            .collect();
+        while let Some((id, next)) = job_record(&self.buf, self.at) {
+            ids.push(id);
+            self.at = next;
+        }
+        self.buf.clear();
+        self.at = 0;
+        self.count = 0;
+        ids
+    }
+}
+
 struct Inner<J, R> {
     cfg: PoolBuilder,
     work: Rc<dyn Fn(J) -> R>,
     codec: Codec<J, R>,
-    /// The workers' slots, in `_slots_region` (not truly `'static`: see `Pool::start`).
+    /// The header and the workers' slots, in `_region` (not truly `'static`: see
+    /// `Pool::start`).
+    header: &'static Header,
     slots: &'static [WorkerSlot],
-    _slots_region: AnonRegion,
+    /// The start of the workers' scratches (`SCRATCH` bytes each), in `_region`.
+    scratch: *mut u8,
+    _region: AnonRegion,
     /// `None`: the slot's worker is gone and could not be replaced.
     workers: Vec<Option<Worker>>,
-    queue: VecDeque<(u64, Vec<u8>)>,
+    queue: Queue,
     /// Every job from `base` on, by id: pending, finished (its result waits for its handle),
-    /// or settled (taken, or its handle dropped). Settled jobs are popped from the front, so
-    /// this holds the jobs between the oldest unsettled one and the newest.
+    /// or settled (taken, or its handle dropped). Settled jobs are popped from the front;
+    /// beyond `park_limit` entries, unsettled ones move from the front to `parked`, so an
+    /// old handle never joined does not keep every later job's entry.
     jobs: VecDeque<JobState<R>>,
     /// The id of `jobs[0]`.
     base: u64,
-    /// Frame buffers of finished jobs, reused for new ones.
+    /// Unsettled jobs older than `base` (their handles are still out).
+    parked: BTreeMap<u64, JobState<R>>,
+    park_limit: usize,
+    /// Frame buffers, reused.
     spare: Vec<Vec<u8>>,
-    /// A private copy of the result being decoded (never decoded in shared memory).
+    /// A private copy of the result frame being decoded (never decoded in shared memory).
     rbuf: Vec<u8>,
     next_id: u64,
     /// Why the last respawn failed, if it did.
@@ -346,7 +551,7 @@ impl<J, R> std::fmt::Debug for Pool<J, R> {
 }
 
 /// What `take_sent` found.
-enum Sent {
+enum Taken {
     /// The ring is empty (every valid result taken).
     Empty,
     /// A frame that is not a result of the worker's oldest job: the worker misbehaves.
@@ -374,30 +579,26 @@ trait Run<R> {
 
 impl<J, R> Run<R> for Inner<J, R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>> {
-        let k = usize::try_from(id.checked_sub(self.base)?).ok()?;
-        let st = self.jobs.get_mut(k)?;
+        let st = self.state(id)?;
         if !matches!(st, JobState::Done(_)) {
             return None;
         }
         let JobState::Done(r) = std::mem::replace(st, JobState::Settled) else {
             return None;
         };
-        self.pop_settled();
+        self.settled(id);
         Some(r)
     }
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         Inner::pump(self, deadline)
     }
     fn abandon(&mut self, id: u64) {
-        let k = id
-            .checked_sub(self.base)
-            .and_then(|k| usize::try_from(k).ok());
-        match k.and_then(|k| self.jobs.get_mut(k)) {
+        match self.state(id) {
             Some(st @ JobState::Done(_)) => *st = JobState::Settled,
             Some(st @ JobState::Pending) => *st = JobState::Abandoned,
             _ => {}
         }
-        self.pop_settled();
+        self.settled(id);
     }
 }
 
@@ -438,28 +639,53 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             return Err(Error::MultiThreaded);
         }
         let n = cfg.workers;
-        let region = AnonRegion::new(n * std::mem::size_of::<WorkerSlot>())?;
-        for _ in 0..n {
+        let slots_len = n
+            .checked_mul(std::mem::size_of::<WorkerSlot>())
+            .ok_or(Error::SizeOverflow)?;
+        let scratch_len = n.checked_mul(SCRATCH).ok_or(Error::SizeOverflow)?;
+        let total = std::mem::size_of::<Header>()
+            .checked_add(slots_len)
+            .and_then(|l| l.checked_add(scratch_len))
+            .ok_or(Error::SizeOverflow)?;
+        let region = AnonRegion::new(total)?;
+        let header: *const Header = region.alloc(Header {
+            waiting: AtomicU32::new(0),
+        })?;
+        let first: *const WorkerSlot = region.alloc(WorkerSlot {
+            current: AtomicU64::new(IDLE),
+            started: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        })?;
+        for _ in 1..n {
             region.alloc(WorkerSlot {
                 current: AtomicU64::new(IDLE),
                 started: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
             })?;
         }
-        let base = region.as_ptr() as *const WorkerSlot;
-        // SAFETY: `n` initialised `WorkerSlot`s were placed contiguously from the start of the
-        // (page-aligned) region. The slice is used only while `Inner`, which owns the region
-        // (`_slots_region`), lives, and by workers, which have their own copy of the mapping.
-        let slots = unsafe { std::slice::from_raw_parts(base, n) };
+        let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
+        // SAFETY: the header and then `n` initialised `WorkerSlot`s (64 bytes each, 64-aligned,
+        // so contiguous) were placed from the start of the region. They are used only while
+        // `Inner`, which owns the region (`_region`), lives, and by workers, which have their
+        // own copy of the mapping.
+        let (header, slots) = unsafe { (&*header, std::slice::from_raw_parts(first, n)) };
+        let park_limit = 2 * (cfg.queue_capacity + n * WINDOW);
         let mut inner = Inner {
             cfg,
             work,
             codec,
+            header,
             slots,
-            _slots_region: region,
+            scratch,
+            _region: region,
             workers: Vec::with_capacity(n),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             jobs: VecDeque::new(),
             base: 0,
+            parked: BTreeMap::new(),
+            park_limit,
             spare: Vec::new(),
             rbuf: Vec::new(),
             next_id: 0,
@@ -632,25 +858,58 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
 }
 
 impl<J, R> Inner<J, R> {
-    /// Records how job `id` ended (or drops it, if nobody waits for it any more).
-    fn finish(&mut self, id: u64, r: Result<R, JobError>) {
-        let k = id
-            .checked_sub(self.base)
-            .and_then(|k| usize::try_from(k).ok());
-        if let Some(st) = k.and_then(|k| self.jobs.get_mut(k)) {
-            *st = match st {
-                JobState::Pending => JobState::Done(r),
-                _ => JobState::Settled, // abandoned (or, impossibly, finished twice)
-            };
+    /// The state of job `id`, wherever it is kept.
+    fn state(&mut self, id: u64) -> Option<&mut JobState<R>> {
+        if id < self.base {
+            return self.parked.get_mut(&id);
         }
-        self.pop_settled();
+        let k = usize::try_from(id - self.base).ok()?;
+        self.jobs.get_mut(k)
     }
 
-    fn pop_settled(&mut self) {
+    /// Job `id` may have become settled: forget what no handle needs any more.
+    fn settled(&mut self, id: u64) {
+        if id < self.base {
+            if matches!(self.parked.get(&id), Some(JobState::Settled)) {
+                self.parked.remove(&id);
+            }
+            return;
+        }
         while matches!(self.jobs.front(), Some(JobState::Settled)) {
             self.jobs.pop_front();
             self.base += 1;
         }
+        // An old job still unsettled (a handle kept, not joined) must not hold every later
+        // entry: past the limit, it moves to `parked`.
+        while self.jobs.len() > self.park_limit {
+            if let Some(st) = self.jobs.pop_front() {
+                if !matches!(st, JobState::Settled) {
+                    self.parked.insert(self.base, st);
+                }
+                self.base += 1;
+            }
+        }
+    }
+
+    /// Records how job `id` ended (or drops it, if nobody waits for it any more).
+    fn finish(&mut self, id: u64, r: Result<R, JobError>) {
+        if let Some(st) = self.state(id) {
+            *st = match st {
+                JobState::Pending => JobState::Done(r),
+                _ => JobState::Settled, // abandoned (or, impossibly, finished twice)
+            };
+            if matches!(st, JobState::Settled) {
+                self.settled(id);
+            }
+        }
+    }
+
+    fn scratch_of(&self, k: usize) -> Scratch {
+        // Worker slots and scratches correspond one to one; `k < slots.len()`.
+        let k = k.min(self.slots.len().saturating_sub(1));
+        // SAFETY: the scratches are `slots.len()` consecutive `SCRATCH`-byte blocks of the
+        // region from `self.scratch`, and `k` is a valid slot index (clamped above).
+        Scratch(unsafe { self.scratch.add(k * SCRATCH) })
     }
 
     /// Forks the worker for slot `k`.
@@ -658,8 +917,11 @@ impl<J, R> Inner<J, R> {
         let (jobs_tx, jobs_rx) = byte_channel(RING_BYTES)?;
         let (res_tx, res_rx) = byte_channel(RING_BYTES)?;
         let slot = &self.slots[k];
-        // Relaxed: the new worker is forked after this store (fork orders it).
+        // Relaxed: the new worker is forked after these stores (fork orders them).
         slot.current.store(IDLE, Ordering::Relaxed);
+        slot.pending.store(0, Ordering::Relaxed);
+        let header = self.header;
+        let scratch = self.scratch_of(k);
         let work = self.work.clone();
         let codec = self.codec;
         let max = self.cfg.max_jobs_per_worker;
@@ -672,13 +934,21 @@ impl<J, R> Inner<J, R> {
             if !crate::sys::die_with_parent(owner_pid) {
                 return 0; // the owner is already gone
             }
-            worker_main(&jobs, &results, slot, &*work, codec, max, timed)
+            let lane = Lane {
+                jobs: &jobs,
+                results: &results,
+                header,
+                slot,
+                scratch,
+            };
+            worker_main(lane, &*work, codec, max, timed)
         })?;
         Ok(Worker {
             child,
             jobs: jobs_tx,
             results: res_rx,
             in_flight: VecDeque::new(),
+            load: 0,
             dispatched: 0,
             timed_out: None,
         })
@@ -690,11 +960,11 @@ impl<J, R> Inner<J, R> {
         Ok(id)
     }
 
-    /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
     fn is_owner(&self) -> bool {
         crate::sync::ident::current_ident() == self.owner
     }
 
+    /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
     fn enqueue(&mut self, job: &J) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -703,28 +973,8 @@ impl<J, R> Inner<J, R> {
             self.finish(id, Err(not_owner()));
             return id;
         }
-        let mut frame = self.spare.pop().unwrap_or_default();
-        frame.clear();
-        frame.extend_from_slice(&id.to_le_bytes());
-        if let Err(reason) = (self.codec.enc_job)(job, &mut frame) {
-            self.finish(id, Err(JobError::Codec { reason }));
-            return id;
-        }
         if self.closed {
             self.finish(id, Err(JobError::Closed));
-            return id;
-        }
-        if frame.len() > MAX_FRAME {
-            self.finish(
-                id,
-                Err(JobError::Codec {
-                    reason: format!(
-                        "the encoded job takes {} bytes; a pool job takes at most {}",
-                        frame.len() - 8,
-                        MAX_FRAME - 8
-                    ),
-                }),
-            );
             return id;
         }
         while self.queue.len() >= self.cfg.queue_capacity {
@@ -732,69 +982,122 @@ impl<J, R> Inner<J, R> {
                 break;
             }
         }
-        self.queue.push_back((id, frame));
+        let buf = &mut self.queue.buf;
+        let start = buf.len();
+        buf.extend_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        let encoded = (self.codec.enc_job)(job, buf);
+        let len = buf.len() - start - JOB_HDR;
+        let err = match encoded {
+            Err(reason) => Some(reason),
+            Ok(()) if len > MAX_FRAME - JOB_HDR => Some(format!(
+                "the encoded job takes {len} bytes; a pool job takes at most {}",
+                MAX_FRAME - JOB_HDR
+            )),
+            Ok(()) => None,
+        };
+        if let Some(reason) = err {
+            buf.truncate(start);
+            self.finish(id, Err(JobError::Codec { reason }));
+            return id;
+        }
+        // `len <= MAX_FRAME`, so it fits a u32.
+        buf[start + 8..start + JOB_HDR].copy_from_slice(&(len as u32).to_le_bytes());
+        self.queue.count += 1;
         id
     }
 
-    /// Hands queued jobs to workers: idle ones first, then the least loaded, within the window.
+    /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
+    /// first), at most `BATCH` jobs a frame, `WINDOW` in flight per worker, and no more than
+    /// its fair share of the queue.
     fn dispatch(&mut self) {
         if !self.is_owner() {
             return;
         }
-        while let Some((id, frame)) = self.queue.pop_front() {
-            let max = self.cfg.max_jobs_per_worker;
-            let pick = self
-                .workers
-                .iter()
-                .enumerate()
-                .filter_map(|(k, w)| w.as_ref().map(|w| (k, w)))
-                .filter(|(_, w)| w.in_flight.len() < WINDOW && max.is_none_or(|m| w.dispatched < m))
-                .min_by_key(|(_, w)| w.in_flight.len())
-                .map(|(k, _)| k);
-            let Some(k) = pick else {
-                self.queue.push_front((id, frame));
+        let max = self.cfg.max_jobs_per_worker;
+        while !self.queue.is_empty() {
+            let mut eligible = 0;
+            let mut pick: Option<(usize, usize)> = None;
+            for (k, w) in self.workers.iter().enumerate() {
+                let Some(w) = w else { continue };
+                if w.load >= WINDOW || max.is_some_and(|m| w.dispatched >= m) {
+                    continue;
+                }
+                eligible += 1;
+                if pick.is_none_or(|(_, load)| w.load < load) {
+                    pick = Some((k, w.load));
+                }
+            }
+            let Some((k, load)) = pick else {
                 return;
             };
+            let Some(w) = self.workers[k].as_ref() else {
+                return;
+            };
+            let room = max.map_or(usize::MAX, |m| {
+                usize::try_from(m.saturating_sub(w.dispatched)).unwrap_or(usize::MAX)
+            });
+            let share = self.queue.len().div_ceil(eligible);
+            let n = BATCH.min(WINDOW - load).min(room).min(share).max(1);
+            let mut frame = self.spare.pop().unwrap_or_default();
+            frame.clear();
+            // Gather up to `n` records (the put-back ones first) without taking them yet.
+            let mut from_again = 0;
+            for rec in self.queue.again.iter().take(n) {
+                if !frame.is_empty() && frame.len() + rec.len() > MAX_FRAME {
+                    break;
+                }
+                frame.extend_from_slice(rec);
+                from_again += 1;
+            }
+            let mut end = self.queue.at;
+            let mut from_buf = 0;
+            while from_again + from_buf < n {
+                let Some((_, next)) = job_record(&self.queue.buf, end) else {
+                    break;
+                };
+                if (from_again + from_buf > 0) && frame.len() + (next - end) > MAX_FRAME {
+                    break;
+                }
+                end = next;
+                from_buf += 1;
+            }
+            if let Some(recs) = self.queue.buf.get(self.queue.at..end) {
+                frame.extend_from_slice(recs);
+            }
+            let taken = from_again + from_buf;
             let Some(w) = self.workers[k].as_mut() else {
-                self.queue.push_front((id, frame));
                 return;
             };
             match w.jobs.try_send(&frame) {
                 Ok(()) => {
-                    w.in_flight.push_back((id, frame));
-                    w.dispatched += 1;
-                    // Fill this worker's window while it is still the least loaded one (it
-                    // stays so while the others are at least as busy).
-                    let others = self
-                        .workers
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, o)| *j != k && o.is_some())
-                        .filter_map(|(_, o)| o.as_ref().map(|o| o.in_flight.len()))
-                        .min()
-                        .unwrap_or(WINDOW);
-                    let Some(w) = self.workers[k].as_mut() else {
-                        return;
-                    };
-                    while w.in_flight.len() < WINDOW.min(others + 1)
-                        && max.is_none_or(|m| w.dispatched < m)
-                    {
-                        let Some((id, frame)) = self.queue.pop_front() else {
-                            return;
-                        };
-                        if w.jobs.try_send(&frame).is_err() {
-                            self.queue.push_front((id, frame));
-                            break;
+                    w.load += taken;
+                    w.dispatched += taken as u64;
+                    w.in_flight.push_back(Sent {
+                        bytes: frame,
+                        at: 0,
+                    });
+                    for _ in 0..from_again {
+                        if let Some(r) = self.queue.again.pop_front() {
+                            self.spare.push(r);
                         }
-                        w.in_flight.push_back((id, frame));
-                        w.dispatched += 1;
+                    }
+                    let q = &mut self.queue;
+                    q.at = end;
+                    q.count -= from_buf;
+                    if q.count == 0 {
+                        q.buf.clear();
+                        q.at = 0;
+                    } else if q.at > 64 * 1024 {
+                        q.buf.drain(..q.at);
+                        q.at = 0;
                     }
                 }
                 Err(_) => {
                     // Full (cannot be: the window is far below the ring) or disconnected: the
-                    // worker is gone or going. Keep the job queued; if the worker was gone
+                    // worker is gone or going. Keep the jobs queued; if the worker was gone
                     // (retired, and replaced if it could be), go on with the others.
-                    self.queue.push_front((id, frame));
+                    self.spare.push(frame);
                     let before = self.workers[k].as_ref().map(|w| w.child.id());
                     self.retire_if_dead(k);
                     if self.workers.iter().all(Option::is_none) {
@@ -821,8 +1124,8 @@ impl<J, R> Inner<J, R> {
             return false;
         }
         // Results are usually there already when jobs stream: take them without building a
-        // `Select`; then spin briefly on the workers that have jobs in flight, as a blocked
-        // `recv` would; only then sleep in a `Select` over every worker.
+        // `Select`; then spin briefly, as a blocked `recv` would; only then sleep in a
+        // `Select` over every worker.
         if self.poll_all() {
             self.dispatch();
             return true;
@@ -837,22 +1140,42 @@ impl<J, R> Inner<J, R> {
                 return true;
             }
         }
+        // Tell the workers to send each result at once, then look again (see the module docs:
+        // the barrier pairs with the light one each worker runs between publishing `pending`
+        // and reading `waiting`).
+        // Relaxed: ordered by the barrier that follows.
+        self.header.waiting.store(1, Ordering::Relaxed);
+        let barrier_ok = crate::sync::barrier::heavy();
+        if self.poll_all() {
+            self.header.waiting.store(0, Ordering::Relaxed);
+            self.dispatch();
+            return true;
+        }
+        // A worker that committed results before it could see `waiting` sends them only after
+        // its next job (which may run for ever), or at the end of its batch: take them from its
+        // scratch now. Any result it commits after the barrier, it sends at once.
+        let mut any = false;
+        for k in 0..self.workers.len() {
+            any |= self.harvest(k);
+        }
+        if any {
+            self.header.waiting.store(0, Ordering::Relaxed);
+            self.dispatch();
+            return true;
+        }
         // With a job timeout, never sleep past it while jobs are in flight: a job that starts
         // while we sleep has no deadline in `earliest_job_deadline` yet.
-        let busy = self
-            .workers
-            .iter()
-            .flatten()
-            .any(|w| !w.in_flight.is_empty());
+        let busy = self.workers.iter().flatten().any(|w| w.load > 0);
         let job_deadline = match (self.earliest_job_deadline(), self.cfg.job_timeout) {
             (Some(d), _) => Some(d),
             (None, Some(t)) if busy => Instant::now().checked_add(t),
             _ => None,
         };
-        let until = match (deadline, job_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let recheck = (!barrier_ok).then(|| Instant::now() + RECHECK);
+        let until = [deadline, job_deadline, recheck]
+            .into_iter()
+            .flatten()
+            .min();
         let ready = {
             let mut sel = Select::new();
             let mut map = Vec::new();
@@ -868,11 +1191,14 @@ impl<J, R> Inner<J, R> {
                     .ready_timeout(t.saturating_duration_since(Instant::now()))
                     .ok(),
             };
-            r.map(|i| map[i])
+            r.and_then(|i| map.get(i).copied())
         };
+        self.header.waiting.store(0, Ordering::Relaxed);
         match ready {
             Some(k) => self.drain(k),
-            None => self.enforce_timeouts(),
+            None => {
+                self.poll_all();
+            }
         }
         self.dispatch();
         true
@@ -900,8 +1226,8 @@ impl<J, R> Inner<J, R> {
     /// Takes every result worker `k` has sent; retires it if it is gone.
     fn drain(&mut self, k: usize) {
         match self.take_sent(k) {
-            Sent::Violation => self.kill_worker(k, None),
-            Sent::Empty => {
+            Taken::Violation => self.kill_worker(k, None),
+            Taken::Empty => {
                 let gone = self.workers[k]
                     .as_ref()
                     .is_some_and(|w| w.results.disconnect_reason().is_some());
@@ -913,65 +1239,112 @@ impl<J, R> Inner<J, R> {
     }
 
     /// Accepts every result frame worker `k` has committed, each from a private copy (the
-    /// worker can still write the ring), until its ring is empty or a frame is not a valid
-    /// result.
-    fn take_sent(&mut self, k: usize) -> Sent {
+    /// worker can still write the ring), until its ring is empty or a frame is not valid.
+    fn take_sent(&mut self, k: usize) -> Taken {
         let mut frame = std::mem::take(&mut self.rbuf);
         let outcome = loop {
             let Some(w) = self.workers[k].as_mut() else {
-                break Sent::Empty;
+                break Taken::Empty;
             };
             match w.results.try_recv_ref() {
                 Ok(msg) => {
                     frame.clear();
                     frame.extend_from_slice(&msg);
                 }
-                Err(_) => break Sent::Empty,
+                Err(_) => break Taken::Empty,
             }
-            if !self.accept(k, &frame) {
-                break Sent::Violation;
+            if frame.is_empty() || self.accept(k, &frame) != frame.len() {
+                break Taken::Violation;
             }
         };
         self.rbuf = frame;
         outcome
     }
 
-    /// One result frame from worker `k`. `false`: a protocol violation.
-    fn accept(&mut self, k: usize, frame: &[u8]) -> bool {
-        let Some(w) = self.workers[k].as_mut() else {
+    /// The result records of `frame` (a private copy), from worker `k`, in order. Returns how
+    /// many bytes were valid records (all of them, unless the worker misbehaves). Records of
+    /// jobs not in flight are skipped: results taken already (from the scratch and then again
+    /// through the ring, or the other way round), or forged ones.
+    fn accept(&mut self, k: usize, frame: &[u8]) -> usize {
+        let mut at = 0;
+        while at < frame.len() {
+            let Some(w) = self.workers[k].as_mut() else {
+                return at;
+            };
+            let (Some(id), Some(&kind), Some(len)) = (
+                frame
+                    .get(at..at + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes),
+                frame.get(at + 8),
+                frame
+                    .get(at + 9..at + RES_HDR)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_le_bytes),
+            ) else {
+                return at;
+            };
+            let Some(payload) = frame.get(at + RES_HDR..at + RES_HDR + len as usize) else {
+                return at;
+            };
+            let next = at + RES_HDR + len as usize;
+            // Validated before the job is taken off the in-flight list: a record that is not a
+            // result of the oldest job leaves it there, for `retire` to settle.
+            if w.front() != Some(id) || !matches!(kind, KIND_OK | KIND_PANICKED | KIND_BAD_JOB) {
+                if !w.in_flight_has(id) {
+                    // Taken already (from the scratch, before the worker sent it; or through
+                    // the ring, before it died and left its scratch uncleared), or forged.
+                    at = next;
+                    continue;
+                }
+                return at;
+            }
+            w.pop_front(&mut self.spare);
+            let result = match kind {
+                KIND_OK => {
+                    (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
+                }
+                KIND_PANICKED => Err(JobError::Panicked {
+                    message: String::from_utf8_lossy(payload).into_owned(),
+                }),
+                _ => Err(JobError::Codec {
+                    reason: String::from_utf8_lossy(payload).into_owned(),
+                }),
+            };
+            self.finish(id, result);
+            at = next;
+        }
+        at
+    }
+
+    /// Takes the results a live worker `k` has committed to its scratch and not sent yet.
+    /// `true` if any was new.
+    fn harvest(&mut self, k: usize) -> bool {
+        let Some(w) = self.workers[k].as_ref() else {
             return false;
         };
-        let (Some(id), Some(&kind)) = (
-            frame
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes),
-            frame.get(8),
-        ) else {
-            return false;
-        };
-        // Validated before the job is taken off the in-flight list: a frame that is not a
-        // result of the oldest job leaves it there, for `retire` to settle.
-        if w.in_flight.front().map(|f| f.0) != Some(id)
-            || !matches!(kind, KIND_OK | KIND_PANICKED | KIND_BAD_JOB)
-        {
+        let slot = &self.slots[k];
+        // Relaxed: a hint; the sequence lock below decides.
+        if w.load == 0 || slot.pending.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        if let Some((_, frame)) = w.in_flight.pop_front() {
-            self.spare.push(frame);
+        let before = w.load;
+        // The sequence lock's read side. Acquire (both): pairs with the worker's Release
+        // store of `pending` after its records, and orders the copy after the first load of
+        // `flushes`; the Acquire fence orders the copy before the second load, which then sees
+        // any bump made before a scratch write the copy saw (the worker's Release fence).
+        let g = slot.flushes.load(Ordering::Acquire);
+        let pending = usize::try_from(slot.pending.load(Ordering::Acquire)).unwrap_or(SCRATCH);
+        let mut copy = std::mem::take(&mut self.rbuf);
+        self.scratch_of(k).copy_out(pending, &mut copy);
+        fence(Ordering::Acquire);
+        if slot.flushes.load(Ordering::Relaxed) == g {
+            // A prefix of whole records is all we take; a worker that garbled its own scratch
+            // only delays its results to its next frame.
+            self.accept(k, &copy);
         }
-        let payload = &frame[9..];
-        let result = match kind {
-            KIND_OK => (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason }),
-            KIND_PANICKED => Err(JobError::Panicked {
-                message: String::from_utf8_lossy(payload).into_owned(),
-            }),
-            _ => Err(JobError::Codec {
-                reason: String::from_utf8_lossy(payload).into_owned(),
-            }),
-        };
-        self.finish(id, result);
-        true
+        self.rbuf = copy;
+        self.workers[k].as_ref().is_some_and(|w| w.load < before)
     }
 
     fn earliest_job_deadline(&self) -> Option<Instant> {
@@ -984,10 +1357,10 @@ impl<J, R> Inner<J, R> {
             .filter_map(|(k, w)| {
                 let w = w.as_ref()?;
                 let slot = &self.slots[k];
-                // Acquire: pairs with the worker's Release store of `current`, so its
+                // Acquire: pairs with the worker's Release publication of `current`, so its
                 // `started` is seen.
                 let cur = slot.current.load(Ordering::Acquire);
-                if w.in_flight.front().map(|f| f.0) != Some(cur) {
+                if w.front() != Some(cur) {
                     return None;
                 }
                 let started = slot.started.load(Ordering::Relaxed).min(now_ns);
@@ -1008,12 +1381,22 @@ impl<J, R> Inner<J, R> {
                 continue;
             };
             let slot = &self.slots[k];
-            // Acquire: pairs with the worker's Release store of `current`, so its
+            // Acquire: pairs with the worker's Release publication of `current`, so its
             // `started` is seen.
             let cur = slot.current.load(Ordering::Acquire);
             let started = slot.started.load(Ordering::Relaxed).min(now_ns);
-            if w.in_flight.front().map(|f| f.0) == Some(cur)
-                && Duration::from_nanos(now_ns - started) >= t
+            if w.front() != Some(cur) || Duration::from_nanos(now_ns - started) < t {
+                continue;
+            }
+            // Claim the worker while it is still in that job: once this succeeds it starts no
+            // other (its compare-and-swap to the next id fails). If it fails, the worker has
+            // moved on: no kill.
+            // Relaxed: the claim orders nothing else; the kill and `waitpid` that follow are
+            // system calls, and the worker's own compare-and-swap reads this value.
+            if slot
+                .current
+                .compare_exchange(cur, KILLED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
             {
                 self.kill_worker(k, Some(cur));
             }
@@ -1042,8 +1425,8 @@ impl<J, R> Inner<J, R> {
     /// Worker `k` is gone (or going): reap it, settle its in-flight jobs, fork a replacement.
     fn retire(&mut self, k: usize) {
         // Make sure it is gone (a worker that closed its ring but lives on, a compromised one,
-        // must not keep `wait` from returning) and reap it; then take whatever it sent before
-        // it went (a result committed just before a timeout kill must count).
+        // must not keep `wait` from returning) and reap it; then take whatever it sent or
+        // committed before it went (a result committed just before a timeout kill counts).
         let status = match self.workers[k].as_mut() {
             Some(w) => {
                 let _ = w.child.kill();
@@ -1051,41 +1434,41 @@ impl<J, R> Inner<J, R> {
             }
             None => return,
         };
-        // Dead and reaped: what its ring holds now is all it ever sent.
+        // Dead and reaped: what its ring and scratch hold now is all it ever produced.
         let _ = self.take_sent(k);
+        let slot = &self.slots[k];
+        // Acquire: pairs with the worker's Release store of `pending`, after its records.
+        let pending = usize::try_from(slot.pending.load(Ordering::Acquire)).unwrap_or(SCRATCH);
+        let mut copy = std::mem::take(&mut self.rbuf);
+        self.scratch_of(k).copy_out(pending, &mut copy);
+        self.accept(k, &copy);
+        self.rbuf = copy;
         let Some(mut w) = self.workers[k].take() else {
             return;
         };
-        let slot = &self.slots[k];
-        // Acquire: pairs with the worker's Release store of `current`, so its
-        // `started` is seen.
-        let started = slot.current.load(Ordering::Acquire);
-        let mut requeue = Vec::new();
-        for (n, (id, frame)) in w.in_flight.drain(..).enumerate() {
+        // Acquire: pairs with the worker's Release publication of `current`.
+        let current = self.slots[k].current.load(Ordering::Acquire);
+        let timed_out = w.timed_out;
+        for (n, (id, rec)) in w.take_unreported().into_iter().enumerate() {
             // The oldest unreported job is the only one it can have started (it runs them in
-            // order and reports each before taking the next); it failed if its slot says so,
-            // or if the pool killed the worker for running it too long.
-            let timed_out = w.timed_out == Some(id);
-            if n == 0 && (id == started || timed_out) {
-                let e = if timed_out {
-                    JobError::TimedOut
-                } else {
-                    match status {
-                        Some(s) => JobError::WorkerDied(s),
-                        None => JobError::NoWorker {
-                            reason: "the worker could not be reaped".into(),
-                        },
-                    }
+            // order and commits each result before it starts the next); it failed if its slot
+            // says so, or if the pool killed the worker for running it too long.
+            if n == 0 && timed_out == Some(id) {
+                self.finish(id, Err(JobError::TimedOut));
+            } else if n == 0 && id == current {
+                let e = match status {
+                    Some(s) => JobError::WorkerDied(s),
+                    None => JobError::NoWorker {
+                        reason: "the worker could not be reaped".into(),
+                    },
                 };
                 self.finish(id, Err(e));
             } else {
-                requeue.push((id, frame));
+                self.queue.again.push_back(rec);
             }
         }
-        // Jobs it never started go back to the front, in order.
-        for job in requeue.into_iter().rev() {
-            self.queue.push_front(job);
-        }
+        // Jobs it never started were put back above, in order, to be sent before the rest of
+        // the queue.
         if !self.closed {
             match self.spawn(k) {
                 Ok(nw) => self.workers[k] = Some(nw),
@@ -1100,7 +1483,7 @@ impl<J, R> Inner<J, R> {
             .respawn_error
             .clone()
             .unwrap_or_else(|| "the pool has no workers".into());
-        while let Some((id, _)) = self.queue.pop_front() {
+        for id in self.queue.take_ids() {
             let e = if self.closed {
                 JobError::Closed
             } else {
@@ -1117,13 +1500,7 @@ impl<J, R> Inner<J, R> {
             return Ok(()); // a copy in a fork child: the owner's workers are not ours
         }
         // Let every queued and in-flight job finish.
-        while !self.queue.is_empty()
-            || self
-                .workers
-                .iter()
-                .flatten()
-                .any(|w| !w.in_flight.is_empty())
-        {
+        while !self.queue.is_empty() || self.workers.iter().flatten().any(|w| w.load > 0) {
             if !self.pump(None) {
                 break;
             }
@@ -1142,11 +1519,78 @@ impl<J, R> Inner<J, R> {
     }
 }
 
+impl Worker {
+    /// Whether job `id` is among its unreported jobs.
+    fn in_flight_has(&self, id: u64) -> bool {
+        self.in_flight.iter().any(|s| {
+            let mut at = s.at;
+            while let Some((rid, next)) = job_record(&s.bytes, at) {
+                if rid == id {
+                    return true;
+                }
+                at = next;
+            }
+            false
+        })
+    }
+}
+
+/// What a worker uses of the pool.
+struct Lane<'a> {
+    jobs: &'a ByteReceiver,
+    results: &'a ByteSender,
+    header: &'a Header,
+    slot: &'a WorkerSlot,
+    scratch: Scratch,
+}
+
+impl Lane<'_> {
+    /// Sends the results committed in `out` (and mirrored in the scratch) as one frame.
+    /// `false` if the owner is gone.
+    fn flush(&self, out: &mut Vec<u8>) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        if self.results.send(out).is_err() {
+            return false;
+        }
+        out.clear();
+        // Release: pairs with the owner's Acquire loads of `pending`; if we die before this
+        // store, the owner skips the records it already took through the ring.
+        self.slot.pending.store(0, Ordering::Release);
+        // The sequence lock's write side: the bump is ordered before the scratch writes that
+        // follow (the Release fence), so an owner that copied any of them sees it changed.
+        let g = self.slot.flushes.load(Ordering::Relaxed);
+        self.slot
+            .flushes
+            .store(g.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        true
+    }
+
+    /// Commits one result record (in `out` and in the scratch), sending first what is there
+    /// if it would not fit one frame. `false` if the owner is gone.
+    fn commit(&self, out: &mut Vec<u8>, id: u64, kind: u8, payload: &[u8]) -> bool {
+        if out.len() + RES_HDR + payload.len() > MAX_FRAME && !self.flush(out) {
+            return false;
+        }
+        let start = out.len();
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(kind);
+        // `payload.len() <= MAX_FRAME - RES_HDR` (the caller's check), so it fits a u32.
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        self.scratch.write(start, &out[start..]);
+        // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
+        // sees the record written above.
+        self.slot.pending.store(out.len() as u64, Ordering::Release);
+        true
+    }
+}
+
 /// A worker's life: run jobs until the owner closes the job channel or dies.
 fn worker_main<J, R>(
-    jobs: &ByteReceiver,
-    results: &ByteSender,
-    slot: &WorkerSlot,
+    lane: Lane<'_>,
     work: &dyn Fn(J) -> R,
     codec: Codec<J, R>,
     max_jobs: Option<u64>,
@@ -1154,83 +1598,114 @@ fn worker_main<J, R>(
 ) -> i32 {
     let mut frame = Vec::new();
     let mut out = Vec::new();
+    let mut res = Vec::new();
     let mut done = 0u64;
-    while jobs.recv_into(&mut frame).is_ok() {
-        let Some(id) = frame
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-        else {
-            return 2; // the owner sent an impossible frame
-        };
-        out.clear();
-        out.extend_from_slice(&id.to_le_bytes());
-        if timed {
-            slot.started.store(crate::sys::mono_ns(), Ordering::Relaxed);
-        }
-        // Release: pairs with the owner's Acquire load of `current` (in `retire` and the
-        // timeout checks), which then sees this job's start time.
-        slot.current.store(id, Ordering::Release);
-        match (codec.dec_job)(&frame[8..]) {
-            Err(reason) => {
-                out.push(KIND_BAD_JOB);
-                out.extend_from_slice(reason.as_bytes());
-            }
-            Ok(job) => match catch_unwind(AssertUnwindSafe(|| work(job))) {
-                Ok(r) => {
-                    out.push(KIND_OK);
-                    if let Err(reason) = (codec.enc_res)(&r, &mut out) {
-                        out.truncate(8);
-                        out.push(KIND_BAD_JOB);
-                        out.extend_from_slice(reason.as_bytes());
-                    }
-                }
-                Err(payload) => {
-                    out.push(KIND_PANICKED);
-                    let msg = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "Box<dyn Any>".into());
-                    out.extend_from_slice(msg.as_bytes());
-                }
-            },
-        }
-        if out.len() > MAX_FRAME {
-            // Too large for the ring: report that instead (a panic message is cut to fit).
-            let kind = out[8];
-            let text = if kind == KIND_PANICKED {
-                // Cut at a character boundary (the message is UTF-8 from a `str`).
-                let mut end = MAX_FRAME;
-                while end > 9 && (out[end] & 0xc0) == 0x80 {
-                    end -= 1;
-                }
-                out.truncate(end);
-                None
-            } else {
-                Some(format!(
-                    "the encoded result takes {} bytes; a pool result takes at most {}",
-                    out.len() - 9,
-                    MAX_FRAME - 9
-                ))
+    // What this worker last published in `current` (the owner stored `IDLE` before the fork).
+    let mut current = IDLE;
+    while lane.jobs.recv_into(&mut frame).is_ok() {
+        let mut at = 0;
+        while at < frame.len() {
+            let Some((id, next)) = job_record(&frame, at) else {
+                return 2; // the owner sent an impossible frame
             };
-            if let Some(text) = text {
-                out.truncate(8);
-                out.push(KIND_BAD_JOB);
-                out.extend_from_slice(text.as_bytes());
+            let Some(payload) = frame.get(at + JOB_HDR..next) else {
+                return 2;
+            };
+            at = next;
+            if timed {
+                // Relaxed: published by the Release compare-and-swap of `current` below.
+                lane.slot
+                    .started
+                    .store(crate::sys::mono_ns(), Ordering::Relaxed);
+                // Release: pairs with the owner's Acquire loads of `current` (which then see
+                // `started`). Fails only once the owner has claimed this worker for a timeout
+                // kill: then start nothing more; the kill is on its way.
+                if lane
+                    .slot
+                    .current
+                    .compare_exchange(current, id, Ordering::Release, Ordering::Relaxed)
+                    .is_err()
+                {
+                    let _ = lane.flush(&mut out);
+                    return 0;
+                }
+            } else {
+                // Release: pairs with the owner's Acquire loads of `current` in `retire`.
+                lane.slot.current.store(id, Ordering::Release);
+            }
+            current = id;
+            res.clear();
+            let kind = match (codec.dec_job)(payload) {
+                Err(reason) => {
+                    res.extend_from_slice(reason.as_bytes());
+                    KIND_BAD_JOB
+                }
+                Ok(job) => match catch_unwind(AssertUnwindSafe(|| work(job))) {
+                    Ok(r) => match (codec.enc_res)(&r, &mut res) {
+                        Ok(()) => KIND_OK,
+                        Err(reason) => {
+                            res.clear();
+                            res.extend_from_slice(reason.as_bytes());
+                            KIND_BAD_JOB
+                        }
+                    },
+                    Err(payload) => {
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "Box<dyn Any>".into());
+                        res.extend_from_slice(msg.as_bytes());
+                        KIND_PANICKED
+                    }
+                },
+            };
+            let kind = fit_result(kind, &mut res);
+            if !lane.commit(&mut out, id, kind, &res) {
+                return 0; // the owner is gone
+            }
+            done += 1;
+            if max_jobs.is_some_and(|m| done >= m) {
+                let _ = lane.flush(&mut out);
+                return 0; // recycled: the owner forks a replacement
+            }
+            // Light side of the handshake with a sleeping owner (see the module docs): between
+            // the Release store of `pending` above and this load of `waiting`.
+            crate::sync::barrier::light();
+            // Relaxed: ordered by the barrier pair.
+            if lane.header.waiting.load(Ordering::Relaxed) != 0 && !lane.flush(&mut out) {
+                return 0;
             }
         }
-        if results.send(&out).is_err() {
-            return 0; // the owner is gone
-        }
-        // Only after the result is sent: a death before this line leaves the job marked as
-        // started, so the owner fails it (its result may be lost) instead of running it again.
-        // Release: as above (the result was sent before).
-        slot.current.store(IDLE, Ordering::Release);
-        done += 1;
-        if max_jobs.is_some_and(|m| done >= m) {
-            return 0; // recycled: the owner forks a replacement
+        if !lane.flush(&mut out) {
+            return 0;
         }
     }
+    let _ = lane.flush(&mut out);
     0
+}
+
+/// A result payload too large for a frame becomes a report of that (a panic message is cut
+/// to fit instead). Returns the kind to send.
+fn fit_result(kind: u8, res: &mut Vec<u8>) -> u8 {
+    let max = MAX_FRAME - RES_HDR;
+    if res.len() <= max {
+        return kind;
+    }
+    if kind == KIND_PANICKED {
+        // Cut at a character boundary (the message is UTF-8 from a `str`).
+        let mut end = max;
+        while end > 0 && (res[end] & 0xc0) == 0x80 {
+            end -= 1;
+        }
+        res.truncate(end);
+        return kind;
+    }
+    let text = format!(
+        "the encoded result takes {} bytes; a pool result takes at most {max}",
+        res.len()
+    );
+    res.clear();
+    res.extend_from_slice(text.as_bytes());
+    KIND_BAD_JOB
 }
