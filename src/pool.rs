@@ -68,9 +68,11 @@
 //! timeout at the earliest job deadline when `job_timeout` is set). Before it sleeps it sets
 //! `waiting` and runs the heavy side of the asymmetric barrier (`sync::barrier`); a worker
 //! reads `waiting` after each job, behind the light side, and sends its results at once when it
-//! is set. That is Dekker's handshake: either the worker sees `waiting`, or the owner sees its
-//! `pending` length and then sleeps at most [`RECHECK`] (the worker may be deep in its next
-//! job). A worker that finishes its batch always sends what it has, so nothing waits longer
+//! is set. That is Dekker's handshake: either the worker sees `waiting` and sends each result
+//! it commits from then on, or the owner sees its `pending` length and takes those results
+//! from the worker's scratch itself (under the `flushes` sequence lock; the worker may be deep
+//! in a long next job). A failed barrier bounds the sleep to [`RECHECK`]. A worker that
+//! finishes its batch always sends what it has, so nothing waits longer
 //! than that batch.
 
 use std::cell::RefCell;
@@ -1218,7 +1220,9 @@ impl<J, R> Inner<J, R> {
             }
         }
         if self.cfg.job_timeout.is_some() {
-            self.enforce_timeouts();
+            // A kill puts the jobs behind the late one back in the queue: that is progress
+            // (the caller dispatches them), not a reason to sleep.
+            any |= self.enforce_timeouts();
         }
         any
     }
@@ -1370,11 +1374,12 @@ impl<J, R> Inner<J, R> {
             .min()
     }
 
-    /// Kills workers whose current job has run past `job_timeout`.
-    fn enforce_timeouts(&mut self) {
+    /// Kills workers whose current job has run past `job_timeout`. `true` if it killed one.
+    fn enforce_timeouts(&mut self) -> bool {
         let Some(t) = self.cfg.job_timeout else {
-            return;
+            return false;
         };
+        let mut killed = false;
         let now_ns = crate::sys::mono_ns();
         for k in 0..self.workers.len() {
             let Some(w) = self.workers[k].as_ref() else {
@@ -1399,8 +1404,10 @@ impl<J, R> Inner<J, R> {
                 .is_ok()
             {
                 self.kill_worker(k, Some(cur));
+                killed = true;
             }
         }
+        killed
     }
 
     /// Kills worker `k` (for a timeout or a protocol violation) and retires it.
