@@ -174,6 +174,9 @@ fn not_owner() -> JobError {
 
 /// How jobs and results cross the process boundary.
 struct Codec<J, R> {
+    /// The encoded size of every job, if fixed (plain data): job records then have a fixed
+    /// stride, so the owner finds them by arithmetic instead of walking lengths.
+    job_size: Option<usize>,
     enc_job: fn(&J, &mut Vec<u8>) -> Result<(), String>,
     dec_job: fn(&[u8]) -> Result<J, String>,
     enc_res: fn(&R, &mut Vec<u8>) -> Result<(), String>,
@@ -196,10 +199,21 @@ fn dec_plain<T: crate::Plain>(b: &[u8]) -> Result<T, String> {
     bytemuck::checked::try_pod_read_unaligned::<T>(b).map_err(|e| e.to_string())
 }
 
+/// Appends to a buffer it borrows (so a failed encoding leaves what was there before).
+#[cfg(feature = "serde")]
+struct Append<'a>(&'a mut Vec<u8>);
+
+#[cfg(feature = "serde")]
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
 #[cfg(feature = "serde")]
 fn enc_serde<T: serde::Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    postcard::to_extend(v, std::mem::take(out))
-        .map(|v| *out = v)
+    postcard::to_extend(v, Append(out))
+        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
@@ -335,6 +349,7 @@ impl PoolBuilder {
         F: Fn(J) -> R + 'static,
     {
         let codec = Codec {
+            job_size: Some(std::mem::size_of::<J>()),
             enc_job: enc_plain::<J>,
             dec_job: dec_plain::<J>,
             enc_res: enc_plain::<R>,
@@ -355,6 +370,7 @@ impl PoolBuilder {
         F: Fn(J) -> R + 'static,
     {
         let codec = Codec {
+            job_size: None,
             enc_job: enc_serde::<J>,
             dec_job: dec_serde::<J>,
             enc_res: enc_serde::<R>,
@@ -372,11 +388,52 @@ struct Sent {
     at: usize,
 }
 
-/// The id of the job record at `at` of an owner-written buffer, and where the next starts.
-fn job_record(b: &[u8], at: usize) -> Option<(u64, usize)> {
-    let id = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
-    let len = u32::from_le_bytes(b.get(at + 8..at + JOB_HDR)?.try_into().ok()?) as usize;
-    Some((id, at + JOB_HDR + len))
+/// How job records lie in the owner's buffers (the queue, the frames in flight; all written
+/// by the owner, so trusted): each with its length, or, for plain jobs, at a fixed stride, found
+/// by arithmetic.
+#[derive(Clone, Copy)]
+struct Records {
+    /// `JOB_HDR` plus the size of every job, if fixed.
+    stride: Option<usize>,
+}
+
+impl Records {
+    /// The id of the job record at `at` of `b`, and where the next starts.
+    #[inline]
+    fn at(self, b: &[u8], at: usize) -> Option<(u64, usize)> {
+        let hdr: &[u8; JOB_HDR] = b.get(at..at + JOB_HDR)?.try_into().ok()?;
+        let [i0, i1, i2, i3, i4, i5, i6, i7, l0, l1, l2, l3] = *hdr;
+        let id = u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
+        let next = match self.stride {
+            Some(s) => at + s,
+            None => at + JOB_HDR + u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        };
+        Some((id, next))
+    }
+
+    /// Where up to `n` whole records from `at` end, in at most `room` bytes (but at least one
+    /// record, if there is one and `one`), and how many that is.
+    #[inline]
+    fn span(self, b: &[u8], at: usize, n: usize, room: usize, one: bool) -> (usize, usize) {
+        if let Some(s) = self.stride {
+            let have = b.len().saturating_sub(at) / s;
+            let fit = if one { (room / s).max(1) } else { room / s };
+            let count = n.min(have).min(fit);
+            return (at + count * s, count);
+        }
+        let (mut end, mut count) = (at, 0);
+        while count < n {
+            let Some((_, next)) = self.at(b, end) else {
+                break;
+            };
+            if (count > 0 || !one) && next - at > room {
+                break;
+            }
+            end = next;
+            count += 1;
+        }
+        (end, count)
+    }
 }
 
 /// One worker process as the owner sees it.
@@ -392,22 +449,26 @@ struct Worker {
     dispatched: u64,
     /// The job it was killed for, having run past `job_timeout`.
     timed_out: Option<u64>,
+    /// How its frames' records lie.
+    records: Records,
 }
 
 impl Worker {
     /// Its oldest unreported job.
+    #[inline]
     fn front(&self) -> Option<u64> {
         let s = self.in_flight.front()?;
-        job_record(&s.bytes, s.at).map(|(id, _)| id)
+        self.records.at(&s.bytes, s.at).map(|(id, _)| id)
     }
 
     /// Marks its oldest unreported job reported; a frame fully reported goes to `spare`.
+    #[inline]
     fn pop_front(&mut self, spare: &mut Vec<Vec<u8>>) {
         let Some(s) = self.in_flight.front_mut() else {
             return;
         };
         self.load = self.load.saturating_sub(1);
-        match job_record(&s.bytes, s.at) {
+        match self.records.at(&s.bytes, s.at) {
             Some((_, next)) if next < s.bytes.len() => s.at = next,
             _ => {
                 if let Some(s) = self.in_flight.pop_front() {
@@ -422,7 +483,7 @@ impl Worker {
         let mut out = Vec::new();
         for s in self.in_flight.drain(..) {
             let mut at = s.at;
-            while let Some((id, next)) = job_record(&s.bytes, at) {
+            while let Some((id, next)) = self.records.at(&s.bytes, at) {
                 let Some(rec) = s.bytes.get(at..next) else {
                     break;
                 };
@@ -436,7 +497,6 @@ impl Worker {
 }
 
 /// Jobs queued in the owner, encoded, not yet sent.
-#[derive(Default)]
 struct Queue {
     /// Jobs put back after their worker died, to be sent before the others: one record each.
     again: VecDeque<Vec<u8>>,
@@ -445,6 +505,8 @@ struct Queue {
     at: usize,
     /// Records in `buf` from `at`.
     count: usize,
+    /// How the records lie.
+    records: Records,
 }
 
 impl Queue {
@@ -461,9 +523,9 @@ impl Queue {
         let mut ids: Vec<u64> = self
             .again
             .drain(..)
-            .filter_map(|r| job_record(&r, 0).map(|(id, _)| id))
+            .filter_map(|r| self.records.at(&r, 0).map(|(id, _)| id))
             .collect();
-        while let Some((id, next)) = job_record(&self.buf, self.at) {
+        while let Some((id, next)) = self.records.at(&self.buf, self.at) {
             ids.push(id);
             self.at = next;
         }
@@ -581,15 +643,7 @@ trait Run<R> {
 
 impl<J, R> Run<R> for Inner<J, R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>> {
-        let st = self.state(id)?;
-        if !matches!(st, JobState::Done(_)) {
-            return None;
-        }
-        let JobState::Done(r) = std::mem::replace(st, JobState::Settled) else {
-            return None;
-        };
-        self.settled(id);
-        Some(r)
+        Inner::take(self, id)
     }
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         Inner::pump(self, deadline)
@@ -601,6 +655,38 @@ impl<J, R> Run<R> for Inner<J, R> {
             _ => {}
         }
         self.settled(id);
+    }
+}
+
+impl<J, R> Inner<J, R> {
+    /// The result of job `id`, if it has finished (and not been taken).
+    #[inline]
+    fn take(&mut self, id: u64) -> Option<Result<R, JobError>> {
+        // The common case (`map`, a handle joined in order): the oldest job, finished.
+        if id == self.base && matches!(self.jobs.front(), Some(JobState::Done(_))) {
+            let Some(JobState::Done(r)) = self.jobs.pop_front() else {
+                return None; // cannot be: matched above
+            };
+            self.base += 1;
+            if matches!(self.jobs.front(), Some(JobState::Settled)) {
+                self.settled_front();
+            }
+            return Some(r);
+        }
+        self.take_any(id)
+    }
+
+    #[inline(never)]
+    fn take_any(&mut self, id: u64) -> Option<Result<R, JobError>> {
+        let st = self.state(id)?;
+        if !matches!(st, JobState::Done(_)) {
+            return None;
+        }
+        let JobState::Done(r) = std::mem::replace(st, JobState::Settled) else {
+            return None;
+        };
+        self.settled(id);
+        Some(r)
     }
 }
 
@@ -683,7 +769,15 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             scratch,
             _region: region,
             workers: Vec::with_capacity(n),
-            queue: Queue::default(),
+            queue: Queue {
+                again: VecDeque::new(),
+                buf: Vec::new(),
+                at: 0,
+                count: 0,
+                records: Records {
+                    stride: codec.job_size.map(|s| JOB_HDR + s),
+                },
+            },
             jobs: VecDeque::new(),
             base: 0,
             parked: BTreeMap::new(),
@@ -730,6 +824,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             pool: self,
             jobs: jobs.into_iter(),
             pending: VecDeque::new(),
+            ahead: 0,
         }
     }
 
@@ -816,16 +911,21 @@ impl<R> Drop for JobHandle<R> {
 pub struct Map<'p, J, R, I> {
     pool: &'p Pool<J, R>,
     jobs: I,
-    /// Ids submitted and not yet yielded, in input order.
-    pending: VecDeque<u64>,
+    /// Ids submitted and not yet yielded, in input order: runs of consecutive ids, `start..end`
+    /// (a run ends where another submission took an id).
+    pending: VecDeque<(u64, u64)>,
+    /// How many ids `pending` holds.
+    ahead: usize,
 }
 
 impl<J, R, I> Drop for Map<'_, J, R, I> {
     fn drop(&mut self) {
         // Results not yielded are discarded when they come.
         if let Ok(mut inner) = self.pool.inner.try_borrow_mut() {
-            for id in self.pending.drain(..) {
-                inner.abandon(id);
+            for (start, end) in self.pending.drain(..) {
+                for id in start..end {
+                    inner.abandon(id);
+                }
             }
         }
     }
@@ -836,18 +936,30 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut inner = self.pool.inner.borrow_mut();
-        let ahead = inner.cfg.queue_capacity + inner.cfg.workers * WINDOW;
-        // Top up what is submitted ahead (one dispatch for the lot), then wait for the oldest.
-        let mut added = false;
-        while self.pending.len() < ahead {
-            let Some(job) = self.jobs.next() else { break };
-            self.pending.push_back(inner.enqueue(&job));
-            added = true;
+        // Top up what is submitted ahead, a batch at a time (one dispatch for the lot), then
+        // wait for the oldest.
+        let limit = inner.cfg.queue_capacity + inner.cfg.workers * WINDOW;
+        if self.ahead + BATCH.min(limit) <= limit {
+            // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
+            let first = inner.next_id;
+            let n = inner.enqueue_from(&mut self.jobs, limit - self.ahead);
+            if n > 0 {
+                let end = first + n as u64;
+                match self.pending.back_mut() {
+                    Some((_, e)) if *e == first => *e = end,
+                    _ => self.pending.push_back((first, end)),
+                }
+                self.ahead += n;
+                inner.dispatch();
+            }
         }
-        if added {
-            inner.dispatch();
+        let (start, end) = self.pending.front_mut()?;
+        let id = *start;
+        *start += 1;
+        if *start == *end {
+            self.pending.pop_front();
         }
-        let id = self.pending.pop_front()?;
+        self.ahead -= 1;
         loop {
             if let Some(r) = inner.take(id) {
                 return Some(r);
@@ -877,10 +989,7 @@ impl<J, R> Inner<J, R> {
             }
             return;
         }
-        while matches!(self.jobs.front(), Some(JobState::Settled)) {
-            self.jobs.pop_front();
-            self.base += 1;
-        }
+        self.settled_front();
         // An old job still unsettled (a handle kept, not joined) must not hold every later
         // entry: past the limit, it moves to `parked`.
         while self.jobs.len() > self.park_limit {
@@ -893,8 +1002,32 @@ impl<J, R> Inner<J, R> {
         }
     }
 
+    /// Forgets the settled jobs at the front.
+    #[inline]
+    fn settled_front(&mut self) {
+        while matches!(self.jobs.front(), Some(JobState::Settled)) {
+            self.jobs.pop_front();
+            self.base += 1;
+        }
+    }
+
     /// Records how job `id` ended (or drops it, if nobody waits for it any more).
+    #[inline]
     fn finish(&mut self, id: u64, r: Result<R, JobError>) {
+        // The common case: a job whose handle waits, among the recent ones.
+        if let Some(i) = id
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            && let Some(st @ JobState::Pending) = self.jobs.get_mut(i)
+        {
+            *st = JobState::Done(r);
+            return;
+        }
+        self.finish_slow(id, r);
+    }
+
+    #[cold]
+    fn finish_slow(&mut self, id: u64, r: Result<R, JobError>) {
         if let Some(st) = self.state(id) {
             *st = match st {
                 JobState::Pending => JobState::Done(r),
@@ -953,6 +1086,7 @@ impl<J, R> Inner<J, R> {
             load: 0,
             dispatched: 0,
             timed_out: None,
+            records: self.queue.records,
         })
     }
 
@@ -966,47 +1100,75 @@ impl<J, R> Inner<J, R> {
         crate::sync::ident::current_ident() == self.owner
     }
 
+    /// Queues up to `n` jobs from `jobs` (as `enqueue`); returns how many it took.
+    fn enqueue_from(&mut self, jobs: &mut impl Iterator<Item = J>, n: usize) -> usize {
+        let mut count = 0;
+        while count < n {
+            let Some(job) = jobs.next() else { break };
+            self.enqueue(&job);
+            count += 1;
+        }
+        count
+    }
+
     /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
+    #[inline(always)]
     fn enqueue(&mut self, job: &J) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.jobs.push_back(JobState::Pending);
-        if !self.is_owner() {
-            self.finish(id, Err(not_owner()));
+        if (self.closed || self.queue.len() >= self.cfg.queue_capacity || !self.is_owner())
+            && !self.make_room(id)
+        {
             return id;
-        }
-        if self.closed {
-            self.finish(id, Err(JobError::Closed));
-            return id;
-        }
-        while self.queue.len() >= self.cfg.queue_capacity {
-            if !self.pump(None) {
-                break;
-            }
         }
         let buf = &mut self.queue.buf;
         let start = buf.len();
-        buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
+        let mut hdr = [0; JOB_HDR];
+        hdr[..8].copy_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&hdr);
         let encoded = (self.codec.enc_job)(job, buf);
         let len = buf.len() - start - JOB_HDR;
         let err = match encoded {
             Err(reason) => Some(reason),
-            Ok(()) if len > MAX_FRAME - JOB_HDR => Some(format!(
-                "the encoded job takes {len} bytes; a pool job takes at most {}",
-                MAX_FRAME - JOB_HDR
-            )),
+            Ok(()) if len > MAX_FRAME - JOB_HDR => Some(too_large(len)),
             Ok(()) => None,
         };
         if let Some(reason) = err {
-            buf.truncate(start);
-            self.finish(id, Err(JobError::Codec { reason }));
+            self.refuse(id, start, reason);
             return id;
         }
         // `len <= MAX_FRAME`, so it fits a u32.
         buf[start + 8..start + JOB_HDR].copy_from_slice(&(len as u32).to_le_bytes());
         self.queue.count += 1;
         id
+    }
+
+    /// Job `id`, whose record starts at `start` of the queue, could not be encoded.
+    #[cold]
+    fn refuse(&mut self, id: u64, start: usize, reason: String) {
+        self.queue.buf.truncate(start);
+        self.finish(id, Err(JobError::Codec { reason }));
+    }
+
+    /// Whether job `id` may be queued: in the owner, not closed (or it fails here), once the
+    /// queue has room (running the pool meanwhile).
+    #[cold]
+    fn make_room(&mut self, id: u64) -> bool {
+        if !self.is_owner() {
+            self.finish(id, Err(not_owner()));
+            return false;
+        }
+        if self.closed {
+            self.finish(id, Err(JobError::Closed));
+            return false;
+        }
+        while self.queue.len() >= self.cfg.queue_capacity {
+            if !self.pump(None) {
+                break;
+            }
+        }
+        true
     }
 
     /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
@@ -1052,18 +1214,15 @@ impl<J, R> Inner<J, R> {
                 frame.extend_from_slice(rec);
                 from_again += 1;
             }
-            let mut end = self.queue.at;
-            let mut from_buf = 0;
-            while from_again + from_buf < n {
-                let Some((_, next)) = job_record(&self.queue.buf, end) else {
-                    break;
-                };
-                if (from_again + from_buf > 0) && frame.len() + (next - end) > MAX_FRAME {
-                    break;
-                }
-                end = next;
-                from_buf += 1;
-            }
+            let q = &self.queue;
+            let (end, from_buf) = if from_again < n {
+                // A frame takes at least one record (a job record takes at most `MAX_FRAME`).
+                let room = MAX_FRAME.saturating_sub(frame.len());
+                q.records
+                    .span(&q.buf, q.at, n - from_again, room, frame.is_empty())
+            } else {
+                (q.at, 0)
+            };
             if let Some(recs) = self.queue.buf.get(self.queue.at..end) {
                 frame.extend_from_slice(recs);
             }
@@ -1272,29 +1431,22 @@ impl<J, R> Inner<J, R> {
     fn accept(&mut self, k: usize, frame: &[u8]) -> usize {
         let mut at = 0;
         while at < frame.len() {
+            // Runs of plain results of the oldest jobs, each awaited, take the fast path; any
+            // other record takes the general one, then the fast path goes on.
+            at = self.accept_plain(k, frame, at);
+            if at >= frame.len() {
+                break;
+            }
+            let Some((id, kind, payload)) = result_record(frame, at) else {
+                return at;
+            };
+            let next = at + RES_HDR + payload.len();
             let Some(w) = self.workers[k].as_mut() else {
                 return at;
             };
-            let (Some(id), Some(&kind), Some(len)) = (
-                frame
-                    .get(at..at + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes),
-                frame.get(at + 8),
-                frame
-                    .get(at + 9..at + RES_HDR)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_le_bytes),
-            ) else {
-                return at;
-            };
-            let Some(payload) = frame.get(at + RES_HDR..at + RES_HDR + len as usize) else {
-                return at;
-            };
-            let next = at + RES_HDR + len as usize;
             // Validated before the job is taken off the in-flight list: a record that is not a
             // result of the oldest job leaves it there, for `retire` to settle.
-            if w.front() != Some(id) || !matches!(kind, KIND_OK | KIND_PANICKED | KIND_BAD_JOB) {
+            if w.front() != Some(id) || kind > KIND_BAD_JOB {
                 if !w.in_flight_has(id) {
                     // Taken already (from the scratch, before the worker sent it; or through
                     // the ring, before it died and left its scratch uncleared), or forged.
@@ -1304,19 +1456,53 @@ impl<J, R> Inner<J, R> {
                 return at;
             }
             w.pop_front(&mut self.spare);
-            let result = match kind {
-                KIND_OK => {
-                    (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
-                }
-                KIND_PANICKED => Err(JobError::Panicked {
-                    message: String::from_utf8_lossy(payload).into_owned(),
-                }),
-                _ => Err(JobError::Codec {
-                    reason: String::from_utf8_lossy(payload).into_owned(),
-                }),
+            let result = if kind == KIND_OK {
+                (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
+            } else {
+                Err(failure(kind, payload))
             };
             self.finish(id, result);
             at = next;
+        }
+        at
+    }
+
+    /// `accept`'s fast path: takes the records of `frame` from `at` on while each is a result
+    /// (kind `KIND_OK`) of worker `k`'s oldest unreported job, a plain job whose state is
+    /// `Pending`. Returns where it stopped. Everything else is left to `accept`.
+    #[inline]
+    fn accept_plain(&mut self, k: usize, frame: &[u8], mut at: usize) -> usize {
+        let Some(w) = self.workers[k].as_mut() else {
+            return at;
+        };
+        let Some(stride) = w.records.stride else {
+            return at;
+        };
+        let dec = self.codec.dec_res;
+        while let Some(s) = w.in_flight.front_mut() {
+            // The records of an in-flight frame lie at `stride` from `s.at` to its end.
+            while let Some(expect) = s.bytes.get(s.at..s.at + 8) {
+                let Some((id, kind, payload)) = result_record(frame, at) else {
+                    return at;
+                };
+                if kind != KIND_OK || expect != id.to_le_bytes() {
+                    return at;
+                }
+                let Some(st @ JobState::Pending) = id
+                    .checked_sub(self.base)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| self.jobs.get_mut(i))
+                else {
+                    return at;
+                };
+                *st = JobState::Done(dec(payload).map_err(|reason| JobError::Codec { reason }));
+                s.at += stride;
+                w.load -= 1;
+                at += RES_HDR + payload.len();
+            }
+            if let Some(s) = w.in_flight.pop_front() {
+                self.spare.push(s.bytes);
+            }
         }
         at
     }
@@ -1531,7 +1717,7 @@ impl Worker {
     fn in_flight_has(&self, id: u64) -> bool {
         self.in_flight.iter().any(|s| {
             let mut at = s.at;
-            while let Some((rid, next)) = job_record(&s.bytes, at) {
+            while let Some((rid, next)) = self.records.at(&s.bytes, at) {
                 if rid == id {
                     return true;
                 }
@@ -1575,18 +1761,35 @@ impl Lane<'_> {
         true
     }
 
-    /// Commits one result record (in `out` and in the scratch), sending first what is there
-    /// if it would not fit one frame. `false` if the owner is gone.
-    fn commit(&self, out: &mut Vec<u8>, id: u64, kind: u8, payload: &[u8]) -> bool {
-        if out.len() + RES_HDR + payload.len() > MAX_FRAME && !self.flush(out) {
-            return false;
+    /// Commits the result record that starts at `start` of `out` (its header still blank; its
+    /// payload encoded after it): fills in the header, sends first what was there before it if
+    /// the frame would be too large, mirrors the record in the scratch and publishes it.
+    /// `false` if the owner is gone.
+    #[inline]
+    fn commit(&self, out: &mut Vec<u8>, mut start: usize, id: u64, mut kind: u8) -> bool {
+        if out.len() - start > MAX_FRAME {
+            // Too large for any frame: a report of that instead (a panic message is cut).
+            let mut payload = out.split_off(start + RES_HDR);
+            kind = fit_result(kind, &mut payload);
+            out.extend_from_slice(&payload);
         }
-        let start = out.len();
-        out.extend_from_slice(&id.to_le_bytes());
-        out.push(kind);
-        // `payload.len() <= MAX_FRAME - RES_HDR` (the caller's check), so it fits a u32.
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(payload);
+        if out.len() > MAX_FRAME {
+            // The frame is full: send what came before this record, which then starts it.
+            let rec = out.split_off(start);
+            if !self.flush(out) {
+                return false;
+            }
+            *out = rec;
+            start = 0;
+        }
+        // `len <= MAX_FRAME - RES_HDR` (made so above), so it fits a u32.
+        let len = (out.len() - start - RES_HDR) as u32;
+        let Some(hdr) = out.get_mut(start..start + RES_HDR) else {
+            return true; // cannot be: the caller reserved the header
+        };
+        hdr[..8].copy_from_slice(&id.to_le_bytes());
+        hdr[8] = kind;
+        hdr[9..].copy_from_slice(&len.to_le_bytes());
         self.scratch.write(start, &out[start..]);
         // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
         // sees the record written above.
@@ -1603,16 +1806,18 @@ fn worker_main<J, R>(
     max_jobs: Option<u64>,
     timed: bool,
 ) -> i32 {
+    let records = Records {
+        stride: codec.job_size.map(|s| JOB_HDR + s),
+    };
     let mut frame = Vec::new();
-    let mut out = Vec::new();
-    let mut res = Vec::new();
+    let mut out = Vec::with_capacity(MAX_FRAME + RES_HDR);
     let mut done = 0u64;
     // What this worker last published in `current` (the owner stored `IDLE` before the fork).
     let mut current = IDLE;
     while lane.jobs.recv_into(&mut frame).is_ok() {
         let mut at = 0;
         while at < frame.len() {
-            let Some((id, next)) = job_record(&frame, at) else {
+            let Some((id, next)) = records.at(&frame, at) else {
                 return 2; // the owner sent an impossible frame
             };
             let Some(payload) = frame.get(at + JOB_HDR..next) else {
@@ -1641,18 +1846,20 @@ fn worker_main<J, R>(
                 lane.slot.current.store(id, Ordering::Release);
             }
             current = id;
-            res.clear();
+            // The record goes straight into `out`: a blank header, then the payload.
+            let start = out.len();
+            out.extend_from_slice(&[0; RES_HDR]);
             let kind = match (codec.dec_job)(payload) {
                 Err(reason) => {
-                    res.extend_from_slice(reason.as_bytes());
+                    out.extend_from_slice(reason.as_bytes());
                     KIND_BAD_JOB
                 }
                 Ok(job) => match catch_unwind(AssertUnwindSafe(|| work(job))) {
-                    Ok(r) => match (codec.enc_res)(&r, &mut res) {
+                    Ok(r) => match (codec.enc_res)(&r, &mut out) {
                         Ok(()) => KIND_OK,
                         Err(reason) => {
-                            res.clear();
-                            res.extend_from_slice(reason.as_bytes());
+                            out.truncate(start + RES_HDR);
+                            out.extend_from_slice(reason.as_bytes());
                             KIND_BAD_JOB
                         }
                     },
@@ -1662,13 +1869,12 @@ fn worker_main<J, R>(
                             .map(|s| s.to_string())
                             .or_else(|| payload.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "Box<dyn Any>".into());
-                        res.extend_from_slice(msg.as_bytes());
+                        out.extend_from_slice(msg.as_bytes());
                         KIND_PANICKED
                     }
                 },
             };
-            let kind = fit_result(kind, &mut res);
-            if !lane.commit(&mut out, id, kind, &res) {
+            if !lane.commit(&mut out, start, id, kind) {
                 return 0; // the owner is gone
             }
             done += 1;
@@ -1690,6 +1896,37 @@ fn worker_main<J, R>(
     }
     let _ = lane.flush(&mut out);
     0
+}
+
+#[cold]
+fn too_large(len: usize) -> String {
+    format!(
+        "the encoded job takes {len} bytes; a pool job takes at most {}",
+        MAX_FRAME - JOB_HDR
+    )
+}
+
+/// The result record at `at` of a private copy of a result frame: id, kind, payload; `None`
+/// if it is cut short.
+#[inline]
+fn result_record(frame: &[u8], at: usize) -> Option<(u64, u8, &[u8])> {
+    let hdr: &[u8; RES_HDR] = frame.get(at..at + RES_HDR)?.try_into().ok()?;
+    let [i0, i1, i2, i3, i4, i5, i6, i7, kind, l0, l1, l2, l3] = *hdr;
+    let id = u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let payload = frame.get(at + RES_HDR..at.checked_add(RES_HDR + len)?)?;
+    Some((id, kind, payload))
+}
+
+/// How a job failed, from a result record of kind `KIND_PANICKED` or `KIND_BAD_JOB`.
+#[cold]
+fn failure(kind: u8, payload: &[u8]) -> JobError {
+    let text = String::from_utf8_lossy(payload).into_owned();
+    if kind == KIND_PANICKED {
+        JobError::Panicked { message: text }
+    } else {
+        JobError::Codec { reason: text }
+    }
 }
 
 /// A result payload too large for a frame becomes a report of that (a panic message is cut
