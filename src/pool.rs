@@ -172,32 +172,35 @@ fn not_owner() -> JobError {
     }
 }
 
-/// How jobs and results cross the process boundary.
-struct Codec<J, R> {
-    /// The encoded size of every job, if fixed (plain data): job records then have a fixed
-    /// stride, so the owner finds them by arithmetic instead of walking lengths.
-    job_size: Option<usize>,
-    enc_job: fn(&J, &mut Vec<u8>) -> Result<(), String>,
-    dec_job: fn(&[u8]) -> Result<J, String>,
-    enc_res: fn(&R, &mut Vec<u8>) -> Result<(), String>,
-    dec_res: fn(&[u8]) -> Result<R, String>,
+/// How values of one type cross the process boundary. The pool's loops are instantiated per
+/// wire (no call through a pointer per job): [`PlainWire`] for plain data, [`SerdeWire`] for
+/// serde types.
+trait Wire<T> {
+    /// The encoded size of every value, if fixed.
+    const SIZE: Option<usize>;
+    fn enc(v: &T, out: &mut Vec<u8>) -> Result<(), String>;
+    fn dec(b: &[u8]) -> Result<T, String>;
 }
 
-impl<J, R> Clone for Codec<J, R> {
-    fn clone(&self) -> Self {
-        *self
+/// Plain data as its bytes (bytemuck), validated on decoding.
+struct PlainWire;
+
+impl<T: crate::Plain> Wire<T> for PlainWire {
+    const SIZE: Option<usize> = Some(std::mem::size_of::<T>());
+    #[inline]
+    fn enc(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
+        out.extend_from_slice(bytemuck::bytes_of(v));
+        Ok(())
+    }
+    #[inline]
+    fn dec(b: &[u8]) -> Result<T, String> {
+        bytemuck::checked::try_pod_read_unaligned::<T>(b).map_err(|e| e.to_string())
     }
 }
-impl<J, R> Copy for Codec<J, R> {}
 
-fn enc_plain<T: crate::Plain>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    out.extend_from_slice(bytemuck::bytes_of(v));
-    Ok(())
-}
-
-fn dec_plain<T: crate::Plain>(b: &[u8]) -> Result<T, String> {
-    bytemuck::checked::try_pod_read_unaligned::<T>(b).map_err(|e| e.to_string())
-}
+/// Serde types, encoded with postcard.
+#[cfg(feature = "serde")]
+struct SerdeWire;
 
 /// Appends to a buffer it borrows (so a failed encoding leaves what was there before).
 #[cfg(feature = "serde")]
@@ -211,15 +214,82 @@ impl Extend<u8> for Append<'_> {
 }
 
 #[cfg(feature = "serde")]
-fn enc_serde<T: serde::Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    postcard::to_extend(v, Append(out))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Wire<T> for SerdeWire {
+    const SIZE: Option<usize> = None;
+    fn enc(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
+        postcard::to_extend(v, Append(out))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn dec(b: &[u8]) -> Result<T, String> {
+        postcard::from_bytes(b).map_err(|e| e.to_string())
+    }
 }
 
-#[cfg(feature = "serde")]
-fn dec_serde<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(b).map_err(|e| e.to_string())
+/// The owner's wire-specific code, instantiated for the pool's wire when it is built.
+struct Codec<J, R> {
+    /// The encoded size of every job, if fixed (plain data): job records then have a fixed
+    /// stride, so the owner finds them by arithmetic instead of walking lengths.
+    job_size: Option<usize>,
+    /// Appends the records of `jobs`, with ids from `first` on, to a buffer; the ids of jobs
+    /// that could not be encoded (or are too large) go to `failed` with the reason, and have
+    /// no record.
+    enc_jobs: fn(jobs: &[J], first: u64, buf: &mut Vec<u8>, failed: &mut Refused),
+    /// Decodes a result payload.
+    dec_res: fn(&[u8]) -> Result<R, String>,
+    /// `Inner::accept`'s fast path (see `accept_run`).
+    accept_run: fn(&mut Inner<J, R>, usize, &[u8], usize) -> usize,
+}
+
+impl<J, R> Clone for Codec<J, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<J, R> Copy for Codec<J, R> {}
+
+impl<J, R> Codec<J, R> {
+    fn of<W: Wire<J> + Wire<R>>() -> Self {
+        Codec {
+            job_size: <W as Wire<J>>::SIZE,
+            enc_jobs: enc_jobs::<J, W>,
+            dec_res: <W as Wire<R>>::dec,
+            accept_run: accept_run::<J, R, W>,
+        }
+    }
+}
+
+/// Jobs that could not be encoded: their ids, and why.
+type Refused = Vec<(u64, String)>;
+
+/// A worker's whole life, with the pool's `work` and wire (see `worker_main`).
+type RunWorker = dyn Fn(Lane<'_>, Option<u64>, bool) -> i32;
+
+/// `Codec::enc_jobs` for wire `W`.
+fn enc_jobs<J, W: Wire<J>>(jobs: &[J], first: u64, buf: &mut Vec<u8>, failed: &mut Refused) {
+    if let Some(size) = W::SIZE {
+        buf.reserve(jobs.len() * (JOB_HDR + size));
+    }
+    for (id, job) in (first..).zip(jobs) {
+        let start = buf.len();
+        let mut hdr = [0; JOB_HDR];
+        hdr[..8].copy_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&hdr);
+        let encoded = W::enc(job, buf);
+        let len = buf.len() - start - JOB_HDR;
+        let err = match encoded {
+            Err(reason) => Some(reason),
+            Ok(()) if len > MAX_FRAME - JOB_HDR => Some(too_large(len)),
+            Ok(()) => None,
+        };
+        if let Some(reason) = err {
+            buf.truncate(start);
+            failed.push((id, reason));
+            continue;
+        }
+        // `len <= MAX_FRAME`, so it fits a u32.
+        buf[start + 8..start + JOB_HDR].copy_from_slice(&(len as u32).to_le_bytes());
+    }
 }
 
 /// What the owner publishes to every worker (offset 0 of the pool's region).
@@ -348,14 +418,10 @@ impl PoolBuilder {
         R: crate::Plain,
         F: Fn(J) -> R + 'static,
     {
-        let codec = Codec {
-            job_size: Some(std::mem::size_of::<J>()),
-            enc_job: enc_plain::<J>,
-            dec_job: dec_plain::<J>,
-            enc_res: enc_plain::<R>,
-            dec_res: dec_plain::<R>,
-        };
-        Pool::start(self, Rc::new(work), codec)
+        let run: Rc<RunWorker> = Rc::new(move |lane, max, timed| {
+            worker_main::<J, R, PlainWire>(lane, &work, max, timed)
+        });
+        Pool::start(self, run, Codec::of::<PlainWire>())
     }
 
     /// As [`build`](Self::build), for any serde types (feature `serde`), encoded with postcard.
@@ -369,14 +435,10 @@ impl PoolBuilder {
         R: serde::Serialize + serde::de::DeserializeOwned + 'static,
         F: Fn(J) -> R + 'static,
     {
-        let codec = Codec {
-            job_size: None,
-            enc_job: enc_serde::<J>,
-            dec_job: dec_serde::<J>,
-            enc_res: enc_serde::<R>,
-            dec_res: dec_serde::<R>,
-        };
-        Pool::start(self, Rc::new(work), codec)
+        let run: Rc<RunWorker> = Rc::new(move |lane, max, timed| {
+            worker_main::<J, R, SerdeWire>(lane, &work, max, timed)
+        });
+        Pool::start(self, run, Codec::of::<SerdeWire>())
     }
 }
 
@@ -538,8 +600,11 @@ impl Queue {
 
 struct Inner<J, R> {
     cfg: PoolBuilder,
-    work: Rc<dyn Fn(J) -> R>,
+    /// A worker's life (run in the fork child).
+    run: Rc<RunWorker>,
     codec: Codec<J, R>,
+    /// Jobs that could not be encoded, from `Codec::enc_jobs` (kept for its buffer).
+    failed: Refused,
     /// The header and the workers' slots, in `_region` (not truly `'static`: see
     /// `Pool::start`).
     header: &'static Header,
@@ -718,11 +783,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
         PoolBuilder::new().workers(workers).build(work)
     }
 
-    fn start(
-        cfg: PoolBuilder,
-        work: Rc<dyn Fn(J) -> R>,
-        codec: Codec<J, R>,
-    ) -> Result<Self, Error> {
+    fn start(cfg: PoolBuilder, run: Rc<RunWorker>, codec: Codec<J, R>) -> Result<Self, Error> {
         if crate::sys::thread_count()? > 1 {
             return Err(Error::MultiThreaded);
         }
@@ -762,8 +823,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
         let park_limit = 2 * (cfg.queue_capacity + n * WINDOW);
         let mut inner = Inner {
             cfg,
-            work,
+            run,
             codec,
+            failed: Vec::new(),
             header,
             slots,
             scratch,
@@ -825,6 +887,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             jobs: jobs.into_iter(),
             pending: VecDeque::new(),
             ahead: 0,
+            batch: Vec::new(),
         }
     }
 
@@ -916,6 +979,8 @@ pub struct Map<'p, J, R, I> {
     pending: VecDeque<(u64, u64)>,
     /// How many ids `pending` holds.
     ahead: usize,
+    /// Jobs taken from `jobs`, being queued.
+    batch: Vec<J>,
 }
 
 impl<J, R, I> Drop for Map<'_, J, R, I> {
@@ -942,7 +1007,12 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
         if self.ahead + BATCH.min(limit) <= limit {
             // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
             let first = inner.next_id;
-            let n = inner.enqueue_from(&mut self.jobs, limit - self.ahead);
+            self.batch.clear();
+            self.batch
+                .extend(self.jobs.by_ref().take(limit - self.ahead));
+            inner.enqueue_batch(&self.batch);
+            let n = self.batch.len();
+            self.batch.clear();
             if n > 0 {
                 let end = first + n as u64;
                 match self.pending.back_mut() {
@@ -1057,8 +1127,7 @@ impl<J, R> Inner<J, R> {
         slot.pending.store(0, Ordering::Relaxed);
         let header = self.header;
         let scratch = self.scratch_of(k);
-        let work = self.work.clone();
-        let codec = self.codec;
+        let run = self.run.clone();
         let max = self.cfg.max_jobs_per_worker;
         let timed = self.cfg.job_timeout.is_some();
         let owner_pid = crate::sync::ident::current_pid();
@@ -1076,7 +1145,7 @@ impl<J, R> Inner<J, R> {
                 slot,
                 scratch,
             };
-            worker_main(lane, &*work, codec, max, timed)
+            run(lane, max, timed)
         })?;
         Ok(Worker {
             child,
@@ -1100,75 +1169,77 @@ impl<J, R> Inner<J, R> {
         crate::sync::ident::current_ident() == self.owner
     }
 
-    /// Queues up to `n` jobs from `jobs` (as `enqueue`); returns how many it took.
-    fn enqueue_from(&mut self, jobs: &mut impl Iterator<Item = J>, n: usize) -> usize {
-        let mut count = 0;
-        while count < n {
-            let Some(job) = jobs.next() else { break };
-            self.enqueue(&job);
-            count += 1;
+    /// Queues `jobs` (as `enqueue`, with consecutive ids) without dispatching them yet.
+    fn enqueue_batch(&mut self, jobs: &[J]) {
+        let mut done = 0;
+        while let Some(rest) = jobs.get(done..).filter(|r| !r.is_empty()) {
+            let room = self.cfg.queue_capacity.saturating_sub(self.queue.len());
+            if self.closed || room == 0 || !self.is_owner() {
+                // One at a time: it fails, or waits for room.
+                self.enqueue(&rest[0]);
+                done += 1;
+                continue;
+            }
+            let n = room.min(rest.len());
+            self.push_records(&rest[..n]);
+            done += n;
         }
-        count
     }
 
     /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
-    #[inline(always)]
     fn enqueue(&mut self, job: &J) -> u64 {
         let id = self.next_id;
-        self.next_id += 1;
-        self.jobs.push_back(JobState::Pending);
         if (self.closed || self.queue.len() >= self.cfg.queue_capacity || !self.is_owner())
-            && !self.make_room(id)
+            && let Err(e) = self.make_room()
         {
+            self.next_id += 1;
+            self.jobs.push_back(JobState::Pending);
+            self.finish(id, Err(e));
             return id;
         }
-        let buf = &mut self.queue.buf;
-        let start = buf.len();
-        let mut hdr = [0; JOB_HDR];
-        hdr[..8].copy_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&hdr);
-        let encoded = (self.codec.enc_job)(job, buf);
-        let len = buf.len() - start - JOB_HDR;
-        let err = match encoded {
-            Err(reason) => Some(reason),
-            Ok(()) if len > MAX_FRAME - JOB_HDR => Some(too_large(len)),
-            Ok(()) => None,
-        };
-        if let Some(reason) = err {
-            self.refuse(id, start, reason);
-            return id;
-        }
-        // `len <= MAX_FRAME`, so it fits a u32.
-        buf[start + 8..start + JOB_HDR].copy_from_slice(&(len as u32).to_le_bytes());
-        self.queue.count += 1;
+        self.push_records(std::slice::from_ref(job));
         id
     }
 
-    /// Job `id`, whose record starts at `start` of the queue, could not be encoded.
-    #[cold]
-    fn refuse(&mut self, id: u64, start: usize, reason: String) {
-        self.queue.buf.truncate(start);
-        self.finish(id, Err(JobError::Codec { reason }));
+    /// Gives `jobs` the next ids and appends their records to the queue (the caller checked
+    /// that there is room).
+    #[inline]
+    fn push_records(&mut self, jobs: &[J]) {
+        let first = self.next_id;
+        self.next_id += jobs.len() as u64;
+        self.jobs
+            .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
+        (self.codec.enc_jobs)(jobs, first, &mut self.queue.buf, &mut self.failed);
+        self.queue.count += jobs.len() - self.failed.len();
+        if !self.failed.is_empty() {
+            self.refuse();
+        }
     }
 
-    /// Whether job `id` may be queued: in the owner, not closed (or it fails here), once the
-    /// queue has room (running the pool meanwhile).
+    /// Fails the jobs that could not be encoded.
     #[cold]
-    fn make_room(&mut self, id: u64) -> bool {
+    fn refuse(&mut self) {
+        for (id, reason) in std::mem::take(&mut self.failed) {
+            self.finish(id, Err(JobError::Codec { reason }));
+        }
+    }
+
+    /// Waits until a job may be queued (running the pool while the queue is full); or why it
+    /// cannot be (not the owner, closed).
+    #[cold]
+    fn make_room(&mut self) -> Result<(), JobError> {
         if !self.is_owner() {
-            self.finish(id, Err(not_owner()));
-            return false;
+            return Err(not_owner());
         }
         if self.closed {
-            self.finish(id, Err(JobError::Closed));
-            return false;
+            return Err(JobError::Closed);
         }
         while self.queue.len() >= self.cfg.queue_capacity {
             if !self.pump(None) {
                 break;
             }
         }
-        true
+        Ok(())
     }
 
     /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
@@ -1433,7 +1504,7 @@ impl<J, R> Inner<J, R> {
         while at < frame.len() {
             // Runs of plain results of the oldest jobs, each awaited, take the fast path; any
             // other record takes the general one, then the fast path goes on.
-            at = self.accept_plain(k, frame, at);
+            at = (self.codec.accept_run)(self, k, frame, at);
             if at >= frame.len() {
                 break;
             }
@@ -1463,46 +1534,6 @@ impl<J, R> Inner<J, R> {
             };
             self.finish(id, result);
             at = next;
-        }
-        at
-    }
-
-    /// `accept`'s fast path: takes the records of `frame` from `at` on while each is a result
-    /// (kind `KIND_OK`) of worker `k`'s oldest unreported job, a plain job whose state is
-    /// `Pending`. Returns where it stopped. Everything else is left to `accept`.
-    #[inline]
-    fn accept_plain(&mut self, k: usize, frame: &[u8], mut at: usize) -> usize {
-        let Some(w) = self.workers[k].as_mut() else {
-            return at;
-        };
-        let Some(stride) = w.records.stride else {
-            return at;
-        };
-        let dec = self.codec.dec_res;
-        while let Some(s) = w.in_flight.front_mut() {
-            // The records of an in-flight frame lie at `stride` from `s.at` to its end.
-            while let Some(expect) = s.bytes.get(s.at..s.at + 8) {
-                let Some((id, kind, payload)) = result_record(frame, at) else {
-                    return at;
-                };
-                if kind != KIND_OK || expect != id.to_le_bytes() {
-                    return at;
-                }
-                let Some(st @ JobState::Pending) = id
-                    .checked_sub(self.base)
-                    .and_then(|i| usize::try_from(i).ok())
-                    .and_then(|i| self.jobs.get_mut(i))
-                else {
-                    return at;
-                };
-                *st = JobState::Done(dec(payload).map_err(|reason| JobError::Codec { reason }));
-                s.at += stride;
-                w.load -= 1;
-                at += RES_HDR + payload.len();
-            }
-            if let Some(s) = w.in_flight.pop_front() {
-                self.spare.push(s.bytes);
-            }
         }
         at
     }
@@ -1799,15 +1830,14 @@ impl Lane<'_> {
 }
 
 /// A worker's life: run jobs until the owner closes the job channel or dies.
-fn worker_main<J, R>(
+fn worker_main<J, R, W: Wire<J> + Wire<R>>(
     lane: Lane<'_>,
-    work: &dyn Fn(J) -> R,
-    codec: Codec<J, R>,
+    work: &impl Fn(J) -> R,
     max_jobs: Option<u64>,
     timed: bool,
 ) -> i32 {
     let records = Records {
-        stride: codec.job_size.map(|s| JOB_HDR + s),
+        stride: <W as Wire<J>>::SIZE.map(|s| JOB_HDR + s),
     };
     let mut frame = Vec::new();
     let mut out = Vec::with_capacity(MAX_FRAME + RES_HDR);
@@ -1849,13 +1879,13 @@ fn worker_main<J, R>(
             // The record goes straight into `out`: a blank header, then the payload.
             let start = out.len();
             out.extend_from_slice(&[0; RES_HDR]);
-            let kind = match (codec.dec_job)(payload) {
+            let kind = match <W as Wire<J>>::dec(payload) {
                 Err(reason) => {
                     out.extend_from_slice(reason.as_bytes());
                     KIND_BAD_JOB
                 }
                 Ok(job) => match catch_unwind(AssertUnwindSafe(|| work(job))) {
-                    Ok(r) => match (codec.enc_res)(&r, &mut out) {
+                    Ok(r) => match <W as Wire<R>>::enc(&r, &mut out) {
                         Ok(()) => KIND_OK,
                         Err(reason) => {
                             out.truncate(start + RES_HDR);
@@ -1904,6 +1934,47 @@ fn too_large(len: usize) -> String {
         "the encoded job takes {len} bytes; a pool job takes at most {}",
         MAX_FRAME - JOB_HDR
     )
+}
+
+/// `Inner::accept`'s fast path, for wire `W`: takes the records of `frame` from `at` on while
+/// each is a result (kind `KIND_OK`) of worker `k`'s oldest unreported job, whose state is
+/// `Pending`. Returns where it stopped; everything else is left to `accept`.
+fn accept_run<J, R, W: Wire<R>>(
+    inner: &mut Inner<J, R>,
+    k: usize,
+    frame: &[u8],
+    mut at: usize,
+) -> usize {
+    let Some(w) = inner.workers[k].as_mut() else {
+        return at;
+    };
+    let records = w.records;
+    while let Some(s) = w.in_flight.front_mut() {
+        while let Some((expect, next)) = records.at(&s.bytes, s.at) {
+            let Some((id, kind, payload)) = result_record(frame, at) else {
+                return at;
+            };
+            if kind != KIND_OK || expect != id {
+                return at;
+            }
+            let Some(st @ JobState::Pending) = id
+                .checked_sub(inner.base)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| inner.jobs.get_mut(i))
+            else {
+                return at;
+            };
+            *st = JobState::Done(W::dec(payload).map_err(|reason| JobError::Codec { reason }));
+            s.at = next;
+            w.load = w.load.saturating_sub(1);
+            at += RES_HDR + payload.len();
+        }
+        // Every record of this frame is reported.
+        if let Some(s) = w.in_flight.pop_front() {
+            inner.spare.push(s.bytes);
+        }
+    }
+    at
 }
 
 /// The result record at `at` of a private copy of a result frame: id, kind, payload; `None`
