@@ -614,14 +614,6 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
 }
 
 impl<J, R> Inner<J, R> {
-    fn scratch_of(&self, k: usize) -> Scratch {
-        // Worker slots and scratches correspond one to one; `k < slots.len()`.
-        let k = k.min(self.slots.len().saturating_sub(1));
-        // SAFETY: the scratches are `slots.len()` consecutive `SCRATCH`-byte blocks of the
-        // region from `self.scratch`, and `k` is a valid slot index (clamped above).
-        Scratch(unsafe { self.scratch.add(k * SCRATCH) })
-    }
-
     /// Forks the worker for slot `k`.
     fn spawn(&mut self, k: usize) -> Result<Worker, Error> {
         let (jobs_tx, jobs_rx) = byte_channel(RING_BYTES)?;

@@ -57,7 +57,7 @@ const _: () = assert!(std::mem::size_of::<WorkerSlot>() == 64);
 
 /// A worker's scratch: `SCRATCH` bytes of shared memory it alone writes (while it lives).
 #[derive(Clone, Copy)]
-pub(super) struct Scratch(pub(super) *mut u8);
+pub(super) struct Scratch(*mut u8);
 
 impl Scratch {
     /// Copies `src` to offset `at`. Only `worker_main` calls it, in its own worker.
@@ -80,6 +80,17 @@ impl Scratch {
         // `Inner` lives; read into a private buffer, as the ring reads messages (whatever a
         // hostile process wrote there is only bytes, validated after the copy).
         unsafe { std::ptr::copy_nonoverlapping(self.0, out.as_mut_ptr(), len) };
+    }
+}
+
+impl<J, R> Inner<J, R> {
+    /// Worker `k`'s scratch (the only way to make a `Scratch`, so its pointer is always one).
+    pub(super) fn scratch_of(&self, k: usize) -> Scratch {
+        // Worker slots and scratches correspond one to one; `k < slots.len()`.
+        let k = k.min(self.slots.len().saturating_sub(1));
+        // SAFETY: the scratches are `slots.len()` consecutive `SCRATCH`-byte blocks of the
+        // region from `self.scratch`, and `k` is a valid slot index (clamped above).
+        Scratch(unsafe { self.scratch.add(k * SCRATCH) })
     }
 }
 
