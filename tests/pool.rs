@@ -30,6 +30,7 @@ fn main() {
         serde_jobs_and_results,
         regression_dropped_pools_leave_no_mapping,
         regression_small_queue_after_an_idle_worker_died,
+        regression_timeout_kill_counts_as_progress,
     ]);
 }
 
@@ -419,5 +420,42 @@ fn regression_small_queue_after_an_idle_worker_died() -> Outcome {
         "took {:?}",
         start.elapsed()
     );
+    Ok(())
+}
+
+/// Found in review (fixed in 770fb15): a timeout kill that found no result to take was not
+/// counted as progress, so the owner went to sleep with the jobs it had put back queued (and
+/// the replacement idle) until the join's own deadline, or for ever. Deterministic: the late
+/// job's deadline passes while the owner is not running the pool, so the first look at the
+/// workers kills, with nothing else to take.
+fn regression_timeout_kill_counts_as_progress() -> Outcome {
+    let pool = PoolBuilder::new()
+        .workers(1)
+        .job_timeout(Duration::from_millis(100))
+        .build(|x: u32| {
+            if x == 0 {
+                std::thread::sleep(LONG);
+            }
+            x
+        })
+        .ctx("pool")?;
+    // Both on the one worker: job 1 is queued behind job 0, which never ends.
+    let late = pool.submit(0).ctx("submit 0")?;
+    let behind = pool.submit(1).ctx("submit 1")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let r = behind.join_timeout(Duration::from_secs(3));
+    ensure!(r == Ok(1), "job 1: {r:?} after {:?}", start.elapsed());
+    ensure!(
+        start.elapsed() < Duration::from_secs(2),
+        "job 1 took {:?}",
+        start.elapsed()
+    );
+    ensure!(
+        late.join() == Err(JobError::TimedOut),
+        "job 0 not timed out"
+    );
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
     Ok(())
 }

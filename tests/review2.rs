@@ -1,14 +1,14 @@
 //! Adversarial review 2: repros against `Select` and `Pool`. Each case passes only if the
 //! promised behaviour holds; a FAILED line is a finding. Every case in the list failed on the
-//! code the review read (9c0defe) and passes since the fixes that followed. Two findings are
-//! still open and their cases are kept out of the list (run them by name after adding them
-//! back): `pool_map_memory_grows_behind_an_unjoined_handle` (an unjoined `JobHandle` keeps
-//! every later result's slot) and `select_pass_on_names_only_first_peer` (a `Select` names one
-//! peer in `list_op_pending`; killed right after a death of another peer woke it, it strands
-//! the other waiters on that peer). A third, `pool_timeout_kill_race_reruns_next_job`, is out of
-//! the run too: the job that started just after a timed-out one is no longer run twice, but the
-//! timeout kill fails it with `WorkerDied(SIGKILL)` where the case expects it to succeed, and
-//! the case takes 40–70 s.
+//! code the review read (9c0defe) and passes since the fixes that followed.
+//! `pool_map_memory_grows_behind_an_unjoined_handle` (an unjoined `JobHandle` kept every later
+//! result's slot) and `pool_timeout_kill_race_reruns_next_job` (a timeout kill racing the
+//! worker's move to the next job killed that job: it failed with `WorkerDied`, or ran twice)
+//! pass since the pool's batching rework (the job state of an old handle is parked; a timeout
+//! kill claims the worker in its slot first). One finding is still open and its case is kept
+//! out of the list (run it by name after adding it back): `select_pass_on_names_only_first_peer`
+//! (a `Select` names one peer in `list_op_pending`; killed right after a death of another peer
+//! woke it, it strands the other waiters on that peer).
 //!
 //! Run: cargo test --test review2 [--features serde] -- [case-substring]
 //! (FORKIPC_CASE_TIMEOUT=secs bounds each case; default 120.)
@@ -33,6 +33,8 @@ fn main() {
         pool_timeout_not_enforced_for_a_single_join,
         pool_owner_death_leaves_looping_worker,
         pool_recycle_1_with_timeouts_exact_once,
+        pool_timeout_kill_race_reruns_next_job,
+        pool_map_memory_grows_behind_an_unjoined_handle,
         pool_copy_in_forked_child_corrupts_owner_accounting,
         select_death_between_recheck_and_arm_is_missed,
         select_sound_paths,
@@ -94,7 +96,8 @@ const DATA: usize = 384;
 const RING_64K: usize = 69632;
 
 /// In a pool worker (code running inside `work`): the results ring, recognised by the first
-/// result it carried: job 0's `u32` result, a 13-byte frame `[id 0][kind 0][4 bytes]`.
+/// result it carried: job 0's `u32` result, a 17-byte frame holding one record
+/// `[id 0][kind 0][len 4][4 bytes]`.
 fn find_results_ring() -> Option<usize> {
     for (a, len) in shared_maps() {
         if len != RING_64K {
@@ -108,7 +111,7 @@ fn find_results_ring() -> Option<usize> {
                 std::ptr::read_volatile((a + DATA + 16) as *const u8),
             )
         };
-        if h == (1u64 << 32 | 13) && id == 0 && kind == 0 {
+        if h == (1u64 << 32 | 17) && id == 0 && kind == 0 {
             return Some(a);
         }
     }
@@ -187,7 +190,8 @@ fn pool_forged_result_kind_loses_the_job() -> Outcome {
                 let rec = ring + DATA + pos;
                 std::ptr::write_volatile((rec + 8) as *mut u64, 1); // id 1 (this job)
                 std::ptr::write_volatile((rec + 16) as *mut u8, 9); // kind 9: impossible
-                (*(rec as *const AtomicU64)).store(1u64 << 32 | 9, Ordering::Release);
+                std::ptr::write_unaligned((rec + 17) as *mut u32, 0); // no payload
+                (*(rec as *const AtomicU64)).store(1u64 << 32 | 13, Ordering::Release);
                 libc::_exit(0); // its death wakes the owner
             }
         }
@@ -382,7 +386,6 @@ fn pool_timeout_not_enforced_for_a_single_join() -> Outcome {
 /// The timeout path kills without draining and `retire` checks only the first in-flight job
 /// against the slot: if the worker finished job A (result in the ring) and started job B
 /// between the owner's slot read and the kill, B is requeued and runs twice.
-#[allow(dead_code)] // open finding: see the module docs
 fn pool_timeout_kill_race_reruns_next_job() -> Outcome {
     const T_US: u64 = 20_000;
     const N: usize = 400;
@@ -540,7 +543,6 @@ fn rss_kb() -> u64 {
 
 /// "map: bounded memory" holds only while no older handle is outstanding: `jobs` pops settled
 /// entries from the front only, so one unjoined handle makes it grow by one entry per job.
-#[allow(dead_code)] // open finding: see the module docs
 fn pool_map_memory_grows_behind_an_unjoined_handle() -> Outcome {
     let pool = Pool::new(1, |x: u64| x).ctx("pool")?;
     let n = 3_000_000u64;

@@ -293,29 +293,27 @@ fn channels_stream(row: Row, k: usize, select: bool) -> Session {
     Session::new(row, rep, move || reap_child(child))
 }
 
-/// Pins the calling worker to the child CPU on its first job.
-fn pin_worker_once() {
-    thread_local! {
-        static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    PINNED.with(|p| {
-        if !p.get() {
-            pin_to_cpu(CHILD_CPU);
-            p.set(true);
-        }
-    });
+/// Builds a pool whose workers run on the child CPU: they inherit the owner's CPU affinity at
+/// fork, so the owner builds it pinned there, then pins itself back. Their `work` is then the
+/// same bare function as the pipeline children's (no per-job pinning check).
+fn pool_on_child_cpu<J, R>(
+    builder: PoolBuilder,
+    work: impl Fn(J) -> R + 'static,
+) -> forkipc::Pool<J, R>
+where
+    J: forkipc::Plain + 'static,
+    R: forkipc::Plain + 'static,
+{
+    pin_to_cpu(CHILD_CPU);
+    let pool = builder.build(work).expect("pool");
+    pin_to_cpu(crate::support::PARENT_CPU);
+    pool
 }
 
 /// `submit` + `join` of one tiny job on a 1-worker pool.
 fn pool_rtt(row: Row) -> Session {
     let n = iters(200_000);
-    let pool = PoolBuilder::new()
-        .workers(1)
-        .build(|x: u64| {
-            pin_worker_once();
-            x + 1
-        })
-        .expect("pool");
+    let pool = pool_on_child_cpu(PoolBuilder::new().workers(1), |x: u64| x + 1);
     let mut i = 0u64;
     let rep = move || {
         let elapsed = time(|| {
@@ -330,16 +328,13 @@ fn pool_rtt(row: Row) -> Session {
     Session::new(row, rep, || {})
 }
 
-/// `pool.map` of `x * x` over `iters(2M)` jobs.
+/// `pool.map` of `x * x` over `iters(2M)` jobs: every result checked to be a value (not a
+/// `JobError`) and summed; the sum is checked, as the pipeline's.
 fn pool_map(row: Row, workers: usize) -> Session {
     let n = iters(2_000_000);
-    let pool = PoolBuilder::new()
-        .workers(workers)
-        .build(|x: u64| {
-            pin_worker_once();
-            x.wrapping_mul(x)
-        })
-        .expect("pool");
+    let pool = pool_on_child_cpu(PoolBuilder::new().workers(workers), |x: u64| {
+        x.wrapping_mul(x)
+    });
     let rep = move || {
         let mut sum = 0u64;
         let elapsed = time(|| {
@@ -357,8 +352,13 @@ fn expected_sum(n: u64) -> u64 {
     (0..n).fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(x)))
 }
 
-/// What a user writes by hand: one `duplex` per worker process, kept full with `try_send`,
-/// results taken with `try_recv` (unordered).
+/// What a competent user writes by hand with forkipc channels: one `duplex` per worker process,
+/// streaming (not lock-step): the parent keeps each job ring full with `try_send` (the ring's
+/// 1 024 slots are the bounded window, far more than the pool's 128 in flight per worker) and
+/// takes every result that is there with `try_recv`, spinning, never sleeping. The children
+/// run the same bare `x * x` as the pool's workers, pinned the same way. The results are
+/// summed and the sum checked, as `pool_map` does; unlike `Pool::map`, the pipeline does not
+/// put them back in input order, nor survive a crash.
 fn pipeline(row: Row, workers: usize) -> Session {
     let n = iters(2_000_000);
     let mut mine = Vec::new();

@@ -1,0 +1,419 @@
+//! The owner's queue, sending batches to the workers, and waiting for them.
+//!
+//! Dispatch sends a job frame of up to [`BATCH`] queued jobs to the least loaded worker (an idle
+//! one first), keeping at most [`WINDOW`] jobs in flight per worker and sharing the queue
+//! fairly among the workers, so tiny jobs cost one ring message per batch each way while a slow
+//! job delays at most the few jobs queued behind it on its worker.
+//!
+//! The owner spins briefly on the result rings, then sleeps in a [`Select`] over them (with a
+//! timeout at the earliest job deadline when `job_timeout` is set). Before it sleeps it sets
+//! `waiting` and runs the heavy side of the asymmetric barrier (`sync::barrier`); a worker
+//! reads `waiting` after each job, behind the light side, and sends its results at once when it
+//! is set. That is Dekker's handshake: either the worker sees `waiting` and sends each result
+//! it commits from then on, or the owner sees its `pending` length and takes those results
+//! from the worker's scratch itself (under the `flushes` sequence lock; the worker may be deep
+//! in a long next job). A failed barrier bounds the sleep to [`RECHECK`]. A worker that
+//! finishes its batch always sends what it has, so nothing waits longer than that batch.
+
+use super::*;
+
+/// Jobs queued in the owner, encoded, not yet sent.
+pub(super) struct Queue {
+    /// Jobs put back after their worker died, to be sent before the others: one record each.
+    pub(super) again: VecDeque<Vec<u8>>,
+    /// Records, in submission order, from `at` on.
+    pub(super) buf: Vec<u8>,
+    pub(super) at: usize,
+    /// Records in `buf` from `at`.
+    pub(super) count: usize,
+    /// How the records lie.
+    pub(super) records: Records,
+}
+
+impl Queue {
+    pub(super) fn len(&self) -> usize {
+        self.again.len() + self.count
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes and returns the ids of every queued job.
+    pub(super) fn take_ids(&mut self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .again
+            .drain(..)
+            .filter_map(|r| self.records.at(&r, 0).map(|(id, _)| id))
+            .collect();
+        while let Some((id, next)) = self.records.at(&self.buf, self.at) {
+            ids.push(id);
+            self.at = next;
+        }
+        self.buf.clear();
+        self.at = 0;
+        self.count = 0;
+        ids
+    }
+}
+
+impl<J, R> Inner<J, R> {
+    /// Queues `jobs` (as `enqueue`, with consecutive ids) without dispatching them yet.
+    pub(super) fn enqueue_batch(&mut self, jobs: &[J]) {
+        let mut done = 0;
+        while let Some(rest) = jobs.get(done..).filter(|r| !r.is_empty()) {
+            let room = self.cfg.queue_capacity.saturating_sub(self.queue.len());
+            if self.closed || room == 0 || !self.is_owner() {
+                // One at a time: it fails, or waits for room.
+                self.enqueue(&rest[0]);
+                done += 1;
+                continue;
+            }
+            let n = room.min(rest.len());
+            self.push_records(&rest[..n]);
+            done += n;
+        }
+    }
+
+    /// Queues `job` (running the pool while the queue is full) without dispatching it yet.
+    pub(super) fn enqueue(&mut self, job: &J) -> u64 {
+        let id = self.next_id;
+        if (self.closed || self.queue.len() >= self.cfg.queue_capacity || !self.is_owner())
+            && let Err(e) = self.make_room()
+        {
+            self.next_id += 1;
+            self.jobs.push_back(JobState::Pending);
+            self.finish(id, Err(e));
+            return id;
+        }
+        self.push_records(std::slice::from_ref(job));
+        id
+    }
+
+    /// Gives `jobs` the next ids and appends their records to the queue (the caller checked
+    /// that there is room).
+    #[inline]
+    pub(super) fn push_records(&mut self, jobs: &[J]) {
+        let first = self.next_id;
+        self.next_id += jobs.len() as u64;
+        self.jobs
+            .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
+        (self.codec.enc_jobs)(jobs, first, &mut self.queue.buf, &mut self.failed);
+        self.queue.count += jobs.len() - self.failed.len();
+        if !self.failed.is_empty() {
+            self.refuse();
+        }
+    }
+
+    /// Fails the jobs that could not be encoded.
+    #[cold]
+    pub(super) fn refuse(&mut self) {
+        for (id, reason) in std::mem::take(&mut self.failed) {
+            self.finish(id, Err(JobError::Codec { reason }));
+        }
+    }
+
+    /// Waits until a job may be queued (running the pool while the queue is full); or why it
+    /// cannot be (not the owner, closed).
+    #[cold]
+    pub(super) fn make_room(&mut self) -> Result<(), JobError> {
+        if !self.is_owner() {
+            return Err(not_owner());
+        }
+        if self.closed {
+            return Err(JobError::Closed);
+        }
+        while self.queue.len() >= self.cfg.queue_capacity {
+            if !self.pump(None) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
+    /// first), at most `BATCH` jobs a frame, `WINDOW` in flight per worker, and no more than
+    /// its fair share of the queue.
+    pub(super) fn dispatch(&mut self) {
+        if !self.is_owner() {
+            return;
+        }
+        let max = self.cfg.max_jobs_per_worker;
+        while !self.queue.is_empty() {
+            let mut eligible = 0;
+            let mut pick: Option<(usize, usize)> = None;
+            for (k, w) in self.workers.iter().enumerate() {
+                let Some(w) = w else { continue };
+                if w.load >= WINDOW || max.is_some_and(|m| w.dispatched >= m) {
+                    continue;
+                }
+                eligible += 1;
+                if pick.is_none_or(|(_, load)| w.load < load) {
+                    pick = Some((k, w.load));
+                }
+            }
+            let Some((k, load)) = pick else {
+                return;
+            };
+            let Some(w) = self.workers[k].as_ref() else {
+                return;
+            };
+            let room = max.map_or(usize::MAX, |m| {
+                usize::try_from(m.saturating_sub(w.dispatched)).unwrap_or(usize::MAX)
+            });
+            let share = self.queue.len().div_ceil(eligible);
+            let n = BATCH.min(WINDOW - load).min(room).min(share).max(1);
+            let mut frame = self.spare.pop().unwrap_or_default();
+            frame.clear();
+            // Gather up to `n` records (the put-back ones first) without taking them yet.
+            let mut from_again = 0;
+            for rec in self.queue.again.iter().take(n) {
+                if !frame.is_empty() && frame.len() + rec.len() > MAX_FRAME {
+                    break;
+                }
+                frame.extend_from_slice(rec);
+                from_again += 1;
+            }
+            let q = &self.queue;
+            let (end, from_buf) = if from_again < n {
+                // A frame takes at least one record (a job record takes at most `MAX_FRAME`).
+                let room = MAX_FRAME.saturating_sub(frame.len());
+                q.records
+                    .span(&q.buf, q.at, n - from_again, room, frame.is_empty())
+            } else {
+                (q.at, 0)
+            };
+            if let Some(recs) = self.queue.buf.get(self.queue.at..end) {
+                frame.extend_from_slice(recs);
+            }
+            let taken = from_again + from_buf;
+            let Some(w) = self.workers[k].as_mut() else {
+                return;
+            };
+            match w.jobs.try_send(&frame) {
+                Ok(()) => {
+                    w.load += taken;
+                    w.dispatched += taken as u64;
+                    w.in_flight.push_back(Sent {
+                        bytes: frame,
+                        at: 0,
+                    });
+                    for _ in 0..from_again {
+                        if let Some(r) = self.queue.again.pop_front() {
+                            self.spare.push(r);
+                        }
+                    }
+                    let q = &mut self.queue;
+                    q.at = end;
+                    q.count -= from_buf;
+                    if q.count == 0 {
+                        q.buf.clear();
+                        q.at = 0;
+                    } else if q.at > 64 * 1024 {
+                        q.buf.drain(..q.at);
+                        q.at = 0;
+                    }
+                }
+                Err(_) => {
+                    // Full (cannot be: the window is far below the ring) or disconnected: the
+                    // worker is gone or going. Keep the jobs queued; if the worker was gone
+                    // (retired, and replaced if it could be), go on with the others.
+                    self.spare.push(frame);
+                    let before = self.workers[k].as_ref().map(|w| w.child.id());
+                    self.retire_if_dead(k);
+                    if self.workers.iter().all(Option::is_none) {
+                        self.fail_queue();
+                        return;
+                    }
+                    if self.workers[k].as_ref().map(|w| w.child.id()) == before {
+                        return; // still there (full): `pump` waits for it
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for something to happen (a result, a death, a job deadline) and handles it.
+    /// `false` if nothing ever can (no worker, nothing in flight).
+    pub(super) fn pump(&mut self, deadline: Option<Instant>) -> bool {
+        if !self.is_owner() {
+            return false;
+        }
+        self.dispatch();
+        if self.workers.iter().all(Option::is_none) {
+            self.fail_queue();
+            return false;
+        }
+        // Results are usually there already when jobs stream: take them without building a
+        // `Select`; then spin briefly, as a blocked `recv` would; only then sleep in a
+        // `Select` over every worker.
+        if self.poll_all() {
+            self.dispatch();
+            return true;
+        }
+        let mut spinner = Spinner::new(WaitPolicy::default());
+        while spinner.spin() {
+            if self.poll_all() {
+                self.dispatch();
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return true;
+            }
+        }
+        // Tell the workers to send each result at once, then look again (see the module docs:
+        // the barrier pairs with the light one each worker runs between publishing `pending`
+        // and reading `waiting`).
+        // Relaxed: ordered by the barrier that follows.
+        self.header.waiting.store(1, Ordering::Relaxed);
+        let barrier_ok = crate::sync::barrier::heavy();
+        if self.poll_all() {
+            self.header.waiting.store(0, Ordering::Relaxed);
+            self.dispatch();
+            return true;
+        }
+        // A worker that committed results before it could see `waiting` sends them only after
+        // its next job (which may run for ever), or at the end of its batch: take them from its
+        // scratch now. Any result it commits after the barrier, it sends at once.
+        let mut any = false;
+        for k in 0..self.workers.len() {
+            any |= self.harvest(k);
+        }
+        if any {
+            self.header.waiting.store(0, Ordering::Relaxed);
+            self.dispatch();
+            return true;
+        }
+        // With a job timeout, never sleep past it while jobs are in flight: a job that starts
+        // while we sleep has no deadline in `earliest_job_deadline` yet.
+        let busy = self.workers.iter().flatten().any(|w| w.load > 0);
+        let job_deadline = match (self.earliest_job_deadline(), self.cfg.job_timeout) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) if busy => Instant::now().checked_add(t),
+            _ => None,
+        };
+        let recheck = (!barrier_ok).then(|| Instant::now() + RECHECK);
+        let until = [deadline, job_deadline, recheck]
+            .into_iter()
+            .flatten()
+            .min();
+        let ready = {
+            let mut sel = Select::new();
+            let mut map = Vec::new();
+            for (k, w) in self.workers.iter().enumerate() {
+                if let Some(w) = w {
+                    sel.recv(&w.results);
+                    map.push(k);
+                }
+            }
+            let r = match until {
+                None => Some(sel.ready()),
+                Some(t) => sel
+                    .ready_timeout(t.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            r.and_then(|i| map.get(i).copied())
+        };
+        self.header.waiting.store(0, Ordering::Relaxed);
+        match ready {
+            Some(k) => self.drain(k),
+            None => {
+                self.poll_all();
+            }
+        }
+        self.dispatch();
+        true
+    }
+
+    /// Takes whatever every worker has sent (and retires the dead). `true` if anything
+    /// happened.
+    pub(super) fn poll_all(&mut self) -> bool {
+        let mut any = false;
+        for k in 0..self.workers.len() {
+            let ready = self.workers[k]
+                .as_ref()
+                .is_some_and(|w| w.results.core.c.recv_hint() && w.results.core.c.recv_ready());
+            if ready {
+                self.drain(k);
+                any = true;
+            }
+        }
+        if self.cfg.job_timeout.is_some() {
+            // A kill puts the jobs behind the late one back in the queue: that is progress
+            // (the caller dispatches them), not a reason to sleep.
+            any |= self.enforce_timeouts();
+        }
+        any
+    }
+
+    /// Takes the results a live worker `k` has committed to its scratch and not sent yet.
+    /// `true` if any was new.
+    pub(super) fn harvest(&mut self, k: usize) -> bool {
+        let Some(w) = self.workers[k].as_ref() else {
+            return false;
+        };
+        let slot = &self.slots[k];
+        // Relaxed: a hint; the sequence lock below decides.
+        if w.load == 0 || slot.pending.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let before = w.load;
+        // The sequence lock's read side. Acquire (both): pairs with the worker's Release
+        // store of `pending` after its records, and orders the copy after the first load of
+        // `flushes`; the Acquire fence orders the copy before the second load, which then sees
+        // any bump made before a scratch write the copy saw (the worker's Release fence).
+        let g = slot.flushes.load(Ordering::Acquire);
+        let pending = usize::try_from(slot.pending.load(Ordering::Acquire)).unwrap_or(SCRATCH);
+        let mut copy = std::mem::take(&mut self.rbuf);
+        self.scratch_of(k).copy_out(pending, &mut copy);
+        fence(Ordering::Acquire);
+        if slot.flushes.load(Ordering::Relaxed) == g {
+            // A prefix of whole records is all we take; a worker that garbled its own scratch
+            // only delays its results to its next frame.
+            self.accept(k, &copy);
+        }
+        self.rbuf = copy;
+        self.workers[k].as_ref().is_some_and(|w| w.load < before)
+    }
+
+    pub(super) fn earliest_job_deadline(&self) -> Option<Instant> {
+        let t = self.cfg.job_timeout?;
+        let now_ns = crate::sys::mono_ns();
+        let now = Instant::now();
+        self.workers
+            .iter()
+            .enumerate()
+            .filter_map(|(k, w)| {
+                let w = w.as_ref()?;
+                let slot = &self.slots[k];
+                // Acquire: pairs with the worker's Release publication of `current`, so its
+                // `started` is seen.
+                let cur = slot.current.load(Ordering::Acquire);
+                if w.front() != Some(cur) {
+                    return None;
+                }
+                let started = slot.started.load(Ordering::Relaxed).min(now_ns);
+                let ran = Duration::from_nanos(now_ns - started);
+                Some(now + t.saturating_sub(ran))
+            })
+            .min()
+    }
+
+    /// No worker is left: fail every queued job.
+    pub(super) fn fail_queue(&mut self) {
+        let reason = self
+            .respawn_error
+            .clone()
+            .unwrap_or_else(|| "the pool has no workers".into());
+        for id in self.queue.take_ids() {
+            let e = if self.closed {
+                JobError::Closed
+            } else {
+                JobError::NoWorker {
+                    reason: reason.clone(),
+                }
+            };
+            self.finish(id, Err(e));
+        }
+    }
+}
