@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use forkipc::bytemuck::{CheckedBitPattern, NoUninit};
 use forkipc::{
-    AnonRegion, DisconnectReason, RecvTimeoutError, SendError, SendTimeoutError,
-    TryRecvError, TrySendError, byte_channel, channel, fork,
+    AnonRegion, DisconnectReason, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError, byte_channel, channel, fork,
 };
 use support::{Context, Outcome, Reap};
 
@@ -75,7 +75,10 @@ fn send_after_observed_death_is_refused() -> Outcome {
             tx.send(i).ctx("warm-up send")?;
         }
         let st = child.status(LONG)?;
-        ensure!(!st.success() && st.code().is_none(), "round {round}: child {st:?}");
+        ensure!(
+            !st.success() && st.code().is_none(),
+            "round {round}: child {st:?}"
+        );
         ensure!(
             matches!(tx.try_send(9), Err(TrySendError::Disconnected(9))),
             "round {round}: typed try_send after the receiver's death was observed: {:?}",
@@ -116,7 +119,10 @@ fn send_after_observed_death_is_refused() -> Outcome {
             tx.send(&[i; 24]).ctx("warm-up send")?;
         }
         let st = child.status(LONG)?;
-        ensure!(!st.success() && st.code().is_none(), "round {round}: child {st:?}");
+        ensure!(
+            !st.success() && st.code().is_none(),
+            "round {round}: child {st:?}"
+        );
         for len in [0usize, 8, 24, 100] {
             let r = tx.try_send(&vec![1; len]);
             ensure!(
@@ -185,10 +191,8 @@ fn death_after_handover_to_grandchild_is_seen() -> Outcome {
 /// reach it. The case process is made a subreaper so it reaps the grandchild itself.
 fn handover_survives_death_of_previous_owner() -> Outcome {
     // SAFETY: prctl with integer arguments.
-    ensure!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0,
-        "PR_SET_CHILD_SUBREAPER"
-    );
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    ensure!(r == 0, "PR_SET_CHILD_SUBREAPER");
     let ctr = counters(2)?;
     let (tx, rx) = channel::<u64>(64).ctx("channel")?;
     let mut child = Reap(
@@ -306,14 +310,23 @@ fn scribbled_owner_word_is_not_served_from_the_cache() -> Outcome {
 fn grant_alive_send_panics_on_fast_path() -> Outcome {
     let (tx, rx) = byte_channel(4096).ctx("byte_channel")?;
     tx.send(b"warm").ctx("warm-up")?;
-    ensure!(rx.recv_timeout(LONG).as_deref() == Ok(&b"warm"[..]), "warm-up recv");
+    ensure!(
+        rx.recv_timeout(LONG).as_deref() == Ok(&b"warm"[..]),
+        "warm-up recv"
+    );
     let mut g = tx.try_reserve(5).ctx("try_reserve")?;
     g.copy_from_slice(b"grant");
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     for (what, r) in [
-        ("send", catch_unwind(AssertUnwindSafe(|| tx.send(b"x").is_ok()))),
-        ("try_send", catch_unwind(AssertUnwindSafe(|| tx.try_send(b"yy").is_ok()))),
+        (
+            "send",
+            catch_unwind(AssertUnwindSafe(|| tx.send(b"x").is_ok())),
+        ),
+        (
+            "try_send",
+            catch_unwind(AssertUnwindSafe(|| tx.try_send(b"yy").is_ok())),
+        ),
         (
             "send_timeout",
             catch_unwind(AssertUnwindSafe(|| {
@@ -321,7 +334,10 @@ fn grant_alive_send_panics_on_fast_path() -> Outcome {
             })),
         ),
     ] {
-        ensure!(r.is_err(), "{what} with a live grant returned {r:?} instead of panicking");
+        ensure!(
+            r.is_err(),
+            "{what} with a live grant returned {r:?} instead of panicking"
+        );
     }
     std::panic::set_hook(hook);
     ensure!(
@@ -329,13 +345,22 @@ fn grant_alive_send_panics_on_fast_path() -> Outcome {
         "something was sent while the grant lived"
     );
     g.commit();
-    ensure!(rx.try_recv().as_deref() == Ok(&b"grant"[..]), "the grant's message");
+    ensure!(
+        rx.try_recv().as_deref() == Ok(&b"grant"[..]),
+        "the grant's message"
+    );
     let mut g = tx.try_reserve(40).ctx("try_reserve 2")?;
     g.fill(0xab);
     drop(g);
     tx.send(b"after").ctx("send after a dropped grant")?;
-    ensure!(rx.try_recv().as_deref() == Ok(&b"after"[..]), "after a dropped grant");
-    ensure!(rx.try_recv() == Err(TryRecvError::Empty), "a phantom message");
+    ensure!(
+        rx.try_recv().as_deref() == Ok(&b"after"[..]),
+        "after a dropped grant"
+    );
+    ensure!(
+        rx.try_recv() == Err(TryRecvError::Empty),
+        "a phantom message"
+    );
     Ok(())
 }
 
@@ -378,10 +403,19 @@ fn inherited_copies_stay_inert_on_fast_paths() -> Outcome {
         .ctx("fork")?,
     );
     let st = child.status(LONG)?;
-    ensure!(st.success(), "the child's copies were not inert: {st:?} (bit mask)");
-    ensure!(brx.try_recv().as_deref() == Ok(&b"before"[..]), "byte message consumed by the copy");
+    ensure!(
+        st.success(),
+        "the child's copies were not inert: {st:?} (bit mask)"
+    );
+    ensure!(
+        brx.try_recv().as_deref() == Ok(&b"before"[..]),
+        "byte message consumed by the copy"
+    );
     ensure!(brx.try_recv() == Err(TryRecvError::Empty), "byte phantom");
-    ensure!(trx.try_recv() == Ok(7), "typed message consumed by the copy");
+    ensure!(
+        trx.try_recv() == Ok(7),
+        "typed message consumed by the copy"
+    );
     ensure!(trx.try_recv() == Err(TryRecvError::Empty), "typed phantom");
     btx.send(b"later").ctx("byte send later")?;
     ensure!(brx.try_recv().as_deref() == Ok(&b"later"[..]), "later");
@@ -417,7 +451,11 @@ fn flip_round() -> Result<u64, String> {
         fork(tx, |tx| {
             let mut i = 0u64;
             while stop[0].load(Ordering::Relaxed) == 0 {
-                let v = if i % 3 == 0 { Switch::Off } else { Switch::On };
+                let v = if i.is_multiple_of(3) {
+                    Switch::Off
+                } else {
+                    Switch::On
+                };
                 if tx.send_timeout(v, Duration::from_millis(100)).is_err()
                     && tx.disconnect_reason().is_some()
                 {
@@ -439,7 +477,7 @@ fn flip_round() -> Result<u64, String> {
                     k += 1;
                     // SAFETY: a byte of the shared data area (mapped here).
                     unsafe {
-                        if k % 64 == 0 {
+                        if k.is_multiple_of(64) {
                             std::ptr::write_volatile(p, 7);
                         }
                         std::ptr::write_volatile(p, (k & 1) as u8);

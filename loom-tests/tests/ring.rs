@@ -269,7 +269,11 @@ fn mixed_length_fast_paths_with_read_fast() {
             assert_eq!(g.len(), len, "message {i}: wrong length (a stale header?)");
             let mut buf = vec![0u8; len];
             g.read_into(&mut buf);
-            assert_eq!(buf, payload(i, len), "message {i}: torn, stale or out of order");
+            assert_eq!(
+                buf,
+                payload(i, len),
+                "message {i}: torn, stale or out of order"
+            );
             drop(g);
         }
         let p = producer.join().expect("producer panicked");

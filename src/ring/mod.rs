@@ -1287,7 +1287,7 @@ mod tests {
                             let bad = match rng.next(4) {
                                 0 => tail + 8 * (1 + rng.next(64)),
                                 1 => p.head_seen.get().wrapping_sub(8),
-                                2 => tail | 1 + rng.next(7),
+                                2 => tail | (1 + rng.next(7)),
                                 _ => rng.next(u64::MAX),
                             };
                             p.hdr().head.store(bad, Ordering::Release);
@@ -1310,7 +1310,11 @@ mod tests {
                     // SAFETY: `cap` bytes of the data area into `snap`.
                     unsafe { std::ptr::copy_nonoverlapping(base, snap.as_mut_ptr(), cap) };
                     let was_broken = p.broken().is_some();
-                    let len = if rng.next(2) == 0 { 24 } else { rng.next(max + 1) } as usize;
+                    let len = if rng.next(2) == 0 {
+                        24
+                    } else {
+                        rng.next(max + 1)
+                    } as usize;
                     let msg: Vec<u8> = (0..len).map(|_| rng.next(256) as u8).collect();
                     match rng.next(4) {
                         0 | 1 => {
@@ -1329,19 +1333,22 @@ mod tests {
                         _ => {
                             if let Ok(mut r) = p.try_reserve(len) {
                                 r.as_mut_slice().fill(0x11);
-                                drop(r);
+                                // Dropped here without a commit.
                             }
                         }
                     }
                     let seen = p.head_seen.get();
                     let new_tail = p.tail.get();
                     assert!(seen.is_multiple_of(8) && seen >= last_seen && seen <= new_tail);
-                    assert!(new_tail - seen <= (cap - HDR) as u64, "tail {new_tail} seen {seen}");
+                    assert!(
+                        new_tail - seen <= (cap - HDR) as u64,
+                        "tail {new_tail} seen {seen}"
+                    );
                     last_seen = seen;
-                    for i in 0..cap {
+                    for (i, &was) in snap.iter().enumerate() {
                         // SAFETY: as above.
                         let now = unsafe { *base.add(i) };
-                        if now == snap[i] {
+                        if now == was {
                             continue;
                         }
                         assert!(!was_broken, "a broken producer wrote index {i}");
@@ -1360,7 +1367,10 @@ mod tests {
             }
         }
         assert!(fast_ok > 10_000, "the fast path ran {fast_ok} times only");
-        assert!(broken_rings > 10, "impossible heads caught {broken_rings} times only");
+        assert!(
+            broken_rings > 10,
+            "impossible heads caught {broken_rings} times only"
+        );
     }
 
     /// Review 3, attack 2: a scribbling producer. For every header word from a set of
@@ -1454,7 +1464,9 @@ mod tests {
             for _round in 0..300_000 {
                 for _ in 0..rng.next(5) {
                     let len = lens[rng.next(lens.len() as u64) as usize];
-                    let msg: Vec<u8> = (0..len).map(|k| (sent as usize * 7 + k + 1) as u8).collect();
+                    let msg: Vec<u8> = (0..len)
+                        .map(|k| (sent as usize * 7 + k + 1) as u8)
+                        .collect();
                     let done = match rng.next(6) {
                         0..=2 => {
                             // SAFETY: `msg` is readable for `len <= max` bytes.
@@ -1493,11 +1505,15 @@ mod tests {
                 for _ in 0..rng.next(5) {
                     let Some(want) = queue.front() else {
                         assert!(c.try_read_fast().is_none(), "phantom (fast) after {got}");
-                        // SAFETY: `out` is writable for `max` bytes.
                         for l in lens {
-                            assert!(!unsafe { c.try_pop_exact(out.as_mut_ptr(), l) }, "phantom pop");
+                            // SAFETY: `out` is writable for `max >= l` bytes.
+                            let took = unsafe { c.try_pop_exact(out.as_mut_ptr(), l) };
+                            assert!(!took, "phantom pop");
                         }
-                        assert!(matches!(c.try_read(), Err(RingError::WouldBlock)), "phantom");
+                        assert!(
+                            matches!(c.try_read(), Err(RingError::WouldBlock)),
+                            "phantom"
+                        );
                         break;
                     };
                     let n = match rng.next(3) {
