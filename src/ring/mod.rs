@@ -1311,7 +1311,7 @@ mod tests {
                     unsafe { std::ptr::copy_nonoverlapping(base, snap.as_mut_ptr(), cap) };
                     let was_broken = p.broken().is_some();
                     let len = if rng.next(2) == 0 {
-                        24
+                        24.min(max)
                     } else {
                         rng.next(max + 1)
                     } as usize;
