@@ -77,6 +77,12 @@ pub mod __loom {
             && unsafe { p.try_push_contiguous(msg.as_ptr(), msg.len()) }
     }
 
+    /// The byte channels' fast receive path: the next message if it is committed and valid,
+    /// `None` otherwise (empty, padding, anything the general path must look at).
+    pub fn read_fast(c: &Consumer) -> Option<ReadGuard<'_>> {
+        c.try_read_fast()
+    }
+
     /// The typed channels' fast receive path: `false` unless a message of exactly
     /// `out.len()` bytes was taken.
     pub fn pop_fixed(c: &Consumer, out: &mut [u8]) -> bool {

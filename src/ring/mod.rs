@@ -1239,6 +1239,308 @@ mod tests {
         assert!(c.broken().is_none() && p.broken().is_none());
     }
 
+    /// A small xorshift generator for the review tests below.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    /// Review 3, attack 1: a scribbling consumer. It stores any `head` it likes (valid-looking
+    /// ones that jump ahead, misaligned ones, ones beyond `tail`, ones that go back) and fills
+    /// the whole data area with random bytes (fake headers included) before every push, while
+    /// the producer pushes random lengths through the fast path and the general one (commits
+    /// and dropped reservations). Every byte the producer changes must lie in free space as far
+    /// as the consumer ever *validly* said (`[tail, head_seen + cap)`, `head_seen` being what
+    /// the producer accepted from shared memory), `head_seen` stays a multiple of 8, monotone,
+    /// `<= tail`, with `tail - head_seen <= cap - 8`; once the producer has seen an impossible
+    /// head it is broken for good and writes nothing more; nothing loops.
+    #[test]
+    fn review3_forged_heads_keep_producer_writes_in_free_space() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut fast_ok = 0u64;
+        let mut broken_rings = 0u64;
+        for cap in [64usize, 128, 256, 1024] {
+            for _ring in 0..40 {
+                let (p, _c) = ring(cap).unwrap();
+                let max = max_message_len(cap) as u64;
+                let base = p.data.ptr(0);
+                let mut snap = vec![0u8; cap];
+                let mut last_seen = 0u64;
+                for _step in 0..2_000 {
+                    let tail = p.tail.get();
+                    // The consumer's move.
+                    match rng.next(10) {
+                        0..=3 => {
+                            // A valid-looking jump forward, at most to `tail`.
+                            let h = p.head_seen.get();
+                            let to = h + 8 * rng.next((tail - h) / 8 + 1);
+                            p.hdr().head.store(to, Ordering::Release);
+                        }
+                        4 => p.hdr().head.store(tail, Ordering::Release),
+                        5 if rng.next(20) == 0 => {
+                            // Something impossible.
+                            let bad = match rng.next(4) {
+                                0 => tail + 8 * (1 + rng.next(64)),
+                                1 => p.head_seen.get().wrapping_sub(8),
+                                2 => tail | (1 + rng.next(7)),
+                                _ => rng.next(u64::MAX),
+                            };
+                            p.hdr().head.store(bad, Ordering::Release);
+                        }
+                        _ => {}
+                    }
+                    for i in 0..cap {
+                        // SAFETY: `i < cap`, inside the data area; no other thread uses it.
+                        unsafe { *base.add(i) = rng.next(256) as u8 };
+                    }
+                    // Sometimes fake headers of plausible messages everywhere.
+                    if rng.next(3) == 0 {
+                        for i in (0..cap).step_by(8) {
+                            let l = rng.next(max + 1);
+                            p.data
+                                .header(i)
+                                .store(KIND_MSG << 32 | l, Ordering::Relaxed);
+                        }
+                    }
+                    // SAFETY: `cap` bytes of the data area into `snap`.
+                    unsafe { std::ptr::copy_nonoverlapping(base, snap.as_mut_ptr(), cap) };
+                    let was_broken = p.broken().is_some();
+                    let len = if rng.next(2) == 0 {
+                        24.min(max)
+                    } else {
+                        rng.next(max + 1)
+                    } as usize;
+                    let msg: Vec<u8> = (0..len).map(|_| rng.next(256) as u8).collect();
+                    match rng.next(4) {
+                        0 | 1 => {
+                            // SAFETY: `msg` is readable for `len <= max` bytes.
+                            if unsafe { p.try_push_contiguous(msg.as_ptr(), len) } {
+                                assert!(!was_broken, "a broken producer pushed");
+                                fast_ok += 1;
+                            }
+                        }
+                        2 => {
+                            if let Ok(mut r) = p.try_reserve(len) {
+                                r.write(&msg);
+                                r.commit();
+                            }
+                        }
+                        _ => {
+                            if let Ok(mut r) = p.try_reserve(len) {
+                                r.as_mut_slice().fill(0x11);
+                                // Dropped here without a commit.
+                            }
+                        }
+                    }
+                    let seen = p.head_seen.get();
+                    let new_tail = p.tail.get();
+                    assert!(seen.is_multiple_of(8) && seen >= last_seen && seen <= new_tail);
+                    assert!(
+                        new_tail - seen <= (cap - HDR) as u64,
+                        "tail {new_tail} seen {seen}"
+                    );
+                    last_seen = seen;
+                    for (i, &was) in snap.iter().enumerate() {
+                        // SAFETY: as above.
+                        let now = unsafe { *base.add(i) };
+                        if now == was {
+                            continue;
+                        }
+                        assert!(!was_broken, "a broken producer wrote index {i}");
+                        let pos = tail + ((i as u64).wrapping_sub(tail) & (cap as u64 - 1));
+                        assert!(
+                            pos < seen + cap as u64,
+                            "cap {cap}: wrote index {i} (position {pos}) with tail {tail}, \
+                             head seen {seen}: not free space"
+                        );
+                    }
+                    if p.broken().is_some() {
+                        broken_rings += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(fast_ok > 10_000, "the fast path ran {fast_ok} times only");
+        assert!(
+            broken_rings > 10,
+            "impossible heads caught {broken_rings} times only"
+        );
+    }
+
+    /// Review 3, attack 2: a scribbling producer. For every header word from a set of
+    /// boundary values (every kind, lengths around the maximum, around the end of the data
+    /// area, and beyond 32 bits) at every index, the fast receive paths accept exactly what
+    /// the general, validating `try_read` accepts as a message (never a record the general
+    /// path reports as corrupt), with the same bounds, and never a record reaching past the
+    /// end of the data area.
+    #[test]
+    fn review3_fast_reads_accept_nothing_try_read_rejects() {
+        for cap in [64usize, 128, 4096] {
+            let (_p, c) = ring(cap).unwrap();
+            let max = max_message_len(cap) as u64;
+            let mut lens: Vec<u64> = vec![0, 1, 7, 8, 9, 15, 16, 17, 0xffff_ffff, 0x8000_0000];
+            for d in 0..=24u64 {
+                lens.push(max.saturating_sub(d));
+                lens.push(max + d);
+                lens.push((cap as u64).saturating_sub(d));
+            }
+            let mut out = vec![0u8; max as usize];
+            for lap in [0u64, 1, 1 << 40] {
+                for idx in (0..cap).step_by(8) {
+                    for kind in [0u64, 1, 2, 3, 0xffff_ffff] {
+                        for &len in &lens {
+                            let h = kind << 32 | (len & 0xffff_ffff);
+                            let pos = lap * cap as u64 + idx as u64;
+                            c.data.header(idx).store(h, Ordering::Relaxed);
+                            c.head.set(pos);
+                            c.broken.set(None);
+                            let slow = match c.try_read() {
+                                Ok(g) => {
+                                    let r = Some((g.at, g.len, g.end));
+                                    std::mem::forget(g);
+                                    r
+                                }
+                                Err(_) => None,
+                            };
+                            c.head.set(pos);
+                            c.broken.set(None);
+                            let fast = c.try_read_fast().map(|g| {
+                                let r = (g.at, g.len, g.end);
+                                std::mem::forget(g);
+                                r
+                            });
+                            if let Some((at, l, end)) = fast {
+                                assert!(at + l <= cap, "fast read past the end: {h:#x} at {idx}");
+                                assert_eq!(end, pos + record_size(l) as u64);
+                                assert_eq!(Some((at, l, end)), slow, "{h:#x} at {idx}");
+                            } else if h >> 32 == KIND_MSG {
+                                assert_eq!(slow, None, "{h:#x} at {idx}: fast refused a message");
+                            }
+                            for want in [len as usize, 8, 24] {
+                                if want > max as usize {
+                                    continue;
+                                }
+                                c.head.set(pos);
+                                c.broken.set(None);
+                                // SAFETY: `out` is writable for `max >= want` bytes.
+                                let took = unsafe { c.try_pop_exact(out.as_mut_ptr(), want) };
+                                if took {
+                                    assert_eq!(slow.map(|s| s.1), Some(want), "{h:#x} at {idx}");
+                                    assert_eq!(c.head.get(), pos + record_size(want) as u64);
+                                } else {
+                                    assert_eq!(c.head.get(), pos, "a refused pop moved the head");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Review 3, attack 3: stale headers. The producer mixes fast pushes of varying lengths,
+    /// general commits (some wrapping), and reservations it fills with *plausible headers*
+    /// (`KIND_MSG | len` for the lengths in use, at every 8-byte offset) and then drops
+    /// without committing, plus `try_reserve(0)` probes as `Select`/`disconnect_reason` make;
+    /// the consumer reads by all three paths. The consumer must get exactly the committed
+    /// messages in order, and nothing when caught up: a header left over from a dropped
+    /// reservation, an earlier lap or a clear-ahead slot must never read as a message.
+    #[test]
+    fn review3_dropped_reservations_full_of_fake_headers_make_no_phantoms() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for cap in [64usize, 128, 256] {
+            let (p, c) = ring(cap).unwrap();
+            let max = max_message_len(cap);
+            let (mut sent, mut got) = (0u64, 0u64);
+            let mut queue = std::collections::VecDeque::new();
+            let mut out = vec![0u8; max];
+            let lens = [0usize, 8, 16, max, 24.min(max), 5];
+            for _round in 0..300_000 {
+                for _ in 0..rng.next(5) {
+                    let len = lens[rng.next(lens.len() as u64) as usize];
+                    let msg: Vec<u8> = (0..len)
+                        .map(|k| (sent as usize * 7 + k + 1) as u8)
+                        .collect();
+                    let done = match rng.next(6) {
+                        0..=2 => {
+                            // SAFETY: `msg` is readable for `len <= max` bytes.
+                            unsafe { p.try_push_contiguous(msg.as_ptr(), len) }
+                        }
+                        3 => match p.try_reserve(len) {
+                            Ok(mut r) => {
+                                r.write(&msg);
+                                r.commit();
+                                true
+                            }
+                            Err(RingError::WouldBlock) => false,
+                            Err(e) => panic!("{e:?}"),
+                        },
+                        4 => {
+                            // A grant filled with fake headers, dropped.
+                            let fake = lens[rng.next(lens.len() as u64) as usize];
+                            if let Ok(mut r) = p.try_reserve(rng.next(max as u64 + 1) as usize) {
+                                let word = (KIND_MSG << 32 | fake as u64).to_ne_bytes();
+                                for (k, b) in r.as_mut_slice().iter_mut().enumerate() {
+                                    *b = word[k % 8];
+                                }
+                            }
+                            false
+                        }
+                        _ => {
+                            let _ = p.try_reserve(0);
+                            false
+                        }
+                    };
+                    if done {
+                        queue.push_back(msg);
+                        sent += 1;
+                    }
+                }
+                for _ in 0..rng.next(5) {
+                    let Some(want) = queue.front() else {
+                        assert!(c.try_read_fast().is_none(), "phantom (fast) after {got}");
+                        for l in lens {
+                            // SAFETY: `out` is writable for `max >= l` bytes.
+                            let took = unsafe { c.try_pop_exact(out.as_mut_ptr(), l) };
+                            assert!(!took, "phantom pop");
+                        }
+                        assert!(
+                            matches!(c.try_read(), Err(RingError::WouldBlock)),
+                            "phantom"
+                        );
+                        break;
+                    };
+                    let n = match rng.next(3) {
+                        0 => c.try_read_fast().map(|g| {
+                            g.read_into(&mut out[..g.len()]);
+                            g.len()
+                        }),
+                        // SAFETY: `out` is writable for `max >= want.len()` bytes.
+                        1 if unsafe { c.try_pop_exact(out.as_mut_ptr(), want.len()) } => {
+                            Some(want.len())
+                        }
+                        _ => c.try_read().ok().map(|g| {
+                            g.read_into(&mut out[..g.len()]);
+                            g.len()
+                        }),
+                    };
+                    let Some(n) = n else { continue };
+                    assert_eq!(&out[..n], &want[..], "cap {cap}: message {got}");
+                    queue.pop_front();
+                    got += 1;
+                }
+            }
+            assert!(got > 10_000, "cap {cap}: only {got} messages");
+            assert!(c.broken().is_none() && p.broken().is_none());
+        }
+    }
+
     #[test]
     fn wrap_writes_a_padding_record_and_keeps_order() {
         let (p, c) = ring(64).unwrap();
