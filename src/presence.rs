@@ -314,14 +314,59 @@ mod native {
             {
                 continue;
             }
-            let g = s.gen_.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-            if w & FUTEX_WAITERS != 0 {
-                // Peers of the slot's dead previous owner may sleep here; let them see `gen`.
-                s.word.wake(i32::MAX);
-            }
-            return Ok(PresenceRef(((i as u64 + 1) << 32) | u64::from(g)));
+            return Ok(PresenceRef(
+                ((i as u64 + 1) << 32) | u64::from(finish_claim(s, w)),
+            ));
         }
         Err(Error::TooManyProcesses)
+    }
+
+    /// Test hooks: a slot claimed with a fake TID and then marked dead, its reference and index.
+    #[cfg(test)]
+    pub(crate) fn test_claim_dead_slot() -> (PresenceRef, &'static Slot, usize) {
+        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        let r = claim(4241).expect("a free presence slot");
+        let (s, _) = split(r).expect("the slot just claimed");
+        s.word.store(FUTEX_OWNER_DIED, Ordering::SeqCst);
+        (r, s, (r.0 >> 32) as usize - 1)
+    }
+    #[cfg(test)]
+    pub(crate) fn test_word(s: &Slot) -> u32 {
+        s.word.load(Ordering::SeqCst)
+    }
+    #[cfg(test)]
+    pub(crate) fn test_set_word(s: &Slot, v: u32) {
+        s.word.store(v, Ordering::SeqCst);
+    }
+    #[cfg(test)]
+    pub(crate) fn test_finish_claim(s: &Slot, was: u32) {
+        finish_claim(s, was);
+    }
+    /// Frees the slot again (word 0).
+    #[cfg(test)]
+    pub(crate) fn test_release(s: &Slot) {
+        s.word.store(0, Ordering::SeqCst);
+    }
+
+    /// The second half of a claim, after the word of `s` went from `was` (a dead or free word)
+    /// to the claimer's value: bumps the generation (so references to the previous owner read
+    /// dead) and returns it.
+    ///
+    /// Between the word's change and the bump, a peer of the dead previous owner can read the
+    /// new, live word with the old generation and arm on it (set `WAITERS`, then sleep): it
+    /// would sleep on a live stranger's word, never woken. So after the bump the claim clears
+    /// `WAITERS` and wakes every sleeper if it was set (by the previous owner's peers, or in
+    /// that window): a sleeper that armed in the window either is asleep and wakes, or finds
+    /// the word changed when it goes to sleep (`futex_waitv` compares it), and in both cases
+    /// re-checks and sees the new generation (`arm` re-reads it after arming). No peer of the
+    /// new owner can have armed yet: nobody holds the new reference before `claim` returns.
+    fn finish_claim(s: &Slot, was: u32) -> u32 {
+        let g = s.gen_.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        let armed = s.word.fetch_and(!FUTEX_WAITERS, Ordering::SeqCst);
+        if (was | armed) & FUTEX_WAITERS != 0 {
+            s.word.wake(i32::MAX);
+        }
+        g
     }
 
     /// Takes slot `r`, whose word holds `from` (plus `WAITERS`), with the calling thread's TID
@@ -447,16 +492,21 @@ mod native {
             {
                 return None;
             }
-            if w & FUTEX_WAITERS != 0 {
-                return Some((&s.word, w));
-            }
             let armed = w | FUTEX_WAITERS;
-            if s.word
-                .compare_exchange(w, armed, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+            if w & FUTEX_WAITERS == 0
+                && s.word
+                    .compare_exchange(w, armed, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
             {
-                return Some((&s.word, armed));
+                continue;
             }
+            // Armed. Re-read the generation: a claim of the slot that changed the word before we
+            // read it but bumped the generation only now must not leave us asleep on a
+            // stranger's word (see `finish_claim`, which clears `WAITERS` after its bump).
+            if s.gen_.load(Ordering::SeqCst) != g {
+                return None;
+            }
+            return Some((&s.word, armed));
         }
     }
 
@@ -602,5 +652,35 @@ mod native {
         };
         // SAFETY: waitid filled `info` (or left it zeroed, si_pid 0, when nothing exited).
         r == -1 || unsafe { info.si_pid() } != 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Liveness;
+    use super::native::*;
+
+    /// A peer of a dead process arms on its presence slot just as another process claims the
+    /// slot: after the claim changed the word, before it bumped the generation. The peer must
+    /// not be left asleep on the new owner's word: once the claim finishes, the value the peer
+    /// armed with is no longer the word's (so its sleep returns at once), or the peer was woken.
+    #[test]
+    fn regression_arm_during_a_claim_does_not_sleep_on_a_strangers_word() {
+        let (old, s, i) = test_claim_dead_slot();
+        // The claimer's first half: the word goes from dead to a live TID.
+        let was = test_word(s);
+        test_set_word(s, 4242);
+        let armed = arm(old).map(|(_, v)| v);
+        // The claimer's second half.
+        test_finish_claim(s, was);
+        let now = test_word(s);
+        if let Some(v) = armed {
+            assert_ne!(
+                v, now,
+                "armed with the live word of slot {i}: would sleep for ever"
+            );
+        }
+        assert_eq!(check(old), Liveness::Dead);
+        test_release(s);
     }
 }
