@@ -214,19 +214,21 @@ impl<J, R> Inner<J, R> {
                         q.at = 0;
                     }
                 }
-                Err(_) => {
-                    // Full (cannot be: the window is far below the ring) or disconnected: the
-                    // worker is gone or going. Keep the jobs queued; if the worker was gone
-                    // (retired, and replaced if it could be), go on with the others.
+                Err(e) => {
+                    // Keep the jobs queued.
                     self.spare.push(frame);
-                    let before = self.workers[k].as_ref().map(|w| w.child.id());
-                    self.retire_if_dead(k);
+                    if matches!(e, crate::TrySendError::Full(_)) {
+                        return; // full: `pump` waits for its results
+                    }
+                    // Disconnected: the worker is gone or going, or (compromised) it closed
+                    // its job ring and lives on. Either way it takes no more jobs: retire it
+                    // (killed, reaped, its jobs settled, replaced if it can be) and go on with
+                    // the others. Waiting for its results ring to close instead would strand
+                    // the queue behind a live worker that never sends again.
+                    self.retire(k);
                     if self.workers.iter().all(Option::is_none) {
                         self.fail_queue();
                         return;
-                    }
-                    if self.workers[k].as_ref().map(|w| w.child.id()) == before {
-                        return; // still there (full): `pump` waits for it
                     }
                 }
             }
