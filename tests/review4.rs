@@ -357,8 +357,8 @@ fn pool_compromised_worker_scribbles_slots_and_scratches() -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. A compromised worker forges its own scratch with a record of a job of ANOTHER worker
-// (in flight there), a frame of records whose length is not a record boundary, and then dies
+// 4. A compromised worker appends to its own scratch records of jobs of OTHER workers
+// (in flight there), a record cut short (not a record boundary), and then dies
 // (SIGKILL itself) with `pending` pointing past the end: retire takes its scratch. The other
 // worker's job must keep its own value; the dead worker's job fails WorkerDied; the jobs behind
 // it run once.
@@ -386,9 +386,17 @@ fn pool_forged_own_scratch_records_then_death() -> Outcome {
                     }
                 }
                 s.extend(rec(x, 0, 8, &0xBAD_u64.to_le_bytes())[..17].iter().copied());
-                // SAFETY: this worker's scratch.
+                // After the records it committed honestly (erasing those would only make the
+                // owner run its own finished jobs again: it cannot tell them from unstarted
+                // ones, an inherent limit, not tested here).
+                let at = (slot_word(region, k, 2).load(Ordering::SeqCst) as usize).min(16_000);
+                // SAFETY: this worker's scratch (at + s.len() < SCRATCH).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(s.as_ptr(), scratch_ptr(region, W, k), s.len())
+                    std::ptr::copy_nonoverlapping(
+                        s.as_ptr(),
+                        scratch_ptr(region, W, k).add(at),
+                        s.len(),
+                    )
                 };
                 slot_word(region, k, 2).store(u64::MAX / 2, Ordering::SeqCst);
             }
