@@ -360,9 +360,10 @@ impl<J, R> Inner<J, R> {
             return false;
         }
         let before = w.load;
-        // The sequence lock's read side. Acquire (both): pairs with the worker's Release
-        // store of `pending` after its records, and orders the copy after the first load of
-        // `flushes`; the Acquire fence orders the copy before the second load, which then sees
+        // The sequence lock's read side. Acquire (both): the first pairs with the worker's
+        // Release bump of `flushes` (so `pending` is read no older than that flush), the second
+        // with its Release store of `pending` after its records, and they order the copy after
+        // the first load of `flushes`; the Acquire fence orders the copy before the second load, which then sees
         // any bump made before a scratch write the copy saw (the worker's Release fence).
         let g = slot.flushes.load(Ordering::Acquire);
         let pending = usize::try_from(slot.pending.load(Ordering::Acquire)).unwrap_or(SCRATCH);
