@@ -15,7 +15,8 @@ use forkipc::{AnonRegion, Child, JobError, Pool, PoolBuilder};
 use support::{Context, Outcome};
 
 fn main() {
-    support::run(cases![
+    #[allow(unused_mut)]
+    let mut list = cases![
         pool_job_ring_closed_by_live_worker_hangs,
         pool_map_iterator_that_submits_panics_owner,
         pool_compromised_worker_scribbles_slots_and_scratches,
@@ -26,7 +27,13 @@ fn main() {
         pool_drop_with_batches_in_flight_reaps_all,
         pool_owner_death_with_batches_in_flight,
         pool_two_maps_interleaved_and_unjoined_handles,
+    ];
+    #[cfg(feature = "serde")]
+    list.extend(cases![
+        pool_serde_codec_failures_with_batches,
+        pool_serde_job_serialize_panic_then_submit,
     ]);
+    support::run(list);
 }
 
 const LONG: Duration = Duration::from_secs(30);
@@ -766,5 +773,140 @@ fn pool_two_maps_interleaved_and_unjoined_handles() -> Outcome {
         grown < 8 * 1024,
         "RSS grew {grown} KiB over the last two thirds of two interleaved maps (start {before} KiB)"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. serde jobs that fail to encode in the owner, to decode in the worker, results that fail
+// to encode in the worker, mixed into long batches: each fails alone with Codec; the others
+// run once with their values.
+#[cfg(feature = "serde")]
+mod serde_cases {
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+
+    /// Encodes as a u64, except: 1 fails to encode; 3 panics while encoding. 2 fails to
+    /// decode (in the worker).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Job(pub u64);
+
+    impl serde::Serialize for Job {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 % 1000 {
+                1 => Err(S::Error::custom("job refuses to encode")),
+                3 => panic!("Serialize panicked"),
+                _ => s.serialize_u64(self.0),
+            }
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Job {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Job, D::Error> {
+            let v = u64::deserialize(d)?;
+            if v % 1000 == 2 {
+                return Err(D::Error::custom("impossible"));
+            }
+            Ok(Job(v))
+        }
+    }
+
+    /// A result that fails to encode in the worker when odd-thousand-4.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Res(pub u64);
+
+    impl serde::Serialize for Res {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0 % 1000 == 4 {
+                return Err(S::Error::custom("result refuses to encode"));
+            }
+            s.serialize_u64(self.0)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Res {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Res, D::Error> {
+            u64::deserialize(d).map(Res)
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+fn pool_serde_codec_failures_with_batches() -> Outcome {
+    use serde_cases::{Job, Res};
+    const N: u64 = 20_000;
+    let ran = counters(N as usize)?;
+    let pool = PoolBuilder::new()
+        .workers(3)
+        .build_serde(move |j: Job| -> Res {
+            ran[j.0 as usize].fetch_add(1, Ordering::SeqCst);
+            Res(j.0)
+        })
+        .ctx("pool")?;
+    let mut bad = Vec::new();
+    let jobs = (0..N).filter(|x| x % 1000 != 3).map(Job);
+    for (j, r) in jobs.clone().zip(pool.map(jobs)) {
+        let x = j.0;
+        let c = ran[x as usize].load(Ordering::SeqCst);
+        let ok = match x % 1000 {
+            1 | 2 => matches!(r, Err(JobError::Codec { .. })) && c == 0,
+            4 => matches!(r, Err(JobError::Codec { .. })) && c == 1,
+            _ => r == Ok(Res(x)) && c == 1,
+        };
+        if !ok {
+            bad.push((x, r, c));
+        }
+    }
+    pool.shutdown().ctx("shutdown")?;
+    bad.truncate(10);
+    ensure!(bad.is_empty(), "wrong outcomes (job, result, runs): {bad:?}");
+    Ok(())
+}
+
+/// A job whose `Serialize` panics in the owner (inside `submit`), caught by the caller: the
+/// pool must stay usable (later jobs run and end). It kept the half-written record (id, length
+/// 0) in its queue without counting it, so the next submit's dispatch sent that record instead
+/// and cleared the queue: the next job never ran and its `join` waited for ever.
+#[cfg(feature = "serde")]
+fn pool_serde_job_serialize_panic_then_submit() -> Outcome {
+    use serde_cases::{Job, Res};
+    std::panic::set_hook(Box::new(|_| {}));
+    let st = shared_u64(2)?;
+    let owner = forkipc::fork((), move |()| {
+        let Ok(pool) = PoolBuilder::new()
+            .workers(2)
+            .build_serde(|j: Job| -> Res { Res(j.0) })
+        else {
+            return 1;
+        };
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.submit(Job(3))));
+        if p.is_ok() {
+            return 2;
+        }
+        let mut bad = 0;
+        for x in [10u64, 11, 12] {
+            let r = pool
+                .submit(Job(x))
+                .ok()
+                .map(|h| h.join_timeout(Duration::from_secs(3)));
+            if r != Some(Ok(Res(x))) {
+                bad += 1;
+            }
+        }
+        let m: Vec<_> = pool.map((20..30).map(Job)).take(10).collect();
+        if m != (20..30).map(|x| Ok(Res(x))).collect::<Vec<_>>() {
+            bad += 10;
+        }
+        st[1].store(bad, Ordering::SeqCst);
+        st[0].store(1, Ordering::SeqCst);
+        std::mem::forget(pool);
+        0
+    })
+    .ctx("fork owner")?;
+    let kids = Reap(vec![owner]);
+    let ok = support::wait_until(Duration::from_secs(20), || st[0].load(Ordering::SeqCst) != 0);
+    drop(kids);
+    ensure!(ok, "the owner hung after a job's Serialize panicked in submit");
+    let bad = st[1].load(Ordering::SeqCst);
+    ensure!(bad == 0, "after a caught Serialize panic in submit: {bad} (1 per lost submit, 10 if map was wrong)");
     Ok(())
 }
