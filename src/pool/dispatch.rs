@@ -98,11 +98,31 @@ impl<J, R> Inner<J, R> {
         self.next_id += jobs.len() as u64;
         self.jobs
             .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
-        (self.codec.enc_jobs)(jobs, first, &mut self.queue.buf, &mut self.failed);
+        let (enc, buf, failed) = (self.codec.enc_jobs, &mut self.queue.buf, &mut self.failed);
+        let before = buf.len();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| enc(jobs, first, buf, failed))) {
+            self.unqueue_panicked(before, first);
+            std::panic::resume_unwind(p);
+        }
         self.queue.count += jobs.len() - self.failed.len();
         if !self.failed.is_empty() {
             self.refuse();
         }
+    }
+
+    /// A job's encoding panicked (a user `Serialize`) while the jobs from `first` on were being
+    /// queued: drop their records (one was half written, none counted yet) and their states
+    /// (the caller unwinds, so no handle or `map` takes them), leaving the queue as it was.
+    #[cold]
+    pub(super) fn unqueue_panicked(&mut self, before: usize, first: u64) {
+        self.queue.buf.truncate(before);
+        self.failed.clear();
+        for id in first..self.next_id {
+            if let Some(st) = self.state(id) {
+                *st = JobState::Settled;
+            }
+        }
+        self.settled_front();
     }
 
     /// Fails the jobs that could not be encoded.
