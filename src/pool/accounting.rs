@@ -355,15 +355,6 @@ impl<J, R> Inner<J, R> {
         self.retire(k);
     }
 
-    pub(super) fn retire_if_dead(&mut self, k: usize) {
-        let dead = self.workers[k]
-            .as_ref()
-            .is_some_and(|w| w.results.disconnect_reason().is_some());
-        if dead {
-            self.drain(k);
-        }
-    }
-
     /// Worker `k` is gone (or going): reap it, settle its in-flight jobs, fork a replacement.
     pub(super) fn retire(&mut self, k: usize) {
         // Make sure it is gone (a worker that closed its ring but lives on, a compromised one,

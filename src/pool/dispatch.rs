@@ -98,11 +98,31 @@ impl<J, R> Inner<J, R> {
         self.next_id += jobs.len() as u64;
         self.jobs
             .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
-        (self.codec.enc_jobs)(jobs, first, &mut self.queue.buf, &mut self.failed);
+        let (enc, buf, failed) = (self.codec.enc_jobs, &mut self.queue.buf, &mut self.failed);
+        let before = buf.len();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| enc(jobs, first, buf, failed))) {
+            self.unqueue_panicked(before, first);
+            std::panic::resume_unwind(p);
+        }
         self.queue.count += jobs.len() - self.failed.len();
         if !self.failed.is_empty() {
             self.refuse();
         }
+    }
+
+    /// A job's encoding panicked (a user `Serialize`) while the jobs from `first` on were being
+    /// queued: drop their records (one was half written, none counted yet) and their states
+    /// (the caller unwinds, so no handle or `map` takes them), leaving the queue as it was.
+    #[cold]
+    pub(super) fn unqueue_panicked(&mut self, before: usize, first: u64) {
+        self.queue.buf.truncate(before);
+        self.failed.clear();
+        for id in first..self.next_id {
+            if let Some(st) = self.state(id) {
+                *st = JobState::Settled;
+            }
+        }
+        self.settled_front();
     }
 
     /// Fails the jobs that could not be encoded.
@@ -214,19 +234,21 @@ impl<J, R> Inner<J, R> {
                         q.at = 0;
                     }
                 }
-                Err(_) => {
-                    // Full (cannot be: the window is far below the ring) or disconnected: the
-                    // worker is gone or going. Keep the jobs queued; if the worker was gone
-                    // (retired, and replaced if it could be), go on with the others.
+                Err(e) => {
+                    // Keep the jobs queued.
                     self.spare.push(frame);
-                    let before = self.workers[k].as_ref().map(|w| w.child.id());
-                    self.retire_if_dead(k);
+                    if matches!(e, crate::TrySendError::Full(_)) {
+                        return; // full: `pump` waits for its results
+                    }
+                    // Disconnected: the worker is gone or going, or (compromised) it closed
+                    // its job ring and lives on. Either way it takes no more jobs: retire it
+                    // (killed, reaped, its jobs settled, replaced if it can be) and go on with
+                    // the others. Waiting for its results ring to close instead would strand
+                    // the queue behind a live worker that never sends again.
+                    self.retire(k);
                     if self.workers.iter().all(Option::is_none) {
                         self.fail_queue();
                         return;
-                    }
-                    if self.workers[k].as_ref().map(|w| w.child.id()) == before {
-                        return; // still there (full): `pump` waits for it
                     }
                 }
             }
@@ -358,9 +380,10 @@ impl<J, R> Inner<J, R> {
             return false;
         }
         let before = w.load;
-        // The sequence lock's read side. Acquire (both): pairs with the worker's Release
-        // store of `pending` after its records, and orders the copy after the first load of
-        // `flushes`; the Acquire fence orders the copy before the second load, which then sees
+        // The sequence lock's read side. Acquire (both): the first pairs with the worker's
+        // Release bump of `flushes` (so `pending` is read no older than that flush), the second
+        // with its Release store of `pending` after its records, and they order the copy after
+        // the first load of `flushes`; the Acquire fence orders the copy before the second load, which then sees
         // any bump made before a scratch write the copy saw (the worker's Release fence).
         let g = slot.flushes.load(Ordering::Acquire);
         let pending = usize::try_from(slot.pending.load(Ordering::Acquire)).unwrap_or(SCRATCH);

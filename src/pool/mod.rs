@@ -572,16 +572,24 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
     type Item = Result<R, JobError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut inner = self.pool.inner.borrow_mut();
         // Top up what is submitted ahead, a batch at a time (one dispatch for the lot), then
         // wait for the oldest.
-        let limit = inner.cfg.queue_capacity + inner.cfg.workers * WINDOW;
-        if self.ahead + BATCH.min(limit) <= limit {
-            // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
-            let first = inner.next_id;
+        let limit = {
+            let inner = self.pool.inner.borrow();
+            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
+        };
+        let top_up = self.ahead + BATCH.min(limit) <= limit;
+        if top_up {
+            // The jobs are taken from the caller's iterator before the pool is borrowed: that
+            // iterator may use the pool (submit, worker_ids, drop a handle).
             self.batch.clear();
             self.batch
                 .extend(self.jobs.by_ref().take(limit - self.ahead));
+        }
+        let mut inner = self.pool.inner.borrow_mut();
+        if top_up {
+            // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
+            let first = inner.next_id;
             inner.enqueue_batch(&self.batch);
             let n = self.batch.len();
             self.batch.clear();

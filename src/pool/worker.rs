@@ -119,10 +119,14 @@ impl Lane<'_> {
         self.slot.pending.store(0, Ordering::Release);
         // The sequence lock's write side: the bump is ordered before the scratch writes that
         // follow (the Release fence), so an owner that copied any of them sees it changed.
+        // Release: an owner that reads the new count (Acquire) then reads `pending` as 0 or
+        // later, never the length of the records just sent, which the scratch writes that
+        // follow overwrite (with Relaxed, a weakly ordered CPU could let it copy that old
+        // length of a scratch being rewritten and find the count unchanged after the copy).
         let g = self.slot.flushes.load(Ordering::Relaxed);
         self.slot
             .flushes
-            .store(g.wrapping_add(1), Ordering::Relaxed);
+            .store(g.wrapping_add(1), Ordering::Release);
         fence(Ordering::Release);
         true
     }
