@@ -6,8 +6,13 @@
 //! job could not be decoded or its result encoded. Payloads are bytemuck bytes for plain data
 //! ([`PlainWire`]: every job record then has the same size, so the owner finds records by
 //! arithmetic), postcard for serde types ([`SerdeWire`]). Every frame is decoded from a private
-//! copy and every length in it is checked (a compromised worker can send or scribble anything:
-//! it gets at most its own jobs failed or wrong).
+//! copy and every length in it is checked: a compromised worker can send or scribble anything,
+//! and the owner still sees only values and `JobError`s, never reads out of bounds, never
+//! hangs. What it can do: give wrong results or failures for the jobs in flight anywhere in
+//! the pool (all workers share the pool's region, and a worker inherits the rings of the
+//! workers forked before it), trigger a timeout kill of another worker, and get its own
+//! finished jobs run again elsewhere by erasing what it committed. Workers are a crash
+//! boundary, not a security boundary between each other.
 //!
 //! The hot loops are instantiated per wire when the pool is built (`Codec::of`): no call
 //! through a pointer per job.
