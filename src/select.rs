@@ -168,7 +168,14 @@ impl<'a> Op<'a> {
     fn ready(&self, quick: bool) -> bool {
         match self {
             // An endpoint this process does not own is "ready": its operations fail at once.
-            Op::Recv(c) if quick => c.c.recv_hint() && (!c.is_owned() || c.c.recv_ready()),
+            Op::Recv(c) if quick => {
+                // A message the fast read accepts is peeked (the guard forgotten: nothing is
+                // released); anything else takes the full check.
+                c.c.recv_hint()
+                    && (!c.is_owned()
+                        || c.c.try_read_fast().map(std::mem::forget).is_some()
+                        || c.c.recv_ready())
+            }
             Op::Recv(c) => !c.is_owned() || c.c.recv_ready(),
             Op::Send(c, len) => !c.is_owned() || c.p.send_ready(*len),
         }
@@ -344,13 +351,19 @@ impl<'a> Select<'a> {
 
     fn poll_with(&mut self, quick: bool) -> Option<usize> {
         let n = self.ops.len();
-        for k in 0..n {
-            let i = (self.next + k) % n;
+        // Wrapped by a compare, not `%`: a division per operation per scan cost more than
+        // the scan's loads (tens of nanoseconds a scan with 8 operations).
+        let mut i = if self.next >= n { 0 } else { self.next };
+        for _ in 0..n {
             if let Some(op) = &self.ops[i]
                 && op.ready(quick)
             {
                 self.next = i + 1;
                 return Some(i);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
             }
         }
         None
