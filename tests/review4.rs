@@ -165,8 +165,7 @@ fn pool_job_ring_closed_by_live_worker_hangs() -> Outcome {
                             let id = std::ptr::read_volatile((a + DATA + 8) as *const u64);
                             let p = std::ptr::read_volatile((a + DATA + 20) as *const u32);
                             if h == (1u64 << 32 | 16) && id == 0 && p == MAGIC {
-                                (*((a + RX_CLOSED) as *const AtomicU32))
-                                    .store(1, Ordering::SeqCst);
+                                (*((a + RX_CLOSED) as *const AtomicU32)).store(1, Ordering::SeqCst);
                                 return 1;
                             }
                         }
@@ -181,7 +180,10 @@ fn pool_job_ring_closed_by_live_worker_hangs() -> Outcome {
         for (i, p) in pool.worker_ids().into_iter().enumerate() {
             st[2 + i].store(u64::from(p), Ordering::SeqCst);
         }
-        let r0 = pool.submit(MAGIC).ok().map(|h| h.join_timeout(Duration::from_secs(5)));
+        let r0 = pool
+            .submit(MAGIC)
+            .ok()
+            .map(|h| h.join_timeout(Duration::from_secs(5)));
         if r0 != Some(Ok(1)) {
             st[1].store(100, Ordering::SeqCst);
             st[0].store(1, Ordering::SeqCst);
@@ -191,7 +193,10 @@ fn pool_job_ring_closed_by_live_worker_hangs() -> Outcome {
         // Jobs after it: each must run (on the other worker or a replacement).
         let mut bad = 0;
         for x in 1..=4u32 {
-            let r = pool.submit(x).ok().map(|h| h.join_timeout(Duration::from_secs(3)));
+            let r = pool
+                .submit(x)
+                .ok()
+                .map(|h| h.join_timeout(Duration::from_secs(3)));
             if r != Some(Ok(x)) {
                 bad += 1;
             }
@@ -203,7 +208,9 @@ fn pool_job_ring_closed_by_live_worker_hangs() -> Outcome {
     })
     .ctx("fork owner")?;
     let mut kids = Reap(vec![owner]);
-    let ok = support::wait_until(Duration::from_secs(30), || st[0].load(Ordering::SeqCst) != 0);
+    let ok = support::wait_until(Duration::from_secs(30), || {
+        st[0].load(Ordering::SeqCst) != 0
+    });
     let _ = support::wait_child(&mut kids.0[0], Duration::from_secs(5));
     for i in 2..4 {
         let w = st[i].load(Ordering::SeqCst) as i32;
@@ -215,7 +222,10 @@ fn pool_job_ring_closed_by_live_worker_hangs() -> Outcome {
     drop(kids);
     ensure!(ok, "the owner never answered");
     let bad = st[1].load(Ordering::SeqCst);
-    ensure!(bad != 100, "test setup: the worker did not find its job ring");
+    ensure!(
+        bad != 100,
+        "test setup: the worker did not find its job ring"
+    );
     ensure!(
         bad == 0,
         "{bad} of 4 jobs submitted after a live worker closed its job ring never ran \
@@ -233,19 +243,20 @@ fn pool_map_iterator_that_submits_panics_owner() -> Outcome {
     let pool = Pool::new(2, |x: u32| x + 1).ctx("pool")?;
     let handles = std::cell::RefCell::new(Vec::new());
     let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pool.map((0..10u32).map(|x| {
+        pool.map((0..10u32).inspect(|&x| {
             if let Ok(h) = pool.submit(x + 100) {
                 handles.borrow_mut().push(h);
             }
-            x
         }))
         .collect::<Vec<_>>()
     }));
     let Ok(got) = got else {
         std::mem::forget(handles);
-        return Err("Pool::map over an iterator that calls pool.submit panicked the owner \
+        return Err(
+            "Pool::map over an iterator that calls pool.submit panicked the owner \
                     (RefCell already borrowed: Map::next pulls the iterator inside its borrow)"
-            .into());
+                .into(),
+        );
     };
     ensure!(
         got == (1..=10u32).map(Ok).collect::<Vec<_>>(),
@@ -260,7 +271,10 @@ fn pool_map_iterator_that_submits_panics_owner() -> Outcome {
     let a = m.next();
     let h = pool.submit(7).ctx("submit")?;
     let rest: Vec<_> = m.collect();
-    ensure!(a == Some(Ok(1)) && rest.len() == 599, "map with a submit in between");
+    ensure!(
+        a == Some(Ok(1)) && rest.len() == 599,
+        "map with a submit in between"
+    );
     ensure!(h.join() == Ok(8), "the submit between");
     Ok(())
 }
@@ -348,8 +362,14 @@ fn pool_compromised_worker_scribbles_slots_and_scratches() -> Outcome {
     }
     let took = start.elapsed();
     pool.shutdown().ctx("shutdown")?;
-    let (hit, miss) = (scribbled[0].load(Ordering::SeqCst), scribbled[1].load(Ordering::SeqCst));
-    ensure!(hit > 0, "test setup: no worker found the pool region ({miss} misses)");
+    let (hit, miss) = (
+        scribbled[0].load(Ordering::SeqCst),
+        scribbled[1].load(Ordering::SeqCst),
+    );
+    ensure!(
+        hit > 0,
+        "test setup: no worker found the pool region ({miss} misses)"
+    );
     wrong.truncate(10);
     ensure!(
         wrong.is_empty(),
@@ -497,7 +517,7 @@ fn pool_random_sigkills_exactly_once() -> Outcome {
     let start = Instant::now();
     let mut m = pool.map(0..N);
     let mut x = 0u64;
-    while let Some(r) = m.next() {
+    for r in m.by_ref() {
         let c = ran[x as usize].load(Ordering::SeqCst);
         match r {
             Ok(v) if v == x ^ 0x5555 && c == 1 => ok += 1,
@@ -505,7 +525,7 @@ fn pool_random_sigkills_exactly_once() -> Outcome {
             r => bad.push((x, r, c)),
         }
         x += 1;
-        if x % 512 == 0 {
+        if x.is_multiple_of(512) {
             publish(&pool);
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -518,7 +538,10 @@ fn pool_random_sigkills_exactly_once() -> Outcome {
     kids.0.clear();
     pool.shutdown().ctx("shutdown")?;
     let kills = ctl[1].load(Ordering::SeqCst);
-    println!("    {x} jobs in {:?}: {ok} ok, {died} WorkerDied, {kills} kills", start.elapsed());
+    println!(
+        "    {x} jobs in {:?}: {ok} ok, {died} WorkerDied, {kills} kills",
+        start.elapsed()
+    );
     ensure!(x == N, "map stopped after {x} of {N} jobs in 60 s");
     bad.truncate(10);
     ensure!(bad.is_empty(), "bad outcomes (job, result, runs): {bad:?}");
@@ -580,10 +603,10 @@ fn pool_panics_with_batches_behind() -> Outcome {
         .workers(3)
         .build(move |x: u64| -> u64 {
             ran[x as usize].fetch_add(1, Ordering::SeqCst);
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 panic!("p{x}");
             }
-            if x % 1001 == 0 {
+            if x.is_multiple_of(1001) {
                 std::panic::panic_any(x);
             }
             x
@@ -629,7 +652,7 @@ fn pool_drop_with_batches_in_flight_reaps_all() -> Outcome {
         .queue_capacity(3000)
         .build(move |x: u64| -> u64 {
             ran[x as usize].fetch_add(1, Ordering::SeqCst);
-            if x % 64 == 0 {
+            if x.is_multiple_of(64) {
                 support::spin_for(Duration::from_micros(300));
             }
             x * 2
@@ -658,14 +681,23 @@ fn pool_drop_with_batches_in_flight_reaps_all() -> Outcome {
         }
     }
     bad.truncate(10);
-    ensure!(bad.is_empty(), "outcomes after drop (job, result, runs): {bad:?}");
+    ensure!(
+        bad.is_empty(),
+        "outcomes after drop (job, result, runs): {bad:?}"
+    );
     for p in pids.iter().chain(&later_pids) {
-        ensure!(support::proc_state(*p).is_none(), "worker {p} not reaped after drop");
+        ensure!(
+            support::proc_state(*p).is_none(),
+            "worker {p} not reaped after drop"
+        );
     }
     // No child of ours left at all.
     // SAFETY: waitpid with WNOHANG on any child.
     let w = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-    ensure!(w == -1, "a child is left after the pool was dropped (waitpid -> {w})");
+    ensure!(
+        w == -1,
+        "a child is left after the pool was dropped (waitpid -> {w})"
+    );
     Ok(())
 }
 
@@ -677,22 +709,19 @@ fn pool_owner_death_with_batches_in_flight() -> Outcome {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let st = shared_u64(5)?;
     let mut owner = forkipc::fork((), move |()| {
-        let Ok(pool) = PoolBuilder::new()
-            .workers(3)
-            .build(|x: u64| -> u64 {
-                if x == 5 {
-                    loop {
-                        std::hint::spin_loop();
-                    }
+        let Ok(pool) = PoolBuilder::new().workers(3).build(|x: u64| -> u64 {
+            if x == 5 {
+                loop {
+                    std::hint::spin_loop();
                 }
-                if x == 9 {
-                    loop {
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
+            }
+            if x == 9 {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                x
-            })
-        else {
+            }
+            x
+        }) else {
             return 1;
         };
         for (i, p) in pool.worker_ids().into_iter().enumerate() {
@@ -714,7 +743,9 @@ fn pool_owner_death_with_batches_in_flight() -> Outcome {
     std::thread::sleep(Duration::from_millis(100));
     owner.kill().ctx("kill")?;
     support::wait_child(&mut owner, LONG)?;
-    let pids: Vec<u32> = (1..4).map(|i| st[i].load(Ordering::SeqCst) as u32).collect();
+    let pids: Vec<u32> = (1..4)
+        .map(|i| st[i].load(Ordering::SeqCst) as u32)
+        .collect();
     let gone = support::wait_until(Duration::from_secs(5), || pids.iter().all(|&p| pid_gone(p)));
     let states: Vec<_> = pids.iter().map(|&p| support::proc_state(p)).collect();
     for &p in &pids {
@@ -722,7 +753,10 @@ fn pool_owner_death_with_batches_in_flight() -> Outcome {
         unsafe { libc::kill(p as i32, libc::SIGKILL) };
         let _ = support::wait_pid(p as i32, Duration::from_secs(3));
     }
-    ensure!(gone, "workers still alive 5 s after the owner died: states {states:?}");
+    ensure!(
+        gone,
+        "workers still alive 5 s after the owner died: states {states:?}"
+    );
     Ok(())
 }
 
@@ -762,7 +796,10 @@ fn pool_two_maps_interleaved_and_unjoined_handles() -> Outcome {
             mid = rss();
         }
     }
-    ensure!(a.next().is_none() && b.next().is_none(), "maps longer than their input");
+    ensure!(
+        a.next().is_none() && b.next().is_none(),
+        "maps longer than their input"
+    );
     drop((a, b, dropped));
     let grown = rss().saturating_sub(mid);
     for (i, h) in kept.into_iter().enumerate() {
@@ -858,7 +895,10 @@ fn pool_serde_codec_failures_with_batches() -> Outcome {
     }
     pool.shutdown().ctx("shutdown")?;
     bad.truncate(10);
-    ensure!(bad.is_empty(), "wrong outcomes (job, result, runs): {bad:?}");
+    ensure!(
+        bad.is_empty(),
+        "wrong outcomes (job, result, runs): {bad:?}"
+    );
     Ok(())
 }
 
@@ -903,10 +943,18 @@ fn pool_serde_job_serialize_panic_then_submit() -> Outcome {
     })
     .ctx("fork owner")?;
     let kids = Reap(vec![owner]);
-    let ok = support::wait_until(Duration::from_secs(20), || st[0].load(Ordering::SeqCst) != 0);
+    let ok = support::wait_until(Duration::from_secs(20), || {
+        st[0].load(Ordering::SeqCst) != 0
+    });
     drop(kids);
-    ensure!(ok, "the owner hung after a job's Serialize panicked in submit");
+    ensure!(
+        ok,
+        "the owner hung after a job's Serialize panicked in submit"
+    );
     let bad = st[1].load(Ordering::SeqCst);
-    ensure!(bad == 0, "after a caught Serialize panic in submit: {bad} (1 per lost submit, 10 if map was wrong)");
+    ensure!(
+        bad == 0,
+        "after a caught Serialize panic in submit: {bad} (1 per lost submit, 10 if map was wrong)"
+    );
     Ok(())
 }
