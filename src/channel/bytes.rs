@@ -168,6 +168,7 @@ impl ByteSender {
     ///
     /// # Panics
     /// If another grant of this sender is alive: a second would cover the same ring bytes.
+    #[inline]
     pub fn reserve(&self, len: usize) -> Result<WriteGrant<'_>, SendError<(), TooLarge>> {
         match self.core.reserve(len, Mode::Block(None)) {
             Ok(r) => Ok(WriteGrant { r }),
@@ -313,7 +314,13 @@ impl ByteReceiver {
     ///
     /// # Errors
     /// As [`recv`](Self::recv).
+    #[inline]
     pub fn recv_ref(&mut self) -> Result<ByteMessage<'_>, RecvError> {
+        if self.core.own.owned()
+            && let Some(g) = self.core.c.try_read_fast()
+        {
+            return Ok(ByteMessage { g });
+        }
         match self.core.read(Mode::Block(None)) {
             Ok(g) => Ok(ByteMessage { g }),
             Err(e) => Err(e.into_recv()),
@@ -488,6 +495,7 @@ pub struct WriteGrant<'a> {
 
 impl WriteGrant<'_> {
     /// Sends the message.
+    #[inline]
     pub fn commit(self) {
         self.r.commit()
     }
@@ -496,6 +504,7 @@ impl WriteGrant<'_> {
 #[cfg(not(loom))]
 impl Deref for WriteGrant<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.r.r.as_slice()
     }
@@ -503,6 +512,7 @@ impl Deref for WriteGrant<'_> {
 
 #[cfg(not(loom))]
 impl DerefMut for WriteGrant<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.r.r.as_mut_slice()
     }
@@ -524,6 +534,7 @@ pub struct ByteMessage<'a> {
 #[cfg(not(loom))]
 impl Deref for ByteMessage<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.g.as_slice()
     }

@@ -758,6 +758,7 @@ impl Reservation<'_> {
 
     /// The payload as a writable slice (native only: loom has no byte view).
     #[cfg(not(loom))]
+    #[inline]
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the payload lies inside the data area (`rec + HDR + len <= cap`, checked by
         // `try_reserve`), is reserved for us, and the consumer does not read it before commit.
@@ -766,6 +767,7 @@ impl Reservation<'_> {
 
     /// The payload as a slice (native only).
     #[cfg(not(loom))]
+    #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: as in `as_mut_slice`; shared access to bytes reserved for us.
         unsafe { std::slice::from_raw_parts(self.p.data.ptr(self.rec + HDR), self.len) }
@@ -1100,6 +1102,7 @@ impl ReadGuard<'_> {
     /// while it is held (a hostile or buggy peer need not wait for the release). Callers only
     /// copy it out or lend it as bytes; copy before parsing or validating anything.
     #[cfg(not(loom))]
+    #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: the record was validated to lie inside the data area, which stays mapped while
         // `self` borrows the consumer; a well-behaved producer does not write it until we release
