@@ -151,6 +151,123 @@ impl<J, R> Inner<J, R> {
         Ok(())
     }
 
+    /// `submit`'s fast path: with nothing queued, a job for an idle worker is encoded straight
+    /// into a frame and sent to it (no copy through the queue, no dispatch loop). Its id and
+    /// the worker; `None` (and nothing changed) if the path does not apply or the send fails:
+    /// the caller queues the job, and `dispatch` deals with a full or disconnected ring.
+    #[inline]
+    pub(super) fn send_one(&mut self, job: &J) -> Option<(u64, usize)> {
+        if !self.queue.is_empty() || self.closed || !self.is_owner() {
+            return None;
+        }
+        let max = self.cfg.max_jobs_per_worker;
+        let k = self.workers.iter().position(|w| {
+            w.as_ref()
+                .is_some_and(|w| w.load == 0 && max.is_none_or(|m| w.dispatched < m))
+        })?;
+        let id = self.next_id;
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        // A panic here (a user `Serialize`) unwinds before anything changed.
+        (self.codec.enc_jobs)(std::slice::from_ref(job), id, &mut frame, &mut self.failed);
+        if !self.failed.is_empty() {
+            // The queue's path fails it, with the reason.
+            self.failed.clear();
+            self.spare.push(frame);
+            return None;
+        }
+        let w = self.workers[k].as_mut()?;
+        if w.jobs.try_send(&frame).is_err() {
+            self.spare.push(frame);
+            return None;
+        }
+        w.load = 1;
+        w.dispatched += 1;
+        w.in_flight.push_back(Sent {
+            bytes: frame,
+            at: 0,
+        });
+        self.next_id += 1;
+        self.jobs.push_back(JobState::Pending);
+        Some((id, k))
+    }
+
+    /// A handle's fast path for a job `send_one` sent to worker `k`: while it is that worker's
+    /// only job and nothing else needs the owner (no queue, no job timeout to enforce), spin on
+    /// that worker's result ring alone and take the one-record frame it sends. `None` when
+    /// the result is not in (the spin budget or `deadline` ran out, the worker went, or it sent
+    /// something else, which is then accepted or punished as usual): the caller's general loop
+    /// (`take`, `pump`) goes on.
+    pub(super) fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>> {
+        if self.cfg.job_timeout.is_some() || !self.queue.is_empty() || !self.is_owner() {
+            return None;
+        }
+        let mut frame = std::mem::take(&mut self.rbuf);
+        let mut spinner = Spinner::new(WaitPolicy::default());
+        let got = loop {
+            let Some(w) = self.workers.get_mut(k).and_then(Option::as_mut) else {
+                break false;
+            };
+            if w.load != 1 || w.front() != Some(id) {
+                break false;
+            }
+            // One load per look (`recv_hint`); the full read, which also notices a worker
+            // gone, when it says so and at the spinner's checkpoints.
+            if !w.results.core.c.recv_hint() && !spinner.checkpoint() {
+                if !spinner.spin() || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break false;
+                }
+                continue;
+            }
+            match w.results.try_recv_ref() {
+                Ok(msg) => {
+                    // A private copy: the worker can still write the ring.
+                    frame.clear();
+                    frame.extend_from_slice(&msg);
+                    break true;
+                }
+                Err(crate::TryRecvError::Empty) => {}
+                Err(_) => break false, // gone: `pump` retires it
+            }
+            if !spinner.spin() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break false;
+            }
+        };
+        let mut out = None;
+        if got {
+            match result_record(&frame, 0) {
+                Some((rid, kind, payload))
+                    if rid == id
+                        && kind <= KIND_BAD_JOB
+                        && RES_HDR + payload.len() == frame.len() =>
+                {
+                    if let Some(w) = self.workers[k].as_mut() {
+                        w.pop_front(&mut self.spare);
+                    }
+                    let result = if kind == KIND_OK {
+                        (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
+                    } else {
+                        Err(failure(kind, payload))
+                    };
+                    self.finish(id, result);
+                    out = self.take(id);
+                }
+                _ => {
+                    if frame.is_empty() || self.accept(k, &frame) != frame.len() {
+                        self.kill_worker(k, None);
+                    }
+                }
+            }
+        }
+        self.rbuf = frame;
+        out
+    }
+
     /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
     /// first), at most `BATCH` jobs a frame, `WINDOW` in flight per worker, and no more than
     /// its fair share of the queue.

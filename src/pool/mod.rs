@@ -307,6 +307,12 @@ impl<J, R> std::fmt::Debug for Pool<J, R> {
 trait Run<R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>>;
     fn pump(&mut self, deadline: Option<Instant>) -> bool;
+    fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>>;
     fn abandon(&mut self, id: u64);
 }
 
@@ -316,6 +322,14 @@ impl<J, R> Run<R> for Inner<J, R> {
     }
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         Inner::pump(self, deadline)
+    }
+    fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>> {
+        Inner::wait_sent(self, id, k, deadline)
     }
     fn abandon(&mut self, id: u64) {
         match self.state(id) {
@@ -332,8 +346,13 @@ impl<J, R> Run<R> for Inner<J, R> {
 pub struct JobHandle<R> {
     inner: Rc<RefCell<dyn Run<R>>>,
     id: u64,
+    /// The worker `submit` sent the job to alone (its fast path), or `NOT_SENT`.
+    worker: usize,
     taken: bool,
 }
+
+/// `JobHandle::worker` of a job that went through the queue.
+const NOT_SENT: usize = usize::MAX;
 
 impl<R> std::fmt::Debug for JobHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -439,10 +458,11 @@ impl<J: 'static, R: 'static> Pool<J, R> {
     /// None today (a job that cannot be encoded fails on its handle); the `Result` leaves room
     /// for pool-level failures.
     pub fn submit(&self, job: J) -> Result<JobHandle<R>, Error> {
-        let id = self.inner.borrow_mut().submit(&job)?;
+        let (id, worker) = self.inner.borrow_mut().submit(&job)?;
         Ok(JobHandle {
             inner: self.inner.clone(),
             id,
+            worker,
             taken: false,
         })
     }
@@ -516,6 +536,15 @@ impl<R> JobHandle<R> {
 
     fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<R, JobError>> {
         let mut inner = self.inner.borrow_mut();
+        if self.worker != NOT_SENT {
+            // Sent alone to an idle worker: wait for that one result first (the general loop
+            // below takes over if it does not come while the owner spins).
+            let k = std::mem::replace(&mut self.worker, NOT_SENT);
+            if let Some(r) = inner.wait_sent(self.id, k, deadline) {
+                self.taken = true;
+                return Some(r);
+            }
+        }
         loop {
             if let Some(r) = inner.take(self.id) {
                 self.taken = true;
@@ -664,10 +693,16 @@ impl<J, R> Inner<J, R> {
         })
     }
 
-    fn submit(&mut self, job: &J) -> Result<u64, Error> {
+    /// Queues `job` and dispatches; or, with nothing queued and a worker idle, sends it
+    /// straight to that worker (`send_one`). The job's id, and the worker it went to alone
+    /// (`NOT_SENT` if it was queued).
+    fn submit(&mut self, job: &J) -> Result<(u64, usize), Error> {
+        if let Some(sent) = self.send_one(job) {
+            return Ok(sent);
+        }
         let id = self.enqueue(job);
         self.dispatch();
-        Ok(id)
+        Ok((id, NOT_SENT))
     }
 
     fn is_owner(&self) -> bool {

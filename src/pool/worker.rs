@@ -174,6 +174,9 @@ impl Lane<'_> {
     }
 }
 
+/// Looks (one load each) at the job ring before a worker blocks in `recv_into`.
+const PRE_SPIN: u32 = 32;
+
 /// A worker's life: run jobs until the owner closes the job channel or dies.
 pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
     lane: Lane<'_>,
@@ -189,7 +192,19 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
     let mut done = 0u64;
     // What this worker last published in `current` (the owner stored `IDLE` before the fork).
     let mut current = IDLE;
-    while lane.jobs.recv_into(&mut frame).is_ok() {
+    loop {
+        // The next batch usually follows closely: look for it with one load per spin for a
+        // moment before the channel's blocking wait, whose set-up (which CPU are we on, is the
+        // owner there) costs more than the look.
+        for _ in 0..PRE_SPIN {
+            if lane.jobs.core.c.recv_hint() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if lane.jobs.recv_into(&mut frame).is_err() {
+            break;
+        }
         let mut at = 0;
         while at < frame.len() {
             let Some((id, next)) = records.at(&frame, at) else {
