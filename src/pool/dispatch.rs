@@ -3,7 +3,10 @@
 //! Dispatch sends a job frame of up to [`BATCH`] queued jobs to the least loaded worker (an idle
 //! one first), keeping at most [`WINDOW`] jobs in flight per worker and sharing the queue
 //! fairly among the workers, so tiny jobs cost one ring message per batch each way while a slow
-//! job delays at most the few jobs queued behind it on its worker.
+//! job delays at most the few jobs queued behind it on its worker. The exception: workers
+//! pinned to the same CPU cannot run in parallel, so tiny jobs (by the cost per job a worker
+//! measures) stay on the one that is busy and moving instead of costing a context switch per
+//! batch (see `keeper`).
 //!
 //! The owner spins briefly on the result rings, then sleeps in a [`Select`] over them (with a
 //! timeout at the earliest job deadline when `job_timeout` is set). Before it sleeps it sets
@@ -16,6 +19,16 @@
 //! finishes its batch always sends what it has, so nothing waits longer than that batch.
 
 use super::*;
+
+/// Where `keeper` sends a batch.
+pub(super) enum Keep {
+    /// To the least loaded worker, as usual.
+    Spread,
+    /// To this busy worker, which has this many jobs in flight.
+    Send(usize, usize),
+    /// Nowhere yet: it waits for a busy worker's next results.
+    Hold,
+}
 
 /// Jobs queued in the owner, encoded, not yet sent.
 pub(super) struct Queue {
@@ -289,16 +302,28 @@ impl<J, R> Inner<J, R> {
                     pick = Some((k, w.load));
                 }
             }
-            let Some((k, load)) = pick else {
+            let Some((mut k, mut load)) = pick else {
+                self.hold_until = None;
                 return;
             };
+            // Tiny jobs stay on a busy worker that gets through them sooner than an idle one
+            // could start (see `keeper`), without the fair-share limit.
+            let mut share = self.queue.len().div_ceil(eligible);
+            if load == 0 {
+                match self.keeper(k) {
+                    Keep::Spread => {}
+                    Keep::Send(b, lb) => {
+                        (k, load, share) = (b, lb, usize::MAX);
+                    }
+                    Keep::Hold => return,
+                }
+            }
             let Some(w) = self.workers[k].as_ref() else {
                 return;
             };
             let room = max.map_or(usize::MAX, |m| {
                 usize::try_from(m.saturating_sub(w.dispatched)).unwrap_or(usize::MAX)
             });
-            let share = self.queue.len().div_ceil(eligible);
             let n = BATCH.min(WINDOW - load).min(room).min(share).max(1);
             let mut frame = self.spare.pop().unwrap_or_default();
             frame.clear();
@@ -372,6 +397,64 @@ impl<J, R> Inner<J, R> {
         }
     }
 
+    /// Where a batch goes when the least loaded worker, `idle`, has nothing in flight.
+    ///
+    /// If `idle` and a busy worker are pinned to the same single CPU (`WorkerSlot::cpu`), they
+    /// cannot run in parallel, and spreading tiny jobs between them costs a context switch per
+    /// batch. Then the batch goes to that busy worker if it is fast and moving: its measured
+    /// cost per job (`WorkerSlot::cost`) times its jobs in flight plus the queue is within
+    /// `KEEP`, and it finished a batch within `KEEP` (it is not stuck in a long job while
+    /// `idle` could time-slice with it). If its window is full, the batch waits in the queue
+    /// for its next results, at most `KEEP` (`hold_until`; `pump` never sleeps past it).
+    /// Otherwise (workers not pinned together, jobs of unknown or larger cost) it spreads as
+    /// usual.
+    fn keeper(&mut self, idle: usize) -> Keep {
+        // Relaxed (here and below): hints (see `WorkerSlot`).
+        let cpu = self.slots[idle].cpu.load(Ordering::Relaxed);
+        if cpu == 0 {
+            return Keep::Spread;
+        }
+        let max = self.cfg.max_jobs_per_worker;
+        let queued = self.queue.len() as u64;
+        let keep_ns = KEEP.as_nanos() as u64;
+        let mut full = false;
+        let mut now_ns = None;
+        for (b, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if b == idle || self.slots[b].cpu.load(Ordering::Relaxed) != cpu {
+                continue;
+            }
+            let cost = self.slots[b].cost.load(Ordering::Relaxed);
+            if cost == 0 || cost.saturating_mul(w.load as u64 + queued) > keep_ns {
+                continue;
+            }
+            // Only while it keeps finishing batches: one stuck in a long job is not a keeper.
+            let now_ns = *now_ns.get_or_insert_with(crate::sys::mono_ns);
+            let at = self.slots[b].cost_at.load(Ordering::Relaxed);
+            if now_ns.saturating_sub(at) > keep_ns {
+                continue;
+            }
+            if w.load < WINDOW && max.is_none_or(|m| w.dispatched < m) {
+                self.hold_until = None;
+                return Keep::Send(b, w.load);
+            }
+            full = true;
+        }
+        if !full {
+            return Keep::Spread;
+        }
+        let now = Instant::now();
+        match self.hold_until {
+            None => {
+                self.hold_until = Some(now + KEEP);
+                Keep::Hold
+            }
+            Some(t) if now < t => Keep::Hold,
+            // Held long enough: that worker did not come back for them in time.
+            Some(_) => Keep::Spread,
+        }
+    }
+
     /// Waits for something to happen (a result, a death, a job deadline) and handles it.
     /// `false` if nothing ever can (no worker, nothing in flight).
     pub(super) fn pump(&mut self, deadline: Option<Instant>) -> bool {
@@ -432,7 +515,8 @@ impl<J, R> Inner<J, R> {
             _ => None,
         };
         let recheck = (!barrier_ok).then(|| Instant::now() + RECHECK);
-        let until = [deadline, job_deadline, recheck]
+        let held = self.hold_until.filter(|_| !self.queue.is_empty());
+        let until = [deadline, job_deadline, recheck, held]
             .into_iter()
             .flatten()
             .min();

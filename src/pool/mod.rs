@@ -57,6 +57,13 @@ pub const WINDOW: usize = 2 * BATCH;
 /// sends no more than a worker's fair share of the queue, so a short queue still spreads.
 pub const BATCH: usize = 256;
 
+/// Work (jobs in flight plus queued, at a worker's measured cost per job) that dispatch keeps
+/// on one busy worker rather than spreading to an idle one: about twice what waking a sleeping
+/// worker costs on a virtual machine (≈50 µs), so spreading less than this could at best break
+/// even, and with workers sharing a CPU costs a context switch per batch. It is also the
+/// longest a held batch waits for that worker.
+const KEEP: Duration = Duration::from_micros(100);
+
 /// How long the owner sleeps at most when the barrier failed (a worker may then not see
 /// `waiting` in time).
 const RECHECK: Duration = Duration::from_millis(1);
@@ -256,6 +263,9 @@ struct Inner<J, R> {
     next_id: u64,
     /// Why the last respawn failed, if it did.
     respawn_error: Option<String>,
+    /// Until when dispatch may hold queued tiny jobs for a busy worker (see
+    /// `dispatch::keeper`); `None` while it holds none.
+    hold_until: Option<Instant>,
     closed: bool,
     /// The process that built the pool: a copy inherited through `fork` does nothing (its
     /// workers are not its children, and their slots are the owner's).
@@ -396,6 +406,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             started: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            cost: AtomicU64::new(0),
+            cost_at: AtomicU64::new(0),
+            cpu: AtomicU64::new(0),
         })?;
         for _ in 1..n {
             region.alloc(WorkerSlot {
@@ -403,6 +416,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
                 started: AtomicU64::new(0),
                 pending: AtomicU64::new(0),
                 flushes: AtomicU64::new(0),
+                cost: AtomicU64::new(0),
+                cost_at: AtomicU64::new(0),
+                cpu: AtomicU64::new(0),
             })?;
         }
         let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
@@ -439,6 +455,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             rbuf: Vec::new(),
             next_id: 0,
             respawn_error: None,
+            hold_until: None,
             closed: false,
             owner: crate::sync::ident::current_ident(),
         };
@@ -659,6 +676,8 @@ impl<J, R> Inner<J, R> {
         // Relaxed: the new worker is forked after these stores (fork orders them).
         slot.current.store(IDLE, Ordering::Relaxed);
         slot.pending.store(0, Ordering::Relaxed);
+        slot.cost.store(0, Ordering::Relaxed);
+        slot.cpu.store(0, Ordering::Relaxed);
         let header = self.header;
         let scratch = self.scratch_of(k);
         let run = self.run.clone();
