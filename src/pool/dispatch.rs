@@ -221,7 +221,10 @@ impl<J, R> Inner<J, R> {
             return None;
         }
         let mut frame = std::mem::take(&mut self.rbuf);
+        // Bare looks (one load and a spin hint each) before the spinner's first turn.
+        const BARE_LOOKS: u32 = 64;
         let mut spinner = Spinner::new(WaitPolicy::default());
+        let mut looks = 0u32;
         let got = loop {
             let Some(w) = self.workers.get_mut(k).and_then(Option::as_mut) else {
                 break false;
@@ -230,8 +233,15 @@ impl<J, R> Inner<J, R> {
                 break false;
             }
             // One load per look (`recv_hint`); the full read, which also notices a worker
-            // gone, when it says so and at the spinner's checkpoints.
-            if !w.results.core.c.recv_hint() && !spinner.checkpoint() {
+            // gone, when it says so and at the spinner's later checkpoints. The first looks
+            // spin bare: the spinner reads the clock on its first turn, and a tiny job's
+            // result usually comes before that would pay off.
+            if !w.results.core.c.recv_hint() && (looks < BARE_LOOKS || !spinner.checkpoint()) {
+                looks += 1;
+                if looks <= BARE_LOOKS {
+                    std::hint::spin_loop();
+                    continue;
+                }
                 if !spinner.spin() || deadline.is_some_and(|d| Instant::now() >= d) {
                     break false;
                 }
@@ -260,15 +270,24 @@ impl<J, R> Inner<J, R> {
                         && RES_HDR + payload.len() == frame.len() =>
                 {
                     if let Some(w) = self.workers[k].as_mut() {
-                        w.pop_front(&mut self.spare);
+                        // Its only job: the whole front frame is reported.
+                        w.load = 0;
+                        if let Some(s) = w.in_flight.pop_front() {
+                            self.spare.push(s.bytes);
+                        }
                     }
                     let result = if kind == KIND_OK {
                         (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
                     } else {
                         Err(failure(kind, payload))
                     };
-                    self.finish(id, result);
-                    out = self.take(id);
+                    // Settle its state: it is taken now (usually the newest, and the only
+                    // one left).
+                    if let Some(st) = self.state(id) {
+                        *st = JobState::Settled;
+                        self.settled(id);
+                    }
+                    out = Some(result);
                 }
                 _ => {
                     if frame.is_empty() || self.accept(k, &frame) != frame.len() {
