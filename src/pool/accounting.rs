@@ -108,6 +108,21 @@ impl Worker {
     }
 }
 
+/// Whether job `id` may still be running: its state is `Pending` or `Abandoned` (every job in
+/// a worker's in-flight list is).
+fn unfinished<R>(
+    jobs: &VecDeque<JobState<R>>,
+    base: u64,
+    parked: &BTreeMap<u64, JobState<R>>,
+    id: u64,
+) -> bool {
+    let st = match id.checked_sub(base) {
+        None => parked.get(&id),
+        Some(i) => usize::try_from(i).ok().and_then(|i| jobs.get(i)),
+    };
+    matches!(st, Some(JobState::Pending | JobState::Abandoned))
+}
+
 /// What `take_sent` found.
 pub(super) enum Taken {
     /// The ring is empty (every valid result taken).
@@ -289,7 +304,9 @@ impl<J, R> Inner<J, R> {
             // Validated before the job is taken off the in-flight list: a record that is not a
             // result of the oldest job leaves it there, for `retire` to settle.
             if w.front() != Some(id) || kind > KIND_BAD_JOB {
-                if !w.in_flight_has(id) {
+                // A job in flight is unfinished: one that has ended (usually a result taken
+                // from the scratch and now sent again) is skipped without a scan.
+                if !unfinished(&self.jobs, self.base, &self.parked, id) || !w.in_flight_has(id) {
                     // Taken already (from the scratch, before the worker sent it; or through
                     // the ring, before it died and left its scratch uncleared), or forged.
                     at = next;

@@ -110,7 +110,7 @@ impl<J, R> Inner<J, R> {
         let first = self.next_id;
         self.next_id += jobs.len() as u64;
         self.jobs
-            .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
+            .resize_with(self.jobs.len() + jobs.len(), || JobState::Pending);
         let (enc, buf, failed) = (self.codec.enc_jobs, &mut self.queue.buf, &mut self.failed);
         let before = buf.len();
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| enc(jobs, first, buf, failed))) {

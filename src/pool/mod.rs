@@ -491,11 +491,16 @@ impl<J: 'static, R: 'static> Pool<J, R> {
     where
         I: IntoIterator<Item = J>,
     {
+        let limit = {
+            let inner = self.inner.borrow();
+            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
+        };
         Map {
             pool: self,
             jobs: jobs.into_iter(),
             pending: VecDeque::new(),
             ahead: 0,
+            limit,
             batch: Vec::new(),
         }
     }
@@ -597,6 +602,8 @@ pub struct Map<'p, J, R, I> {
     pending: VecDeque<(u64, u64)>,
     /// How many ids `pending` holds.
     ahead: usize,
+    /// How many it may hold: the queue's capacity plus the workers' windows.
+    limit: usize,
     /// Jobs taken from `jobs`, being queued.
     batch: Vec<J>,
 }
@@ -617,37 +624,13 @@ impl<J, R, I> Drop for Map<'_, J, R, I> {
 impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I> {
     type Item = Result<R, JobError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         // Top up what is submitted ahead, a batch at a time (one dispatch for the lot), then
-        // wait for the oldest.
-        let limit = {
-            let inner = self.pool.inner.borrow();
-            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
-        };
-        let top_up = self.ahead + BATCH.min(limit) <= limit;
-        if top_up {
-            // The jobs are taken from the caller's iterator before the pool is borrowed: that
-            // iterator may use the pool (submit, worker_ids, drop a handle).
-            self.batch.clear();
-            self.batch
-                .extend(self.jobs.by_ref().take(limit - self.ahead));
-        }
-        let mut inner = self.pool.inner.borrow_mut();
-        if top_up {
-            // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
-            let first = inner.next_id;
-            inner.enqueue_batch(&self.batch);
-            let n = self.batch.len();
-            self.batch.clear();
-            if n > 0 {
-                let end = first + n as u64;
-                match self.pending.back_mut() {
-                    Some((_, e)) if *e == first => *e = end,
-                    _ => self.pending.push_back((first, end)),
-                }
-                self.ahead += n;
-                inner.dispatch();
-            }
+        // wait for the oldest. The hot path (a result that is in) is kept small; topping up
+        // and waiting are out of line.
+        if self.ahead + BATCH.min(self.limit) <= self.limit {
+            self.top_up();
         }
         let (start, end) = self.pending.front_mut()?;
         let id = *start;
@@ -656,12 +639,49 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
             self.pending.pop_front();
         }
         self.ahead -= 1;
+        let mut inner = self.pool.inner.borrow_mut();
+        if let Some(r) = inner.take(id) {
+            return Some(r);
+        }
+        Some(Self::wait(&mut inner, id))
+    }
+}
+
+impl<J: 'static, R: 'static, I: Iterator<Item = J>> Map<'_, J, R, I> {
+    /// Submits jobs from the caller's iterator until `limit` are ahead.
+    #[inline(never)]
+    fn top_up(&mut self) {
+        // The jobs are taken from the caller's iterator before the pool is borrowed: that
+        // iterator may use the pool (submit, worker_ids, drop a handle).
+        self.batch.clear();
+        self.batch
+            .extend(self.jobs.by_ref().take(self.limit - self.ahead));
+        let mut inner = self.pool.inner.borrow_mut();
+        // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
+        let first = inner.next_id;
+        inner.enqueue_batch(&self.batch);
+        let n = self.batch.len();
+        self.batch.clear();
+        if n > 0 {
+            let end = first + n as u64;
+            match self.pending.back_mut() {
+                Some((_, e)) if *e == first => *e = end,
+                _ => self.pending.push_back((first, end)),
+            }
+            self.ahead += n;
+            inner.dispatch();
+        }
+    }
+
+    /// Runs the pool until job `id` has ended.
+    #[inline(never)]
+    fn wait(inner: &mut Inner<J, R>, id: u64) -> Result<R, JobError> {
         loop {
             if let Some(r) = inner.take(id) {
-                return Some(r);
+                return r;
             }
             if !inner.pump(None) {
-                return Some(inner.take(id).unwrap_or(Err(JobError::Closed)));
+                return inner.take(id).unwrap_or(Err(JobError::Closed));
             }
         }
     }

@@ -119,8 +119,32 @@ pub(super) fn enc_jobs<J, W: Wire<J>>(
     buf: &mut Vec<u8>,
     failed: &mut Refused,
 ) {
-    if let Some(size) = W::SIZE {
+    if let Some(size) = W::SIZE
+        && size <= MAX_FRAME - JOB_HDR
+    {
+        // Fixed-size payloads (plain data): every header is known up front, and a record is
+        // never too large; only the encoder's own failure is checked.
         buf.reserve(jobs.len() * (JOB_HDR + size));
+        let len = (size as u32).to_le_bytes();
+        for (id, job) in (first..).zip(jobs) {
+            let start = buf.len();
+            let mut hdr = [0; JOB_HDR];
+            hdr[..8].copy_from_slice(&id.to_le_bytes());
+            hdr[8..].copy_from_slice(&len);
+            buf.extend_from_slice(&hdr);
+            match W::enc(job, buf) {
+                Ok(()) if buf.len() - start == JOB_HDR + size => {}
+                Ok(()) => {
+                    buf.truncate(start);
+                    failed.push((id, "the encoder wrote the wrong size".into()));
+                }
+                Err(reason) => {
+                    buf.truncate(start);
+                    failed.push((id, reason));
+                }
+            }
+        }
+        return;
     }
     for (id, job) in (first..).zip(jobs) {
         let start = buf.len();
