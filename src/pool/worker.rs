@@ -145,6 +145,8 @@ impl Lane<'_> {
     /// Commits the result record that starts at `start` of `out` (its header still blank; its
     /// payload encoded after it): fills in the header, sends first what was there before it if
     /// the frame would be too large, mirrors the record in the scratch and publishes it.
+    /// Without `mirror` (the frame's last job: the caller sends `out` at once, which is then
+    /// the commit, and clears `pending` anyway) the record is only written in `out`.
     /// `false` if the owner is gone.
     #[inline]
     pub(super) fn commit(
@@ -153,6 +155,7 @@ impl Lane<'_> {
         mut start: usize,
         id: u64,
         mut kind: u8,
+        mirror: bool,
     ) -> bool {
         if out.len() - start > MAX_FRAME {
             // Too large for any frame: a report of that instead (a panic message is cut).
@@ -177,6 +180,9 @@ impl Lane<'_> {
         hdr[..8].copy_from_slice(&id.to_le_bytes());
         hdr[8] = kind;
         hdr[9..].copy_from_slice(&len.to_le_bytes());
+        if !mirror {
+            return true;
+        }
         self.scratch.write(start, &out[start..]);
         // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
         // sees the record written above.
@@ -287,7 +293,10 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
                     }
                 },
             };
-            if !lane.commit(&mut out, start, id, kind) {
+            // The frame's last job is committed by the send that follows (below), with
+            // nothing in between that could be seen or lost: no scratch copy for it.
+            let last = at >= frame.len() && max_jobs.is_none_or(|m| done + 1 < m);
+            if !lane.commit(&mut out, start, id, kind, !last) {
                 return 0; // the owner is gone
             }
             done += 1;
