@@ -17,8 +17,10 @@
 //! record to its scratch and publishes the scratch's length in `pending` (Release), before it
 //! looks at the next job. So a result is committed per job, in shared memory, even while the
 //! frame that will carry it is still being filled; the frame is only the way results travel
-//! while the worker lives (and its commit wakes a sleeping owner). See [`super::accounting`]
-//! for how the owner uses this when a worker dies or is killed.
+//! while the worker lives (and its commit wakes a sleeping owner). The frame's last job is the
+//! exception: the frame is sent right after it, and that send is its commit (a copy in the
+//! scratch would be cleared at once). See [`super::accounting`] for how the owner uses this
+//! when a worker dies or is killed.
 
 use super::*;
 
