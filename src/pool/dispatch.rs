@@ -182,10 +182,8 @@ impl<J, R> Inner<J, R> {
         let mut frame = self.spare.pop().unwrap_or_default();
         frame.clear();
         // A panic here (a user `Serialize`) unwinds before anything changed.
-        (self.codec.enc_jobs)(std::slice::from_ref(job), id, &mut frame, &mut self.failed);
-        if !self.failed.is_empty() {
+        if !(self.codec.enc_one)(job, id, &mut frame) {
             // The queue's path fails it, with the reason.
-            self.failed.clear();
             self.spare.push(frame);
             return None;
         }
@@ -281,9 +279,11 @@ impl<J, R> Inner<J, R> {
                     } else {
                         Err(failure(kind, payload))
                     };
-                    // Settle its state: it is taken now (usually the newest, and the only
-                    // one left).
-                    if let Some(st) = self.state(id) {
+                    // Settle its state: it is taken now (usually the only one left).
+                    if id == self.base && self.jobs.len() == 1 {
+                        self.jobs.pop_front();
+                        self.base += 1;
+                    } else if let Some(st) = self.state(id) {
                         *st = JobState::Settled;
                         self.settled(id);
                     }
