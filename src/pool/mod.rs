@@ -54,7 +54,8 @@ pub const WINDOW: usize = 2 * BATCH;
 /// Jobs per job frame at most. Large enough that workers sharing a CPU switch rarely (each
 /// switch costs microseconds; 64 made two workers on one CPU twice as slow as one), small
 /// enough for a frame (256 plain `u64` jobs take 3 KiB of the ring's 32 KiB frames). Dispatch
-/// sends no more than a worker's fair share of the queue, so a short queue still spreads.
+/// sends no more than a worker's fair share of the queue, so a short queue still spreads
+/// (except tiny jobs between workers pinned to one CPU: see `dispatch`).
 pub const BATCH: usize = 256;
 
 /// Work (jobs in flight plus queued, at a worker's measured cost per job) that dispatch keeps
