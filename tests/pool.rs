@@ -31,6 +31,7 @@ fn main() {
         regression_dropped_pools_leave_no_mapping,
         regression_small_queue_after_an_idle_worker_died,
         regression_timeout_kill_counts_as_progress,
+        pinned_workers_keep_tiny_jobs_together_but_not_behind_a_stuck_one,
     ]);
 }
 
@@ -454,6 +455,54 @@ fn regression_timeout_kill_counts_as_progress() -> Outcome {
     ensure!(
         late.join() == Err(JobError::TimedOut),
         "job 0 not timed out"
+    );
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
+}
+
+fn pinned_workers_keep_tiny_jobs_together_but_not_behind_a_stuck_one() -> Outcome {
+    // Two workers pinned to one CPU: dispatch keeps tiny jobs on the busy worker (no switch
+    // per batch), but not while it is stuck in a long job: the jobs queued behind must run on
+    // the other worker meanwhile (here: before the long job ends), in order, each once.
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).ctx("cpu set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).ctx("pin")?;
+    const SLOW: u32 = 5_000;
+    const N: u32 = 20_000;
+    let ran = counters(N as usize)?;
+    let behind = counters(1)?;
+    let pool = Pool::new(2, move |x: u32| {
+        ran[x as usize].fetch_add(1, Ordering::Relaxed);
+        if x == SLOW {
+            std::thread::sleep(Duration::from_millis(500));
+            // How many jobs queued well behind this one have run meanwhile.
+            let later = ran[(SLOW + 1_000) as usize..]
+                .iter()
+                .filter(|c| c.load(Ordering::Relaxed) > 0)
+                .count();
+            behind[0].store(later as u32, Ordering::Relaxed);
+        }
+        x
+    })
+    .ctx("pool")?;
+    let mut i = 0u32;
+    for r in pool.map(0..N) {
+        ensure!(r == Ok(i), "result {i}: {r:?}");
+        i += 1;
+    }
+    ensure!(i == N, "{i} results");
+    for (k, c) in ran.iter().enumerate() {
+        ensure!(
+            c.load(Ordering::Relaxed) == 1,
+            "job {k} ran {} times",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let later = behind[0].load(Ordering::Relaxed);
+    ensure!(
+        later > 0,
+        "the jobs queued behind the stuck worker waited for it"
     );
     pool.shutdown().ctx("shutdown")?;
     ensure!(no_children(), "a worker was left unreaped");

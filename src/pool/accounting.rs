@@ -108,6 +108,27 @@ impl Worker {
     }
 }
 
+/// The little-endian `u64` at the start of `b`, if it is that long.
+#[inline]
+fn le_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+/// Whether job `id` may still be running: its state is `Pending` or `Abandoned` (every job in
+/// a worker's in-flight list is).
+fn unfinished<R>(
+    jobs: &VecDeque<JobState<R>>,
+    base: u64,
+    parked: &BTreeMap<u64, JobState<R>>,
+    id: u64,
+) -> bool {
+    let st = match id.checked_sub(base) {
+        None => parked.get(&id),
+        Some(i) => usize::try_from(i).ok().and_then(|i| jobs.get(i)),
+    };
+    matches!(st, Some(JobState::Pending | JobState::Abandoned))
+}
+
 /// What `take_sent` found.
 pub(super) enum Taken {
     /// The ring is empty (every valid result taken).
@@ -289,7 +310,9 @@ impl<J, R> Inner<J, R> {
             // Validated before the job is taken off the in-flight list: a record that is not a
             // result of the oldest job leaves it there, for `retire` to settle.
             if w.front() != Some(id) || kind > KIND_BAD_JOB {
-                if !w.in_flight_has(id) {
+                // A job in flight is unfinished: one that has ended (usually a result taken
+                // from the scratch and now sent again) is skipped without a scan.
+                if !unfinished(&self.jobs, self.base, &self.parked, id) || !w.in_flight_has(id) {
                     // Taken already (from the scratch, before the worker sent it; or through
                     // the ring, before it died and left its scratch uncleared), or forged.
                     at = next;
@@ -424,6 +447,48 @@ pub(super) fn accept_run<J, R, W: Wire<R>>(
         return at;
     };
     let records = w.records;
+    if let (Some(stride), Some(size)) = (records.stride, <W as Wire<R>>::SIZE) {
+        // Fixed-size job and result records (plain data): walk both in step.
+        let rlen = RES_HDR + size;
+        while let Some(s) = w.in_flight.front_mut() {
+            let sent = s.bytes.get(s.at..).unwrap_or_default().chunks_exact(stride);
+            let got = frame.get(at..).unwrap_or_default().chunks_exact(rlen);
+            let mut taken = 0;
+            for (job, res) in sent.zip(got) {
+                let (Some(expect), Some(id)) = (le_u64(job), le_u64(res)) else {
+                    break;
+                };
+                let len = res.get(9..RES_HDR).and_then(|l| l.try_into().ok());
+                if id != expect
+                    || res.get(8) != Some(&KIND_OK)
+                    || len.map(u32::from_le_bytes) != Some(size as u32)
+                {
+                    break;
+                }
+                let Some(st @ JobState::Pending) = id
+                    .checked_sub(inner.base)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| inner.jobs.get_mut(i))
+                else {
+                    break;
+                };
+                let payload = res.get(RES_HDR..).unwrap_or_default();
+                *st = JobState::Done(W::dec(payload).map_err(|reason| JobError::Codec { reason }));
+                taken += 1;
+            }
+            s.at += taken * stride;
+            w.load = w.load.saturating_sub(taken);
+            at += taken * rlen;
+            if s.at < s.bytes.len() {
+                return at; // this frame has more: the results ran out, or `accept` takes over
+            }
+            // Every record of this frame is reported.
+            if let Some(s) = w.in_flight.pop_front() {
+                inner.spare.push(s.bytes);
+            }
+        }
+        return at;
+    }
     while let Some(s) = w.in_flight.front_mut() {
         while let Some((expect, next)) = records.at(&s.bytes, s.at) {
             let Some((id, kind, payload)) = result_record(frame, at) else {

@@ -3,7 +3,10 @@
 //! Dispatch sends a job frame of up to [`BATCH`] queued jobs to the least loaded worker (an idle
 //! one first), keeping at most [`WINDOW`] jobs in flight per worker and sharing the queue
 //! fairly among the workers, so tiny jobs cost one ring message per batch each way while a slow
-//! job delays at most the few jobs queued behind it on its worker.
+//! job delays at most the few jobs queued behind it on its worker. The exception: workers
+//! pinned to the same CPU cannot run in parallel, so tiny jobs (by the cost per job a worker
+//! measures) stay on the one that is busy and moving instead of costing a context switch per
+//! batch (see `keeper`).
 //!
 //! The owner spins briefly on the result rings, then sleeps in a [`Select`] over them (with a
 //! timeout at the earliest job deadline when `job_timeout` is set). Before it sleeps it sets
@@ -16,6 +19,16 @@
 //! finishes its batch always sends what it has, so nothing waits longer than that batch.
 
 use super::*;
+
+/// Where `keeper` sends a batch.
+pub(super) enum Keep {
+    /// To the least loaded worker, as usual.
+    Spread,
+    /// To this busy worker, which has this many jobs in flight.
+    Send(usize, usize),
+    /// Nowhere yet: it waits for a busy worker's next results.
+    Hold,
+}
 
 /// Jobs queued in the owner, encoded, not yet sent.
 pub(super) struct Queue {
@@ -97,7 +110,7 @@ impl<J, R> Inner<J, R> {
         let first = self.next_id;
         self.next_id += jobs.len() as u64;
         self.jobs
-            .extend(std::iter::repeat_with(|| JobState::Pending).take(jobs.len()));
+            .resize_with(self.jobs.len() + jobs.len(), || JobState::Pending);
         let (enc, buf, failed) = (self.codec.enc_jobs, &mut self.queue.buf, &mut self.failed);
         let before = buf.len();
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| enc(jobs, first, buf, failed))) {
@@ -151,6 +164,142 @@ impl<J, R> Inner<J, R> {
         Ok(())
     }
 
+    /// `submit`'s fast path: with nothing queued, a job for an idle worker is encoded straight
+    /// into a frame and sent to it (no copy through the queue, no dispatch loop). Its id and
+    /// the worker; `None` (and nothing changed) if the path does not apply or the send fails:
+    /// the caller queues the job, and `dispatch` deals with a full or disconnected ring.
+    #[inline]
+    pub(super) fn send_one(&mut self, job: &J) -> Option<(u64, usize)> {
+        if !self.queue.is_empty() || self.closed || !self.is_owner() {
+            return None;
+        }
+        let max = self.cfg.max_jobs_per_worker;
+        let k = self.workers.iter().position(|w| {
+            w.as_ref()
+                .is_some_and(|w| w.load == 0 && max.is_none_or(|m| w.dispatched < m))
+        })?;
+        let id = self.next_id;
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        // A panic here (a user `Serialize`) unwinds before anything changed.
+        if !(self.codec.enc_one)(job, id, &mut frame) {
+            // The queue's path fails it, with the reason.
+            self.spare.push(frame);
+            return None;
+        }
+        let w = self.workers[k].as_mut()?;
+        if w.jobs.try_send(&frame).is_err() {
+            self.spare.push(frame);
+            return None;
+        }
+        w.load = 1;
+        w.dispatched += 1;
+        w.in_flight.push_back(Sent {
+            bytes: frame,
+            at: 0,
+        });
+        self.next_id += 1;
+        self.jobs.push_back(JobState::Pending);
+        Some((id, k))
+    }
+
+    /// A handle's fast path for a job `send_one` sent to worker `k`: while it is that worker's
+    /// only job and nothing else needs the owner (no queue, no job timeout to enforce), spin on
+    /// that worker's result ring alone and take the one-record frame it sends. `None` when
+    /// the result is not in (the spin budget or `deadline` ran out, the worker went, or it sent
+    /// something else, which is then accepted or punished as usual): the caller's general loop
+    /// (`take`, `pump`) goes on.
+    pub(super) fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>> {
+        if self.cfg.job_timeout.is_some() || !self.queue.is_empty() || !self.is_owner() {
+            return None;
+        }
+        let mut frame = std::mem::take(&mut self.rbuf);
+        // Bare looks (one load and a spin hint each) before the spinner's first turn.
+        const BARE_LOOKS: u32 = 64;
+        let mut spinner = Spinner::new(WaitPolicy::default());
+        let mut looks = 0u32;
+        let got = loop {
+            let Some(w) = self.workers.get_mut(k).and_then(Option::as_mut) else {
+                break false;
+            };
+            if w.load != 1 || w.front() != Some(id) {
+                break false;
+            }
+            // One load per look (`recv_hint`); the full read, which also notices a worker
+            // gone, when it says so and at the spinner's later checkpoints. The first looks
+            // spin bare: the spinner reads the clock on its first turn, and a tiny job's
+            // result usually comes before that would pay off.
+            if !w.results.core.c.recv_hint() && (looks < BARE_LOOKS || !spinner.checkpoint()) {
+                looks += 1;
+                if looks <= BARE_LOOKS {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if !spinner.spin() || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break false;
+                }
+                continue;
+            }
+            match w.results.try_recv_ref() {
+                Ok(msg) => {
+                    // A private copy: the worker can still write the ring.
+                    frame.clear();
+                    frame.extend_from_slice(&msg);
+                    break true;
+                }
+                Err(crate::TryRecvError::Empty) => {}
+                Err(_) => break false, // gone: `pump` retires it
+            }
+            if !spinner.spin() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break false;
+            }
+        };
+        let mut out = None;
+        if got {
+            match result_record(&frame, 0) {
+                Some((rid, kind, payload))
+                    if rid == id
+                        && kind <= KIND_BAD_JOB
+                        && RES_HDR + payload.len() == frame.len() =>
+                {
+                    if let Some(w) = self.workers[k].as_mut() {
+                        // Its only job: the whole front frame is reported.
+                        w.load = 0;
+                        if let Some(s) = w.in_flight.pop_front() {
+                            self.spare.push(s.bytes);
+                        }
+                    }
+                    let result = if kind == KIND_OK {
+                        (self.codec.dec_res)(payload).map_err(|reason| JobError::Codec { reason })
+                    } else {
+                        Err(failure(kind, payload))
+                    };
+                    // Settle its state: it is taken now (usually the only one left).
+                    if id == self.base && self.jobs.len() == 1 {
+                        self.jobs.pop_front();
+                        self.base += 1;
+                    } else if let Some(st) = self.state(id) {
+                        *st = JobState::Settled;
+                        self.settled(id);
+                    }
+                    out = Some(result);
+                }
+                _ => {
+                    if frame.is_empty() || self.accept(k, &frame) != frame.len() {
+                        self.kill_worker(k, None);
+                    }
+                }
+            }
+        }
+        self.rbuf = frame;
+        out
+    }
+
     /// Sends queued jobs to workers, a batch at a time: to the least loaded worker (an idle one
     /// first), at most `BATCH` jobs a frame, `WINDOW` in flight per worker, and no more than
     /// its fair share of the queue.
@@ -172,16 +321,28 @@ impl<J, R> Inner<J, R> {
                     pick = Some((k, w.load));
                 }
             }
-            let Some((k, load)) = pick else {
+            let Some((mut k, mut load)) = pick else {
+                self.hold_until = None;
                 return;
             };
+            // Tiny jobs stay on a busy worker that gets through them sooner than an idle one
+            // could start (see `keeper`), without the fair-share limit.
+            let mut share = self.queue.len().div_ceil(eligible);
+            if load == 0 {
+                match self.keeper(k) {
+                    Keep::Spread => {}
+                    Keep::Send(b, lb) => {
+                        (k, load, share) = (b, lb, usize::MAX);
+                    }
+                    Keep::Hold => return,
+                }
+            }
             let Some(w) = self.workers[k].as_ref() else {
                 return;
             };
             let room = max.map_or(usize::MAX, |m| {
                 usize::try_from(m.saturating_sub(w.dispatched)).unwrap_or(usize::MAX)
             });
-            let share = self.queue.len().div_ceil(eligible);
             let n = BATCH.min(WINDOW - load).min(room).min(share).max(1);
             let mut frame = self.spare.pop().unwrap_or_default();
             frame.clear();
@@ -255,6 +416,64 @@ impl<J, R> Inner<J, R> {
         }
     }
 
+    /// Where a batch goes when the least loaded worker, `idle`, has nothing in flight.
+    ///
+    /// If `idle` and a busy worker are pinned to the same single CPU (`WorkerSlot::cpu`), they
+    /// cannot run in parallel, and spreading tiny jobs between them costs a context switch per
+    /// batch. Then the batch goes to that busy worker if it is fast and moving: its measured
+    /// cost per job (`WorkerSlot::cost`) times its jobs in flight plus the queue is within
+    /// `KEEP`, and it finished a batch within `KEEP` (it is not stuck in a long job while
+    /// `idle` could time-slice with it). If its window is full, the batch waits in the queue
+    /// for its next results, at most `KEEP` (`hold_until`; `pump` never sleeps past it).
+    /// Otherwise (workers not pinned together, jobs of unknown or larger cost) it spreads as
+    /// usual.
+    fn keeper(&mut self, idle: usize) -> Keep {
+        // Relaxed (here and below): hints (see `WorkerSlot`).
+        let cpu = self.slots[idle].cpu.load(Ordering::Relaxed);
+        if cpu == 0 {
+            return Keep::Spread;
+        }
+        let max = self.cfg.max_jobs_per_worker;
+        let queued = self.queue.len() as u64;
+        let keep_ns = KEEP.as_nanos() as u64;
+        let mut full = false;
+        let mut now_ns = None;
+        for (b, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if b == idle || self.slots[b].cpu.load(Ordering::Relaxed) != cpu {
+                continue;
+            }
+            let cost = self.slots[b].cost.load(Ordering::Relaxed);
+            if cost == 0 || cost.saturating_mul(w.load as u64 + queued) > keep_ns {
+                continue;
+            }
+            // Only while it keeps finishing batches: one stuck in a long job is not a keeper.
+            let now_ns = *now_ns.get_or_insert_with(crate::sys::mono_ns);
+            let at = self.slots[b].cost_at.load(Ordering::Relaxed);
+            if now_ns.saturating_sub(at) > keep_ns {
+                continue;
+            }
+            if w.load < WINDOW && max.is_none_or(|m| w.dispatched < m) {
+                self.hold_until = None;
+                return Keep::Send(b, w.load);
+            }
+            full = true;
+        }
+        if !full {
+            return Keep::Spread;
+        }
+        let now = Instant::now();
+        match self.hold_until {
+            None => {
+                self.hold_until = Some(now + KEEP);
+                Keep::Hold
+            }
+            Some(t) if now < t => Keep::Hold,
+            // Held long enough: that worker did not come back for them in time.
+            Some(_) => Keep::Spread,
+        }
+    }
+
     /// Waits for something to happen (a result, a death, a job deadline) and handles it.
     /// `false` if nothing ever can (no worker, nothing in flight).
     pub(super) fn pump(&mut self, deadline: Option<Instant>) -> bool {
@@ -315,7 +534,8 @@ impl<J, R> Inner<J, R> {
             _ => None,
         };
         let recheck = (!barrier_ok).then(|| Instant::now() + RECHECK);
-        let until = [deadline, job_deadline, recheck]
+        let held = self.hold_until.filter(|_| !self.queue.is_empty());
+        let until = [deadline, job_deadline, recheck, held]
             .into_iter()
             .flatten()
             .min();

@@ -54,8 +54,16 @@ pub const WINDOW: usize = 2 * BATCH;
 /// Jobs per job frame at most. Large enough that workers sharing a CPU switch rarely (each
 /// switch costs microseconds; 64 made two workers on one CPU twice as slow as one), small
 /// enough for a frame (256 plain `u64` jobs take 3 KiB of the ring's 32 KiB frames). Dispatch
-/// sends no more than a worker's fair share of the queue, so a short queue still spreads.
+/// sends no more than a worker's fair share of the queue, so a short queue still spreads
+/// (except tiny jobs between workers pinned to one CPU: see `dispatch`).
 pub const BATCH: usize = 256;
+
+/// Work (jobs in flight plus queued, at a worker's measured cost per job) that dispatch keeps
+/// on one busy worker rather than spreading to an idle one: about twice what waking a sleeping
+/// worker costs on a virtual machine (≈50 µs), so spreading less than this could at best break
+/// even, and with workers sharing a CPU costs a context switch per batch. It is also the
+/// longest a held batch waits for that worker.
+const KEEP: Duration = Duration::from_micros(100);
 
 /// How long the owner sleeps at most when the barrier failed (a worker may then not see
 /// `waiting` in time).
@@ -256,6 +264,9 @@ struct Inner<J, R> {
     next_id: u64,
     /// Why the last respawn failed, if it did.
     respawn_error: Option<String>,
+    /// Until when dispatch may hold queued tiny jobs for a busy worker (see
+    /// `dispatch::keeper`); `None` while it holds none.
+    hold_until: Option<Instant>,
     closed: bool,
     /// The process that built the pool: a copy inherited through `fork` does nothing (its
     /// workers are not its children, and their slots are the owner's).
@@ -307,6 +318,12 @@ impl<J, R> std::fmt::Debug for Pool<J, R> {
 trait Run<R> {
     fn take(&mut self, id: u64) -> Option<Result<R, JobError>>;
     fn pump(&mut self, deadline: Option<Instant>) -> bool;
+    fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>>;
     fn abandon(&mut self, id: u64);
 }
 
@@ -316,6 +333,14 @@ impl<J, R> Run<R> for Inner<J, R> {
     }
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         Inner::pump(self, deadline)
+    }
+    fn wait_sent(
+        &mut self,
+        id: u64,
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, JobError>> {
+        Inner::wait_sent(self, id, k, deadline)
     }
     fn abandon(&mut self, id: u64) {
         match self.state(id) {
@@ -332,8 +357,13 @@ impl<J, R> Run<R> for Inner<J, R> {
 pub struct JobHandle<R> {
     inner: Rc<RefCell<dyn Run<R>>>,
     id: u64,
+    /// The worker `submit` sent the job to alone (its fast path), or `NOT_SENT`.
+    worker: usize,
     taken: bool,
 }
+
+/// `JobHandle::worker` of a job that went through the queue.
+const NOT_SENT: usize = usize::MAX;
 
 impl<R> std::fmt::Debug for JobHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -377,6 +407,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             started: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            cost: AtomicU64::new(0),
+            cost_at: AtomicU64::new(0),
+            cpu: AtomicU64::new(0),
         })?;
         for _ in 1..n {
             region.alloc(WorkerSlot {
@@ -384,6 +417,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
                 started: AtomicU64::new(0),
                 pending: AtomicU64::new(0),
                 flushes: AtomicU64::new(0),
+                cost: AtomicU64::new(0),
+                cost_at: AtomicU64::new(0),
+                cpu: AtomicU64::new(0),
             })?;
         }
         let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
@@ -420,6 +456,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             rbuf: Vec::new(),
             next_id: 0,
             respawn_error: None,
+            hold_until: None,
             closed: false,
             owner: crate::sync::ident::current_ident(),
         };
@@ -439,10 +476,11 @@ impl<J: 'static, R: 'static> Pool<J, R> {
     /// None today (a job that cannot be encoded fails on its handle); the `Result` leaves room
     /// for pool-level failures.
     pub fn submit(&self, job: J) -> Result<JobHandle<R>, Error> {
-        let id = self.inner.borrow_mut().submit(&job)?;
+        let (id, worker) = self.inner.borrow_mut().submit(&job)?;
         Ok(JobHandle {
             inner: self.inner.clone(),
             id,
+            worker,
             taken: false,
         })
     }
@@ -454,11 +492,16 @@ impl<J: 'static, R: 'static> Pool<J, R> {
     where
         I: IntoIterator<Item = J>,
     {
+        let limit = {
+            let inner = self.inner.borrow();
+            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
+        };
         Map {
             pool: self,
             jobs: jobs.into_iter(),
             pending: VecDeque::new(),
             ahead: 0,
+            limit,
             batch: Vec::new(),
         }
     }
@@ -516,6 +559,15 @@ impl<R> JobHandle<R> {
 
     fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<R, JobError>> {
         let mut inner = self.inner.borrow_mut();
+        if self.worker != NOT_SENT {
+            // Sent alone to an idle worker: wait for that one result first (the general loop
+            // below takes over if it does not come while the owner spins).
+            let k = std::mem::replace(&mut self.worker, NOT_SENT);
+            if let Some(r) = inner.wait_sent(self.id, k, deadline) {
+                self.taken = true;
+                return Some(r);
+            }
+        }
         loop {
             if let Some(r) = inner.take(self.id) {
                 self.taken = true;
@@ -551,6 +603,8 @@ pub struct Map<'p, J, R, I> {
     pending: VecDeque<(u64, u64)>,
     /// How many ids `pending` holds.
     ahead: usize,
+    /// How many it may hold: the queue's capacity plus the workers' windows.
+    limit: usize,
     /// Jobs taken from `jobs`, being queued.
     batch: Vec<J>,
 }
@@ -571,37 +625,13 @@ impl<J, R, I> Drop for Map<'_, J, R, I> {
 impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I> {
     type Item = Result<R, JobError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         // Top up what is submitted ahead, a batch at a time (one dispatch for the lot), then
-        // wait for the oldest.
-        let limit = {
-            let inner = self.pool.inner.borrow();
-            inner.cfg.queue_capacity + inner.cfg.workers * WINDOW
-        };
-        let top_up = self.ahead + BATCH.min(limit) <= limit;
-        if top_up {
-            // The jobs are taken from the caller's iterator before the pool is borrowed: that
-            // iterator may use the pool (submit, worker_ids, drop a handle).
-            self.batch.clear();
-            self.batch
-                .extend(self.jobs.by_ref().take(limit - self.ahead));
-        }
-        let mut inner = self.pool.inner.borrow_mut();
-        if top_up {
-            // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
-            let first = inner.next_id;
-            inner.enqueue_batch(&self.batch);
-            let n = self.batch.len();
-            self.batch.clear();
-            if n > 0 {
-                let end = first + n as u64;
-                match self.pending.back_mut() {
-                    Some((_, e)) if *e == first => *e = end,
-                    _ => self.pending.push_back((first, end)),
-                }
-                self.ahead += n;
-                inner.dispatch();
-            }
+        // wait for the oldest. The hot path (a result that is in) is kept small; topping up
+        // and waiting are out of line.
+        if self.ahead + BATCH.min(self.limit) <= self.limit {
+            self.top_up();
         }
         let (start, end) = self.pending.front_mut()?;
         let id = *start;
@@ -610,12 +640,49 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
             self.pending.pop_front();
         }
         self.ahead -= 1;
+        let mut inner = self.pool.inner.borrow_mut();
+        if let Some(r) = inner.take(id) {
+            return Some(r);
+        }
+        Some(Self::wait(&mut inner, id))
+    }
+}
+
+impl<J: 'static, R: 'static, I: Iterator<Item = J>> Map<'_, J, R, I> {
+    /// Submits jobs from the caller's iterator until `limit` are ahead.
+    #[inline(never)]
+    fn top_up(&mut self) {
+        // The jobs are taken from the caller's iterator before the pool is borrowed: that
+        // iterator may use the pool (submit, worker_ids, drop a handle).
+        self.batch.clear();
+        self.batch
+            .extend(self.jobs.by_ref().take(self.limit - self.ahead));
+        let mut inner = self.pool.inner.borrow_mut();
+        // Only `enqueue` takes ids, so the jobs queued now have consecutive ones.
+        let first = inner.next_id;
+        inner.enqueue_batch(&self.batch);
+        let n = self.batch.len();
+        self.batch.clear();
+        if n > 0 {
+            let end = first + n as u64;
+            match self.pending.back_mut() {
+                Some((_, e)) if *e == first => *e = end,
+                _ => self.pending.push_back((first, end)),
+            }
+            self.ahead += n;
+            inner.dispatch();
+        }
+    }
+
+    /// Runs the pool until job `id` has ended.
+    #[inline(never)]
+    fn wait(inner: &mut Inner<J, R>, id: u64) -> Result<R, JobError> {
         loop {
             if let Some(r) = inner.take(id) {
-                return Some(r);
+                return r;
             }
             if !inner.pump(None) {
-                return Some(inner.take(id).unwrap_or(Err(JobError::Closed)));
+                return inner.take(id).unwrap_or(Err(JobError::Closed));
             }
         }
     }
@@ -630,6 +697,8 @@ impl<J, R> Inner<J, R> {
         // Relaxed: the new worker is forked after these stores (fork orders them).
         slot.current.store(IDLE, Ordering::Relaxed);
         slot.pending.store(0, Ordering::Relaxed);
+        slot.cost.store(0, Ordering::Relaxed);
+        slot.cpu.store(0, Ordering::Relaxed);
         let header = self.header;
         let scratch = self.scratch_of(k);
         let run = self.run.clone();
@@ -664,10 +733,16 @@ impl<J, R> Inner<J, R> {
         })
     }
 
-    fn submit(&mut self, job: &J) -> Result<u64, Error> {
+    /// Queues `job` and dispatches; or, with nothing queued and a worker idle, sends it
+    /// straight to that worker (`send_one`). The job's id, and the worker it went to alone
+    /// (`NOT_SENT` if it was queued).
+    fn submit(&mut self, job: &J) -> Result<(u64, usize), Error> {
+        if let Some(sent) = self.send_one(job) {
+            return Ok(sent);
+        }
         let id = self.enqueue(job);
         self.dispatch();
-        Ok(id)
+        Ok((id, NOT_SENT))
     }
 
     fn is_owner(&self) -> bool {

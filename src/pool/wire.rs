@@ -82,6 +82,10 @@ pub(super) struct Codec<J, R> {
     /// that could not be encoded (or are too large) go to `failed` with the reason, and have
     /// no record.
     pub(super) enc_jobs: fn(jobs: &[J], first: u64, buf: &mut Vec<u8>, failed: &mut Refused),
+    /// `enc_jobs` for one job, into an empty buffer (`send_one`'s frame); `false` (and the
+    /// buffer in any state) if the job cannot be encoded into a frame: the queue's path then
+    /// reports why.
+    pub(super) enc_one: fn(job: &J, id: u64, buf: &mut Vec<u8>) -> bool,
     /// Decodes a result payload.
     pub(super) dec_res: fn(&[u8]) -> Result<R, String>,
     /// `Inner::accept`'s fast path (see `accept_run`).
@@ -100,6 +104,7 @@ impl<J, R> Codec<J, R> {
         Codec {
             job_size: <W as Wire<J>>::SIZE,
             enc_jobs: enc_jobs::<J, W>,
+            enc_one: enc_one::<J, W>,
             dec_res: <W as Wire<R>>::dec,
             accept_run: accept_run::<J, R, W>,
         }
@@ -119,8 +124,32 @@ pub(super) fn enc_jobs<J, W: Wire<J>>(
     buf: &mut Vec<u8>,
     failed: &mut Refused,
 ) {
-    if let Some(size) = W::SIZE {
+    if let Some(size) = W::SIZE
+        && size <= MAX_FRAME - JOB_HDR
+    {
+        // Fixed-size payloads (plain data): every header is known up front, and a record is
+        // never too large; only the encoder's own failure is checked.
         buf.reserve(jobs.len() * (JOB_HDR + size));
+        let len = (size as u32).to_le_bytes();
+        for (id, job) in (first..).zip(jobs) {
+            let start = buf.len();
+            let mut hdr = [0; JOB_HDR];
+            hdr[..8].copy_from_slice(&id.to_le_bytes());
+            hdr[8..].copy_from_slice(&len);
+            buf.extend_from_slice(&hdr);
+            match W::enc(job, buf) {
+                Ok(()) if buf.len() - start == JOB_HDR + size => {}
+                Ok(()) => {
+                    buf.truncate(start);
+                    failed.push((id, "the encoder wrote the wrong size".into()));
+                }
+                Err(reason) => {
+                    buf.truncate(start);
+                    failed.push((id, reason));
+                }
+            }
+        }
+        return;
     }
     for (id, job) in (first..).zip(jobs) {
         let start = buf.len();
@@ -142,6 +171,25 @@ pub(super) fn enc_jobs<J, W: Wire<J>>(
         // `len <= MAX_FRAME`, so it fits a u32.
         buf[start + 8..start + JOB_HDR].copy_from_slice(&(len as u32).to_le_bytes());
     }
+}
+
+/// `Codec::enc_one` for wire `W`.
+pub(super) fn enc_one<J, W: Wire<J>>(job: &J, id: u64, buf: &mut Vec<u8>) -> bool {
+    let mut hdr = [0; JOB_HDR];
+    hdr[..8].copy_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&hdr);
+    if W::enc(job, buf).is_err() {
+        return false;
+    }
+    let len = buf.len() - JOB_HDR;
+    if len > MAX_FRAME - JOB_HDR {
+        return false;
+    }
+    // `len <= MAX_FRAME`, so it fits a u32.
+    if let Some(l) = buf.get_mut(8..JOB_HDR) {
+        l.copy_from_slice(&(len as u32).to_le_bytes());
+    }
+    true
 }
 
 #[cold]

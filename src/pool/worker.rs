@@ -6,8 +6,9 @@
 //! ```text
 //! offset 0                 Header     { waiting: u32 }                 (64 B, owner writes)
 //! offset 64 + 64 k         WorkerSlot { current: u64, started: u64,    (64 B each, worker k
-//!                                       pending: u64, flushes: u64 }     writes; the owner
-//!                                                                        CASes `current`)
+//!                                       pending: u64, flushes: u64,      writes; the owner
+//!                                       cost: u64, cost_at: u64,         CASes `current`)
+//!                                       cpu: u64 }
 //! offset 64 + 64 n + S k   scratch k: [u8; S], S = SCRATCH             (worker k writes)
 //! ```
 //!
@@ -16,8 +17,10 @@
 //! record to its scratch and publishes the scratch's length in `pending` (Release), before it
 //! looks at the next job. So a result is committed per job, in shared memory, even while the
 //! frame that will carry it is still being filled; the frame is only the way results travel
-//! while the worker lives (and its commit wakes a sleeping owner). See [`super::accounting`]
-//! for how the owner uses this when a worker dies or is killed.
+//! while the worker lives (and its commit wakes a sleeping owner). The frame's last job is the
+//! exception: the frame is sent right after it, and that send is its commit (a copy in the
+//! scratch would be cleared at once). See [`super::accounting`] for how the owner uses this
+//! when a worker dies or is killed.
 
 use super::*;
 
@@ -47,9 +50,19 @@ pub(super) struct WorkerSlot {
     /// Result frames sent: bumped before the scratch is written over (a sequence lock for
     /// the owner's reads of a live worker's scratch).
     pub(super) flushes: AtomicU64,
+    /// Nanoseconds per job of its last batch of more than one job (0: none yet). Dispatch
+    /// reads it to keep tiny jobs on a busy worker (see `dispatch::keeper`); a lie there only
+    /// moves jobs between workers, and a held batch waits at most `KEEP`.
+    pub(super) cost: AtomicU64,
+    /// When it measured `cost` (`CLOCK_MONOTONIC` ns): a worker that has not finished a batch
+    /// for a while (stuck in a long job) is not kept busy with more.
+    pub(super) cost_at: AtomicU64,
+    /// The one CPU its affinity allows, plus one (0: more than one, or not known yet), as
+    /// found when it started. Workers pinned to the same CPU cannot run in parallel.
+    pub(super) cpu: AtomicU64,
 }
 
-// SAFETY: four atomics, valid for every bit pattern, no pointers.
+// SAFETY: seven atomics, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for WorkerSlot {}
 
 const _: () = assert!(std::mem::size_of::<Header>() == 64);
@@ -134,6 +147,8 @@ impl Lane<'_> {
     /// Commits the result record that starts at `start` of `out` (its header still blank; its
     /// payload encoded after it): fills in the header, sends first what was there before it if
     /// the frame would be too large, mirrors the record in the scratch and publishes it.
+    /// Without `mirror` (the frame's last job: the caller sends `out` at once, which is then
+    /// the commit, and clears `pending` anyway) the record is only written in `out`.
     /// `false` if the owner is gone.
     #[inline]
     pub(super) fn commit(
@@ -142,6 +157,7 @@ impl Lane<'_> {
         mut start: usize,
         id: u64,
         mut kind: u8,
+        mirror: bool,
     ) -> bool {
         if out.len() - start > MAX_FRAME {
             // Too large for any frame: a report of that instead (a panic message is cut).
@@ -166,6 +182,9 @@ impl Lane<'_> {
         hdr[..8].copy_from_slice(&id.to_le_bytes());
         hdr[8] = kind;
         hdr[9..].copy_from_slice(&len.to_le_bytes());
+        if !mirror {
+            return true;
+        }
         self.scratch.write(start, &out[start..]);
         // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
         // sees the record written above.
@@ -173,6 +192,9 @@ impl Lane<'_> {
         true
     }
 }
+
+/// Looks (one load each) at the job ring before a worker blocks in `recv_into`.
+const PRE_SPIN: u32 = 32;
 
 /// A worker's life: run jobs until the owner closes the job channel or dies.
 pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
@@ -184,12 +206,36 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
     let records = Records {
         stride: <W as Wire<J>>::SIZE.map(|s| JOB_HDR + s),
     };
+    // Relaxed: a hint for dispatch, ordering nothing.
+    lane.slot.cpu.store(sole_cpu(), Ordering::Relaxed);
     let mut frame = Vec::new();
     let mut out = Vec::with_capacity(MAX_FRAME + RES_HDR);
     let mut done = 0u64;
     // What this worker last published in `current` (the owner stored `IDLE` before the fork).
     let mut current = IDLE;
-    while lane.jobs.recv_into(&mut frame).is_ok() {
+    loop {
+        // The next batch usually follows closely: look for it with one load per spin for a
+        // moment before the channel's blocking wait, whose set-up (which CPU are we on, is the
+        // owner there) costs more than the look.
+        for _ in 0..PRE_SPIN {
+            if lane.jobs.core.c.recv_hint() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if lane.jobs.recv_into(&mut frame).is_err() {
+            break;
+        }
+        // Time batches of more than one job (two clock reads a batch), for `cost`.
+        let timed_batch = records
+            .at(&frame, 0)
+            .is_some_and(|(_, next)| next < frame.len());
+        let t0 = if timed_batch {
+            crate::sys::mono_ns()
+        } else {
+            0
+        };
+        let mut ran = 0u64;
         let mut at = 0;
         while at < frame.len() {
             let Some((id, next)) = records.at(&frame, at) else {
@@ -249,10 +295,14 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
                     }
                 },
             };
-            if !lane.commit(&mut out, start, id, kind) {
+            // The frame's last job is committed by the send that follows (below), with
+            // nothing in between that could be seen or lost: no scratch copy for it.
+            let last = at >= frame.len() && max_jobs.is_none_or(|m| done + 1 < m);
+            if !lane.commit(&mut out, start, id, kind, !last) {
                 return 0; // the owner is gone
             }
             done += 1;
+            ran += 1;
             if max_jobs.is_some_and(|m| done >= m) {
                 let _ = lane.flush(&mut out);
                 return 0; // recycled: the owner forks a replacement
@@ -265,12 +315,38 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
                 return 0;
             }
         }
+        if timed_batch && ran > 0 {
+            let t1 = crate::sys::mono_ns();
+            let ns = t1.saturating_sub(t0) / ran;
+            // Relaxed: hints for dispatch, ordering nothing.
+            lane.slot.cost.store(ns.max(1), Ordering::Relaxed);
+            lane.slot.cost_at.store(t1, Ordering::Relaxed);
+        }
         if !lane.flush(&mut out) {
             return 0;
         }
     }
     let _ = lane.flush(&mut out);
     0
+}
+
+/// The one CPU this process may run on, plus one; 0 if it may run on several (or the
+/// affinity cannot be read).
+fn sole_cpu() -> u64 {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let Ok(set) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return 0;
+    };
+    let mut only = 0;
+    for cpu in 0..CpuSet::count() {
+        if set.is_set(cpu).unwrap_or(false) {
+            if only != 0 {
+                return 0;
+            }
+            only = cpu as u64 + 1;
+        }
+    }
+    only
 }
 
 /// A result payload too large for a frame becomes a report of that (a panic message is cut
