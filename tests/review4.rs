@@ -356,7 +356,12 @@ fn pool_compromised_worker_scribbles_slots_and_scratches() -> Outcome {
     let start = Instant::now();
     let mut wrong = Vec::new();
     for (x, r) in (0..N).zip(pool.map(0..N)) {
-        if r != Ok(x * 3) {
+        // The scribbling job x forges a result (7) for x - 1, which may still be in flight on
+        // the same (compromised) worker when the owner reads its scratch: within the threat
+        // model (a compromised worker can garble its own in-flight jobs), so that one value is
+        // allowed for exactly those jobs. Every other job must get its own value.
+        let forgeable = (x + 1) % 997 == 13 && r == Ok(7);
+        if r != Ok(x * 3) && !forgeable {
             wrong.push((x, r));
         }
     }
