@@ -1168,18 +1168,13 @@ mod tests {
     fn fast_paths_with_mixed_lengths_keep_content_and_order() {
         let (p, c) = ring(256).unwrap();
         let max = max_message_len(256);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: u64| rng.next(n);
         let (mut sent, mut got, mut turn) = (0u64, 0u64, 0u64);
         let mut queue = std::collections::VecDeque::new();
         let mut out = vec![0u8; max];
         for round in 0.. {
-            if got == 200_000 {
+            if got >= 200_000 {
                 break;
             }
             assert!(
@@ -1219,21 +1214,9 @@ mod tests {
                     break;
                 };
                 turn += 1;
-                let ok = match turn % 3 {
-                    0 => c.try_read_fast().map(|g| {
-                        g.read_into(&mut out[..g.len()]);
-                        g.len()
-                    }),
-                    // SAFETY: `out` is writable for `max` bytes, `want.len() <= max`.
-                    1 if unsafe { c.try_pop_exact(out.as_mut_ptr(), want.len()) } => {
-                        Some(want.len())
-                    }
-                    _ => c.try_read().ok().map(|g| {
-                        g.read_into(&mut out[..g.len()]);
-                        g.len()
-                    }),
+                let Some(len) = read_by(&c, turn, &mut out, want.len()) else {
+                    continue;
                 };
-                let Some(len) = ok else { continue };
                 assert_eq!(&out[..len], &want[..], "message {got}");
                 queue.pop_front();
                 got += 1;
@@ -1242,7 +1225,29 @@ mod tests {
         assert!(c.broken().is_none() && p.broken().is_none());
     }
 
-    /// A small xorshift generator for the review tests below.
+    /// Takes the next message into `out` by one of the three read paths (`way % 3`: the fast
+    /// read, the exact pop of a `want`-byte message, the validating read); its length, or
+    /// `None` if that path took nothing.
+    fn read_by(c: &Consumer, way: u64, out: &mut [u8], want: usize) -> Option<usize> {
+        match way % 3 {
+            0 => c.try_read_fast().map(|g| {
+                g.read_into(&mut out[..g.len()]);
+                g.len()
+            }),
+            // SAFETY: `out` is writable for `out.len()` bytes, and `want <= out.len()`, the
+            // ring's largest message (every caller sizes `out` so).
+            1 if want <= out.len() && unsafe { c.try_pop_exact(out.as_mut_ptr(), want) } => {
+                Some(want)
+            }
+            1 => None,
+            _ => c.try_read().ok().map(|g| {
+                g.read_into(&mut out[..g.len()]);
+                g.len()
+            }),
+        }
+    }
+
+    /// A small xorshift generator for the tests here.
     struct Rng(u64);
     impl Rng {
         fn next(&mut self, n: u64) -> u64 {
@@ -1519,21 +1524,9 @@ mod tests {
                         );
                         break;
                     };
-                    let n = match rng.next(3) {
-                        0 => c.try_read_fast().map(|g| {
-                            g.read_into(&mut out[..g.len()]);
-                            g.len()
-                        }),
-                        // SAFETY: `out` is writable for `max >= want.len()` bytes.
-                        1 if unsafe { c.try_pop_exact(out.as_mut_ptr(), want.len()) } => {
-                            Some(want.len())
-                        }
-                        _ => c.try_read().ok().map(|g| {
-                            g.read_into(&mut out[..g.len()]);
-                            g.len()
-                        }),
+                    let Some(n) = read_by(&c, rng.next(3), &mut out, want.len()) else {
+                        continue;
                     };
-                    let Some(n) = n else { continue };
                     assert_eq!(&out[..n], &want[..], "cap {cap}: message {got}");
                     queue.pop_front();
                     got += 1;
