@@ -15,6 +15,9 @@
 //!              2 LINE   ping     AtomicU64  written by the parent
 //!              3 LINE   pong     AtomicU64  written by the child
 //! ```
+//!
+//! Every access is Relaxed: the words are counters, and no other data is published with them
+//! (as in the two-atomics spin ping-pong baseline).
 
 use std::cell::{Cell, RefCell};
 use std::hint::spin_loop;
@@ -76,17 +79,17 @@ impl Probe {
         self.request.set(req);
         let (request, ready) = (self.map.atomic_u32(0), self.map.atomic_u32(LINE));
         let (ping, pong) = (self.map.atomic_u64(2 * LINE), self.map.atomic_u64(3 * LINE));
-        request.store(req, Ordering::Release);
+        request.store(req, Ordering::Relaxed);
         futex_wake(request);
         // A dead child never answers: the watchdog armed by the caller ends the bench.
-        while ready.load(Ordering::Acquire) != req {
+        while ready.load(Ordering::Relaxed) != req {
             spin_loop();
         }
         let start = self.turn.get();
         let elapsed = time(|| {
             for k in start + 1..=start + ROUND_TRIPS {
-                ping.store(k, Ordering::Release);
-                while pong.load(Ordering::Acquire) != k {
+                ping.store(k, Ordering::Relaxed);
+                while pong.load(Ordering::Relaxed) != k {
                     spin_loop();
                 }
             }
@@ -105,7 +108,7 @@ fn serve(map: &SharedMap) {
     let (mut seen, mut turn) = (0u32, 0u64);
     loop {
         let req = loop {
-            let r = request.load(Ordering::Acquire);
+            let r = request.load(Ordering::Relaxed);
             if r != seen {
                 break r;
             }
@@ -115,12 +118,12 @@ fn serve(map: &SharedMap) {
             return;
         }
         seen = req;
-        ready.store(req, Ordering::Release);
+        ready.store(req, Ordering::Relaxed);
         for k in turn + 1..=turn + ROUND_TRIPS {
-            while ping.load(Ordering::Acquire) != k {
+            while ping.load(Ordering::Relaxed) != k {
                 spin_loop();
             }
-            pong.store(k, Ordering::Release);
+            pong.store(k, Ordering::Relaxed);
         }
         turn += ROUND_TRIPS;
     }
@@ -136,7 +139,7 @@ pub fn finish() {
     PROBE.with(|p| {
         if let Some(probe) = p.borrow_mut().take() {
             let request = probe.map.atomic_u32(0);
-            request.store(EXIT, Ordering::Release);
+            request.store(EXIT, Ordering::Relaxed);
             futex_wake(request);
             reap(probe.child);
         }
