@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{AnonRegion, JobError, Pool, PoolBuilder};
-use support::{Context, Outcome};
+use support::{Context, Outcome, counters};
 
 fn main() {
     support::run(cases![
@@ -36,16 +36,6 @@ fn main() {
 }
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// Per-job execution counters in shared memory, so the test sees what the workers ran.
-fn counters(n: usize) -> Result<&'static [AtomicU32], String> {
-    let region: &'static AnonRegion = Box::leak(Box::new(AnonRegion::new(n * 4).ctx("region")?));
-    for _ in 0..n {
-        region.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    }
-    // SAFETY: `n` AtomicU32s were placed contiguously at the start of the leaked region.
-    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
-}
 
 /// No child of this process is left (all reaped).
 fn no_children() -> bool {

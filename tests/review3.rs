@@ -7,15 +7,15 @@
 mod support;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use forkipc::bytemuck::{CheckedBitPattern, NoUninit};
 use forkipc::{
-    AnonRegion, DisconnectReason, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
-    TrySendError, byte_channel, channel, fork,
+    DisconnectReason, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    byte_channel, channel, fork,
 };
-use support::{Context, Outcome, Reap};
+use support::{Context, Outcome, Reap, counters};
 
 fn main() {
     support::run(cases![
@@ -30,16 +30,6 @@ fn main() {
 }
 
 const LONG: Duration = Duration::from_secs(20);
-
-/// Shared counters (visible to every process forked after this).
-fn counters(n: usize) -> Result<&'static [AtomicU32], String> {
-    let region: &'static AnonRegion = Box::leak(Box::new(AnonRegion::new(n * 4).ctx("region")?));
-    for _ in 0..n {
-        region.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    }
-    // SAFETY: `n` AtomicU32s placed contiguously at the start of the leaked region.
-    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
-}
 
 fn die_now() -> ! {
     // SAFETY: raising a signal on ourselves.

@@ -11,8 +11,8 @@ mod support;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkipc::{AnonRegion, Child, JobError, Pool, PoolBuilder};
-use support::{Context, Outcome};
+use forkipc::{JobError, Pool, PoolBuilder};
+use support::{Context, Outcome, counters, shared_maps, shared_u64};
 
 fn main() {
     #[allow(unused_mut)]
@@ -38,52 +38,7 @@ fn main() {
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// Shared counters (visible to every process forked after this).
-fn counters(n: usize) -> Result<&'static [AtomicU32], String> {
-    let region: &'static AnonRegion = Box::leak(Box::new(AnonRegion::new(n * 4).ctx("region")?));
-    for _ in 0..n {
-        region.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    }
-    // SAFETY: `n` AtomicU32s placed contiguously at the start of the leaked region.
-    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
-}
-
-fn shared_u64(n: usize) -> Result<&'static [AtomicU64], String> {
-    let region: &'static AnonRegion = Box::leak(Box::new(AnonRegion::new(n * 8).ctx("region")?));
-    for _ in 0..n {
-        region.alloc(AtomicU64::new(0)).ctx("alloc")?;
-    }
-    // SAFETY: as above.
-    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU64, n) })
-}
-
-struct Reap(Vec<Child>);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            support::kill_and_reap(c);
-        }
-    }
-}
-
-/// Shared writable mappings of this process: (start, len).
-fn shared_maps() -> Vec<(usize, usize)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let range = it.next()?;
-            let perms = it.next()?;
-            if perms != "rw-s" {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            let a = usize::from_str_radix(a, 16).ok()?;
-            let b = usize::from_str_radix(b, 16).ok()?;
-            Some((a, b - a))
-        })
-        .collect()
-}
+use support::ReapAll as Reap;
 
 /// x86_64 ring layout: head @0, rx SideState @128 (closed word @132), tx @256, data @384.
 const DATA: usize = 384;

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use forkipc::{Child, DisconnectReason, Receiver, Select, Sender, TryRecvError, WaitPolicy};
+use forkipc::{DisconnectReason, Receiver, Select, Sender, TryRecvError, WaitPolicy};
 use support::{Context, Outcome};
 
 fn main() {
@@ -26,16 +26,7 @@ fn main() {
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// Children killed and reaped when dropped.
-struct Reap(Vec<Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            support::kill_and_reap(c);
-        }
-    }
-}
+use support::ReapAll as Reap;
 
 fn voluntary_switches() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -402,3 +402,58 @@ impl Rng {
         }
     }
 }
+
+/// `n` zeroed `AtomicU32`s in a shared mapping, visible to every process forked after this
+/// (the region is leaked: it lives as long as the test process).
+pub fn counters(n: usize) -> Result<&'static [std::sync::atomic::AtomicU32], String> {
+    use std::sync::atomic::AtomicU32;
+    let region: &'static forkipc::AnonRegion =
+        Box::leak(Box::new(forkipc::AnonRegion::new(n * 4).ctx("region")?));
+    for _ in 0..n {
+        region.alloc(AtomicU32::new(0)).ctx("alloc")?;
+    }
+    // SAFETY: `n` AtomicU32s were placed contiguously at the start of the leaked region.
+    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
+}
+
+/// As [`counters`], with `AtomicU64`s.
+pub fn shared_u64(n: usize) -> Result<&'static [std::sync::atomic::AtomicU64], String> {
+    use std::sync::atomic::AtomicU64;
+    let region: &'static forkipc::AnonRegion =
+        Box::leak(Box::new(forkipc::AnonRegion::new(n * 8).ctx("region")?));
+    for _ in 0..n {
+        region.alloc(AtomicU64::new(0)).ctx("alloc")?;
+    }
+    // SAFETY: `n` AtomicU64s were placed contiguously at the start of the leaked region.
+    Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU64, n) })
+}
+
+/// Children killed and reaped when dropped.
+pub struct ReapAll(pub Vec<forkipc::Child>);
+
+impl Drop for ReapAll {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill_and_reap(c);
+        }
+    }
+}
+
+/// Shared writable mappings of this process: (start, len).
+pub fn shared_maps() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?;
+            if perms != "rw-s" {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let a = usize::from_str_radix(a, 16).ok()?;
+            let b = usize::from_str_radix(b, 16).ok()?;
+            Some((a, b - a))
+        })
+        .collect()
+}
