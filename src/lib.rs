@@ -115,6 +115,13 @@ pub mod __testing {
         crate::process::panic_capture::armed_page()
     }
 
+    /// The calling process SIGKILLs itself right after the next wake-up of a sleep that
+    /// watches a peer's presence (a blocked `recv`/`send`, or a `Select`), before it acts on
+    /// it: the double fault of a sleeper woken by a death and killed before passing it on.
+    pub fn kill_self_after_next_presence_wake() {
+        crate::presence::testing::kill_after_next_wake()
+    }
+
     /// As [`ring_memory`], for a typed receiver.
     pub fn typed_ring_memory<T>(rx: &crate::Receiver<T>) -> (*mut u8, *mut u8, usize) {
         rx.core.c.mem().raw_parts()

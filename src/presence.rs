@@ -30,10 +30,18 @@
 //! first instant. `RESERVED` (TID value `0x3fff_fffe`, impossible for a thread) is only the
 //! short state of a slot a process claims for itself, before it takes it.
 //!
-//! The kernel wakes *one* sleeper on a presence word when its owner dies. Every sleeper names
-//! the word in its own `list_op_pending` while it sleeps, so if the woken one is killed before
-//! it passes the news on (`pass_on_death`), the kernel's handling of its pending word wakes the
-//! next one.
+//! The kernel wakes *one* sleeper on a presence word when its owner dies; that one wakes the
+//! rest (`pass_on_death`). If it is killed before it does, the *relay* takes over: every
+//! presence sleeper also sleeps on the table's relay word and names it in its own
+//! `list_op_pending` (a `Select` sleeps on many peers' words but can name only one word), so
+//! the kernel's handling of the killed sleeper's pending word (owner bits 0: wake one) wakes a
+//! relay sleeper, which wakes everyone asleep on a dead word (`relay_woke`).
+//!
+//! ```text
+//! the table's first page, before slot 0:
+//!   0  relay    futex word, 0 (put back if scribbled); slept on, never otherwise written
+//!  64  claimed  one bit per slot: claimed at least once (`relay_woke` scans only those)
+//! ```
 //!
 //! Trust: the table is shared by the whole process tree, so a compromised process can forge the
 //! liveness of any slot (keep a dead process looking alive). Timeouts bound what that costs.
@@ -68,6 +76,30 @@ pub(crate) enum Liveness {
 #[cfg(not(loom))]
 pub(crate) use native::*;
 
+/// Test hook (see `__testing::kill_self_after_next_presence_wake`).
+pub(crate) mod testing {
+    #[cfg(not(loom))]
+    static KILL_AFTER_WAKE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[cfg(not(loom))]
+    pub(crate) fn kill_after_next_wake() {
+        // Relaxed: read by this process's own later sleeps (same thread in the tests).
+        KILL_AFTER_WAKE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Runs right after a sleep that watched a peer's presence returns, before anything acts
+    /// on the wake-up.
+    #[inline]
+    pub(crate) fn after_wake() {
+        // Relaxed: a process-local test flag.
+        #[cfg(not(loom))]
+        if KILL_AFTER_WAKE.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::sys::kill_self();
+        }
+    }
+}
+
 #[cfg(loom)]
 mod loom_stub {
     use super::*;
@@ -93,8 +125,12 @@ mod loom_stub {
         None
     }
     pub(crate) fn pass_on_death(_: PresenceRef) {}
-    pub(crate) fn announce_waiter(_: PresenceRef) {}
+    pub(crate) fn announce_waiter() {}
     pub(crate) fn waiter_done() {}
+    pub(crate) fn relay() -> Option<(&'static FutexWord, u32)> {
+        None
+    }
+    pub(crate) fn relay_woke() {}
     pub(crate) fn note_my_cpu(_: u32) {}
     pub(crate) fn cpu_of(_: PresenceRef) -> u32 {
         0
@@ -138,7 +174,7 @@ mod native {
     use crate::sync::ident::{current_pid, current_tid};
     use crate::sync::robust::Placement;
     use std::sync::OnceLock;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
 
     pub(crate) const SLOTS: usize = 4096;
     /// How long `fork` waits at most for the child to take its presence slot.
@@ -202,6 +238,44 @@ mod native {
     /// Bytes of the table per slot: its shared page and the page for its private entry.
     fn slot_span() -> usize {
         2 * crate::sys::page_size()
+    }
+
+    /// The table's first page holds, before slot 0 (which is its last 64 bytes):
+    ///
+    /// ```text
+    ///   0  relay    the relay word (see `announce_waiter`): 0, never written by us
+    ///  32  (the relay's pending-entry address; nothing is stored there)
+    ///  64  claimed  SLOTS bits: slot i was claimed at least once (set by `claim`, never
+    ///               cleared); only a hint for `relay_woke`'s scan
+    /// ```
+    const RELAY_ENTRY: usize = 32;
+    const CLAIMED: usize = 64;
+    const _: () = assert!(CLAIMED + SLOTS / 8 <= 4096 - 64);
+
+    #[derive(Clone, Copy)]
+    struct Table {
+        base: usize,
+    }
+
+    impl Table {
+        fn relay(self) -> &'static FutexWord {
+            // SAFETY: offset 0 of the table's first page: an aligned u32 of a live,
+            // never-unmapped, shared mapping that nothing else uses.
+            unsafe { &*(self.base as *const FutexWord) }
+        }
+
+        fn claimed(self) -> &'static [AtomicU64] {
+            // SAFETY: bytes CLAIMED..CLAIMED + SLOTS / 8 of the table's first page (before
+            // slot 0, checked above): aligned u64s of a live, never-unmapped shared mapping
+            // used for nothing else; a zeroed or scribbled `AtomicU64` is valid.
+            unsafe {
+                std::slice::from_raw_parts((self.base + CLAIMED) as *const AtomicU64, SLOTS / 64)
+            }
+        }
+    }
+
+    fn table() -> Option<Table> {
+        TABLE.get().map(|&base| Table { base })
     }
 
     /// Notes that this process starts waiting on CPU `cpu` (plus one), for its peers.
@@ -314,6 +388,10 @@ mod native {
             {
                 continue;
             }
+            if let Some(t) = table() {
+                // Before anyone holds a reference to the slot, so before anyone sleeps on it.
+                t.claimed()[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+            }
             return Ok(PresenceRef(
                 ((i as u64 + 1) << 32) | u64::from(finish_claim(s, w)),
             ));
@@ -321,6 +399,14 @@ mod native {
         Err(Error::TooManyProcesses)
     }
 
+    /// Test hook: a slot claimed with a fake TID (alive to its peers), its reference.
+    #[cfg(test)]
+    pub(crate) fn test_claim_live_slot(tid: u32) -> (PresenceRef, &'static Slot) {
+        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        let r = claim(tid).expect("a free presence slot");
+        let (s, _) = split(r).expect("the slot just claimed");
+        (r, s)
+    }
     /// Test hooks: a slot claimed with a fake TID and then marked dead, its reference and index.
     #[cfg(test)]
     pub(crate) fn test_claim_dead_slot() -> (PresenceRef, &'static Slot, usize) {
@@ -510,13 +596,58 @@ mod native {
         }
     }
 
-    /// Before sleeping on `r`'s word: name it in this thread's `list_op_pending`. The kernel
-    /// wakes *one* sleeper when `r`'s owner dies; if that sleeper is killed before it passes
-    /// the news on, the kernel's handling of its pending word (owner bits 0 after a death)
-    /// wakes the next sleeper. Undone by [`waiter_done`], after [`pass_on_death`].
-    pub(crate) fn announce_waiter(r: PresenceRef) {
-        if let Some((s, _)) = split(r) {
-            s.begin_op();
+    /// Before sleeping on a peer's presence word: name the table's relay word in this
+    /// thread's `list_op_pending`, and sleep on the relay too (see [`relay`]). Undone by
+    /// [`waiter_done`], after [`pass_on_death`] (and [`relay_woke`] if the relay woke us).
+    ///
+    /// Why the relay and not the peer's own word: the kernel wakes *one* sleeper when a
+    /// process dies. If that sleeper is killed before it passes the news on, the kernel's
+    /// handling of its pending word must wake someone who will. A `Select` sleeps on many peer
+    /// words but can name only one; the relay is one word every presence sleeper sleeps on,
+    /// whose owner bits are always 0, so the kernel wakes one of them at any such death, and
+    /// that one passes on every unreported death ([`relay_woke`]).
+    pub(crate) fn announce_waiter() {
+        if let Some(t) = table() {
+            // The kernel finds the word 32 bytes before the pending entry; it never reads the
+            // entry itself (the head holds the pointer), so any address serves.
+            crate::sync::robust::begin_op_at((t.base + RELAY_ENTRY) as *const AtomicUsize);
+        }
+    }
+
+    /// The relay word to sleep on and the value to expect (see [`announce_waiter`]). Always 0
+    /// unless a process scribbled over it: then it is put back, so that the kernel's handling
+    /// of a pending relay (owner bits 0 only) keeps working; the value read is what a sleep
+    /// expects, so a scribbler cannot make a sleeper spin.
+    pub(crate) fn relay() -> Option<(&'static FutexWord, u32)> {
+        let t = table()?;
+        let w = t.relay();
+        let v = w.load(Ordering::SeqCst);
+        if v != 0 {
+            let _ = w.compare_exchange(v, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        Some((w, w.load(Ordering::SeqCst)))
+    }
+
+    /// The relay woke us: some presence sleeper died while announced, perhaps right after the
+    /// kernel woke it for a death it then never passed on. Pass on every death that may have
+    /// sleepers: wake everyone on each dead word with `WAITERS` set, among the slots ever
+    /// claimed (a bitmap in the table's first page, so the scan touches no other slot's page).
+    /// Runs while this thread still names the relay in `list_op_pending`: if we are killed
+    /// during the scan, the kernel wakes the next relay sleeper to do it again.
+    pub(crate) fn relay_woke() {
+        let Some(t) = table() else { return };
+        for (k, bits) in t.claimed().iter().enumerate() {
+            let mut b = bits.load(Ordering::SeqCst);
+            while b != 0 {
+                let i = k * 64 + b.trailing_zeros() as usize;
+                b &= b - 1;
+                if let Some(s) = slot(i) {
+                    let w = s.word.load(Ordering::SeqCst);
+                    if w & FUTEX_OWNER_DIED != 0 && w & FUTEX_WAITERS != 0 {
+                        s.word.wake(i32::MAX);
+                    }
+                }
+            }
         }
     }
 
@@ -680,6 +811,62 @@ mod tests {
             "armed with the live word of slot {i}: would sleep for ever"
         );
         assert_eq!(check(old), Liveness::Dead);
+        test_release(s);
+    }
+
+    /// A death whose one kernel wake-up was swallowed (the woken sleeper was killed) is passed
+    /// on by whoever the relay wakes: `relay_woke` wakes every sleeper on a dead word.
+    #[test]
+    fn relay_woke_wakes_the_sleepers_of_an_unreported_death() {
+        use crate::sys::{Deadline, FUTEX_OWNER_DIED, FUTEX_WAITERS, Wake};
+        let (r, s) = test_claim_live_slot(4243);
+        let (word, armed) = arm(r).expect("a live slot arms");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            let _ = tx.send(crate::sys::gettid());
+            let d = Deadline::after(std::time::Duration::from_secs(10));
+            word.wait(armed, Some(&d))
+        });
+        let tid = rx.recv().expect("the sleeper's tid");
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let asleep = || {
+            std::fs::read_to_string(&stat).ok().is_some_and(|t| {
+                t.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+            })
+        };
+        let t0 = std::time::Instant::now();
+        while !asleep() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "never slept"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The kernel's handling of the owner's death, without its wake-up.
+        test_set_word(s, FUTEX_OWNER_DIED | FUTEX_WAITERS);
+        let t1 = std::time::Instant::now();
+        relay_woke();
+        assert_eq!(sleeper.join().expect("sleeper"), Wake::Retry);
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(5),
+            "the sleeper slept on until its deadline"
+        );
+        test_release(s);
+    }
+
+    /// A process that scribbles over the relay word neither makes sleepers spin (they expect
+    /// the value they read) nor disables it for good (it is put back to 0, which the kernel's
+    /// handling of a pending relay needs).
+    #[test]
+    fn relay_word_scribbled_is_put_back() {
+        let (_, s) = test_claim_live_slot(4244);
+        let (w, v) = relay().expect("the table exists");
+        assert_eq!(v, 0);
+        w.store(0x1234, crate::sync::Ordering::SeqCst);
+        let (w, v) = relay().expect("the table exists");
+        assert_eq!(v, 0);
+        assert_eq!(w.load(crate::sync::Ordering::SeqCst), 0);
         test_release(s);
     }
 }

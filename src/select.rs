@@ -21,10 +21,11 @@
 //! # What each count costs
 //!
 //! * Messages and closes: any number of operations, one doorbell, no polling.
-//! * Deaths: `futex_waitv` takes 128 words, the doorbell and up to 127 distinct peer
-//!   processes. With more distinct peer processes than that, a blocked `ready` also wakes every
-//!   50 ms to look at the rest (a death is then noticed within 50 ms, still inside the 100 ms
-//!   bound). Watching 1 000 channels whose peers live in 127 processes or fewer needs no polling.
+//! * Deaths: `futex_waitv` takes 128 words: the doorbell, the presence table's relay word (see
+//!   `presence::announce_waiter`) and up to 126 distinct peer processes. With more distinct
+//!   peer processes than that, a blocked `ready` also wakes every 50 ms to look at the rest (a
+//!   death is then noticed within 50 ms, still inside the 100 ms bound). Watching 1 000
+//!   channels whose peers live in 126 processes or fewer needs no polling.
 //! * Each `ready` that finds nothing scans every operation once before sleeping and once after
 //!   arming: O(operations), a cache line per receive operation.
 //!
@@ -44,7 +45,7 @@ use crate::sync::spin::Spinner;
 use crate::sync::{Deadline, FutexWord, Ordering, WaitPolicy, barrier};
 
 /// How long a blocked `ready` sleeps at most when it cannot watch every peer's presence word
-/// in one `futex_waitv` (more than 127 distinct peer processes, or no `futex_waitv`).
+/// in one `futex_waitv` (more than 126 distinct peer processes, or no `futex_waitv`).
 const POLL: Duration = Duration::from_millis(50);
 /// Quick scans of every operation before the timed spin phase (a few microseconds at most).
 #[cfg(not(loom))]
@@ -444,17 +445,27 @@ impl<'a> Select<'a> {
             return Some(i);
         }
         let nap = (!fenced).then(|| Deadline::after(UNFENCED_NAP).min_with(deadline));
-        if let Some(&(_, r)) = peers.first() {
-            presence::announce_waiter(r);
+        // Named in `list_op_pending` (one word per thread): the relay, not one of the peers'
+        // words, so that a death's wake-up is handed on whichever peer died (see
+        // `presence::announce_waiter`).
+        let relay = (!peers.is_empty()).then(presence::relay).flatten();
+        if relay.is_some() {
+            presence::announce_waiter();
         }
         let words: Vec<(&FutexWord, u32)> = peers.iter().map(|(wv, _)| *wv).collect();
-        let _ = bell.wait_any(rung, &words, nap.as_ref().or(deadline), POLL);
+        let (_, relayed) = bell.wait_any(rung, &words, relay, nap.as_ref().or(deadline), POLL);
+        presence::testing::after_wake();
         for (_, r) in &peers {
             if presence::check(*r) == Liveness::Dead {
                 presence::pass_on_death(*r);
             }
         }
-        presence::waiter_done();
+        if relayed {
+            presence::relay_woke();
+        }
+        if relay.is_some() {
+            presence::waiter_done();
+        }
         drop(armed);
         None
     }

@@ -174,6 +174,18 @@ pub const FUTEX_WAITV_MAX: usize = 128;
 /// will not change (`ENOSYS`, `EPERM`, `EINVAL`).
 static WAITV_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// How a `futex_waitv` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waitv {
+    /// Woken. The index is the *last* word of the vector whose wake-up the kernel found when
+    /// the sleep ended (a later word's wake-up is never hidden behind an earlier one's).
+    Woken(usize),
+    /// A value had already changed, or a signal.
+    Retry,
+    /// The deadline passed.
+    TimedOut,
+}
+
 /// Sleeps until any of `words` stops holding its expected value, is woken, or `deadline`.
 /// Returns `None` when `futex_waitv` is unavailable, or when there are more than
 /// [`FUTEX_WAITV_MAX`] words; the caller then waits on the first word alone, with a short
@@ -184,7 +196,7 @@ static WAITV_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// are remembered for the life of the process. An `EFAULT` or any other unexpected error falls
 /// back for this call only. None of them may become `Retry`: the caller would retry at once,
 /// and an idle waiter would spin.
-pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> Option<Wake> {
+pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> Option<Waitv> {
     // Relaxed: a process-local hint; a stale `false` costs one more refused call.
     if WAITV_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
@@ -222,12 +234,12 @@ pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<&Deadline>) -> 
         )
     };
     if r >= 0 {
-        return Some(Wake::Retry);
+        return Some(Waitv::Woken(r as usize));
     }
     match errno() {
-        libc::ETIMEDOUT => Some(Wake::TimedOut),
+        libc::ETIMEDOUT => Some(Waitv::TimedOut),
         // A value had already changed, or a signal: the caller re-checks.
-        libc::EAGAIN | libc::EINTR => Some(Wake::Retry),
+        libc::EAGAIN | libc::EINTR => Some(Waitv::Retry),
         libc::ENOSYS | libc::EPERM | libc::EINVAL => {
             WAITV_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
             None
@@ -251,6 +263,13 @@ pub fn die_with_parent(parent: u32) -> bool {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // SAFETY: getppid has no preconditions.
     (unsafe { libc::getppid() }) as u32 == parent
+}
+
+/// Sends SIGKILL to the calling process (a test hook: a kill at an exact instruction).
+pub fn kill_self() {
+    // SAFETY: kill and getpid have no memory-safety preconditions. SIGKILL is acted on before
+    // the system call returns to user space, so no later instruction of ours runs.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
 
 /// The calling thread's kernel thread id.

@@ -21,6 +21,8 @@ fn main() {
         select_over_512_receivers,
         fairness_among_ready_operations,
         removed_operation_is_not_reported,
+        regression_select_killed_after_a_death_wake_up_hands_it_on,
+        plain_sleeper_killed_after_a_death_wake_up_hands_it_on,
     ]);
 }
 
@@ -437,5 +439,109 @@ fn removed_operation_is_not_reported() -> Outcome {
         "the unwatched channel still holds its message"
     );
     support::expect_success(&mut kids.0[0], LONG)?;
+    Ok(())
+}
+
+/// The kernel wakes *one* sleeper on a presence word when its owner dies. A `Select` watching
+/// several peer processes sleeps on several presence words but can name only one word in its
+/// thread's `list_op_pending`: it used to name its first peer's. Killed right after the kernel
+/// woke it for the death of another peer (before it passed the news on), it swallowed that
+/// wake-up, and a plain `recv` sleeping on the same dead peer slept for ever.
+///
+/// Here S watches Q (alive) first and P second and sleeps first on P's word; Z sleeps on a
+/// channel from Q, then X on a channel from P. P is killed: the kernel wakes S, which kills
+/// itself at once (test hook). X must still see the death: every presence sleeper names the
+/// table's relay word in `list_op_pending` and sleeps on it too, so S's death wakes one of
+/// them (Z, the first), which passes every unreported death on.
+fn regression_select_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
+    killed_after_a_death_wake_up(true)
+}
+
+/// As above with a plain `recv` as the first sleeper on P: the kernel's wake-up reaches it,
+/// it is killed, and the relay hands the news to Z, a bystander whose own peer lives, whose
+/// scan wakes X.
+fn plain_sleeper_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
+    killed_after_a_death_wake_up(false)
+}
+
+fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
+    let (q_tx_s, q_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (p_tx_s, p_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (q_tx_z, q_rx_z) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (p_tx_x, p_rx_x) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let idle = |_ends| -> i32 {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let mut kids = Reap(Vec::new());
+    kids.0
+        .push(forkipc::fork((q_tx_s, q_tx_z), idle).ctx("fork Q")?);
+    kids.0
+        .push(forkipc::fork((p_tx_s, p_tx_x), idle).ctx("fork P")?);
+    let asleep = |pid: u32| {
+        support::wait_until(Duration::from_secs(10), || {
+            support::proc_state(pid) == Some('S')
+        }) && {
+            std::thread::sleep(Duration::from_millis(100));
+            support::proc_state(pid) == Some('S')
+        }
+    };
+    // S: the first sleeper on P's word; kills itself when woken.
+    let s = forkipc::fork((q_rx_s, p_rx_s), move |(q, p)| {
+        forkipc::__testing::kill_self_after_next_presence_wake();
+        if select_first {
+            // Q's channel first: its word is the one an old `Select` named.
+            let mut sel = Select::new();
+            sel.recv(&q);
+            sel.recv(&p);
+            let _ = sel.ready();
+        } else {
+            let _ = p.recv();
+        }
+        2 // not reached: woken, it kills itself
+    })
+    .ctx("fork S")?;
+    let s_pid = s.id();
+    kids.0.push(s);
+    ensure!(asleep(s_pid), "S did not go to sleep");
+    // Z: a plain recv from Q (never returns; it sleeps on the relay word too).
+    kids.0.push(
+        forkipc::fork(q_rx_z, |rx| {
+            let _ = rx.recv();
+            3
+        })
+        .ctx("fork Z")?,
+    );
+    let z_pid = kids.0[3].id();
+    ensure!(asleep(z_pid), "Z did not go to sleep");
+    // X: a plain recv from P; 0 if it hears of P's death.
+    kids.0.push(
+        forkipc::fork(p_rx_x, |rx| match rx.recv() {
+            Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => 0,
+            _ => 1,
+        })
+        .ctx("fork X")?,
+    );
+    let x_pid = kids.0[4].id();
+    ensure!(asleep(x_pid), "X did not go to sleep");
+    let p_pid = kids.0[1].id();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(p_pid as i32, libc::SIGKILL) };
+    let st = support::wait_child(&mut kids.0[2], Duration::from_secs(10))?;
+    {
+        use std::os::unix::process::ExitStatusExt;
+        ensure!(
+            st.signal() == Some(libc::SIGKILL),
+            "S was not woken by the death (it should have killed itself): {st:?}"
+        );
+    }
+    let st = support::wait_child(&mut kids.0[4], Duration::from_secs(10))
+        .map_err(|e| format!("X never heard of P's death: {e}"))?;
+    ensure!(st.success(), "X: {st:?}");
+    ensure!(
+        support::proc_state(z_pid) == Some('S'),
+        "Z, whose peer lives, is asleep again"
+    );
     Ok(())
 }

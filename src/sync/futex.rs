@@ -38,56 +38,44 @@ impl FutexWord {
         crate::sys::futex_wait(&self.value, expected, deadline)
     }
 
-    /// Sleeps until either word stops holding its expected value (or is woken), or `deadline`.
-    /// Where `futex_waitv` is unavailable (missing, or refused by a seccomp filter), sleeps on
-    /// `self` alone for at most `fallback` so the caller gets to re-check `other` itself.
-    pub(crate) fn wait2(
-        &self,
-        expected: u32,
-        other: (&FutexWord, u32),
-        deadline: Option<&Deadline>,
-        fallback: std::time::Duration,
-    ) -> Wake {
-        let words = [(&self.value, expected), (&other.0.value, other.1)];
-        if let Some(w) = crate::sys::futex_waitv(&words, deadline) {
-            return w;
-        }
-        let short = Deadline::after(fallback).min_with(deadline);
-        match crate::sys::futex_wait(&self.value, expected, Some(&short)) {
-            Wake::TimedOut if deadline.is_some_and(Deadline::expired) => Wake::TimedOut,
-            _ => Wake::Retry,
-        }
-    }
-
-    /// Sleeps until `self` stops holding `expected`, any of `others` stops holding its value,
-    /// either is woken, or `deadline`. Where one `futex_waitv` cannot cover them all (the
-    /// kernel lacks it, or more than 127 others), sleeps on `self` (and the first 127 others)
-    /// for at most `fallback`, so the caller gets to re-check the rest itself.
+    /// Sleeps until `self` stops holding `expected`, any of `others` or `relay` stops holding
+    /// its value, any of them is woken, or `deadline`. Returns how the sleep ended and whether
+    /// `relay`'s wake-up ended it (it goes last in the vector, and the kernel reports the last
+    /// woken word, so a wake-up of the relay is never hidden behind another word's).
+    ///
+    /// Where one `futex_waitv` cannot cover them all (the kernel lacks it, or more than 127
+    /// words besides `self`), sleeps on what fits (or `self` alone) for at most `fallback`, so
+    /// the caller gets to re-check the rest itself.
     pub(crate) fn wait_any(
         &self,
         expected: u32,
         others: &[(&FutexWord, u32)],
+        relay: Option<(&FutexWord, u32)>,
         deadline: Option<&Deadline>,
         fallback: std::time::Duration,
-    ) -> Wake {
-        let max = crate::sys::FUTEX_WAITV_MAX - 1;
+    ) -> (Wake, bool) {
+        let room = crate::sys::FUTEX_WAITV_MAX - 1 - usize::from(relay.is_some());
         let mut words: Vec<(&super::AtomicU32, u32)> =
-            Vec::with_capacity(others.len().min(max) + 1);
+            Vec::with_capacity(others.len().min(room) + 2);
         words.push((&self.value, expected));
-        words.extend(others.iter().take(max).map(|(w, v)| (&w.value, *v)));
-        let short = (others.len() > max).then(|| Deadline::after(fallback).min_with(deadline));
+        words.extend(others.iter().take(room).map(|(w, v)| (&w.value, *v)));
+        words.extend(relay.iter().map(|(w, v)| (&w.value, *v)));
+        let short = (others.len() > room).then(|| Deadline::after(fallback).min_with(deadline));
         if let Some(w) = crate::sys::futex_waitv(&words, short.as_ref().or(deadline)) {
+            use crate::sys::Waitv;
             return match w {
-                Wake::TimedOut if short.is_some() && !deadline.is_some_and(Deadline::expired) => {
-                    Wake::Retry
+                Waitv::Woken(i) => (Wake::Retry, relay.is_some() && i == words.len() - 1),
+                Waitv::Retry => (Wake::Retry, false),
+                Waitv::TimedOut if short.is_some() && !deadline.is_some_and(Deadline::expired) => {
+                    (Wake::Retry, false)
                 }
-                w => w,
+                Waitv::TimedOut => (Wake::TimedOut, false),
             };
         }
         let short = Deadline::after(fallback).min_with(deadline);
         match crate::sys::futex_wait(&self.value, expected, Some(&short)) {
-            Wake::TimedOut if deadline.is_some_and(Deadline::expired) => Wake::TimedOut,
-            _ => Wake::Retry,
+            Wake::TimedOut if deadline.is_some_and(Deadline::expired) => (Wake::TimedOut, false),
+            _ => (Wake::Retry, false),
         }
     }
 
@@ -156,24 +144,15 @@ impl FutexWord {
         }
     }
 
-    pub(crate) fn wait2(
-        &self,
-        expected: u32,
-        _other: (&FutexWord, u32),
-        deadline: Option<&Deadline>,
-        _fallback: std::time::Duration,
-    ) -> Wake {
-        self.wait(expected, deadline)
-    }
-
     pub(crate) fn wait_any(
         &self,
         expected: u32,
         _others: &[(&FutexWord, u32)],
+        _relay: Option<(&FutexWord, u32)>,
         deadline: Option<&Deadline>,
         _fallback: std::time::Duration,
-    ) -> Wake {
-        self.wait(expected, deadline)
+    ) -> (Wake, bool) {
+        (self.wait(expected, deadline), false)
     }
 
     /// Wakes up to `n` sleepers, oldest first.
