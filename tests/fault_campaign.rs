@@ -13,7 +13,7 @@
 //! `--kills N` is the total number of SIGKILLs, split over the nine kill cases (24% child
 //! killed mid-stream, 14% streamer killed under a grandchild receiver, 10% receiver killed under
 //! a blocked sender, 16% mutex holder killed, 8% a woken mutex waiter and the holder, 8% a woken
-//! receiver and the sender, 8% the owner of a forgotten guard, 6% a pool worker or the pool's
+//! receiver (a plain `recv` or a `Select`) and the sender, 8% the owner of a forgotten guard, 6% a pool worker or the pool's
 //! owner, 6% a peer of a process blocked in `Select`). The flags are taken out of the
 //! argument list (the runner in `support` reads the remaining words as case-name filters) by
 //! re-executing this binary with them moved into `FORKIPC_CAMPAIGN_KILLS` /
@@ -282,6 +282,8 @@ struct Stats {
     woken_w2_owner_died: AtomicU64,
     woken_w1_locked: AtomicU64,
     woken_r2_peer_died: AtomicU64,
+    /// Presence trials whose woken receiver R1 was a `Select` (a live peer watched first).
+    woken_r1_select: AtomicU64,
     forgot_trials: [AtomicU64; SCRIPTS],
     forgot_broken: [AtomicU64; SCRIPTS],
     forgot_served: AtomicU64,
@@ -477,6 +479,10 @@ extern "C" fn print_summary() {
         kills[K_WOKEN_PRESENCE],
         ld(&s.woken_r2_peer_died),
         ld(&s.broken[K_WOKEN_PRESENCE])
+    ));
+    line(format!(
+        "      R1 a Select watching a live peer first, then S: {} of those trials",
+        ld(&s.woken_r1_select)
     ));
     line(format!("      hung/trials by kill order: {}", by_order(1)));
     line(format!(
@@ -2206,6 +2212,37 @@ fn receive_then_block(
     Ok(())
 }
 
+/// As `receive_then_block`, with the blocking `recv` replaced by a `Select` over `first` (a
+/// live, silent peer) and then `rx`.
+fn select_then_block(
+    rx: &Receiver<[u64; 8]>,
+    first: &Receiver<u64>,
+    tseed: u64,
+    n: u64,
+    ready: &AtomicU64,
+    got: &AtomicU64,
+    at: &AtomicU64,
+) -> Outcome {
+    recv_checked(rx, tseed, n)?;
+    let mut sel = Select::new();
+    sel.recv(first);
+    let mine = sel.recv(rx);
+    ready.store(1, Ordering::SeqCst);
+    let i = sel.ready();
+    let code = if i != mine {
+        GOT_OTHER_DISCONNECT
+    } else {
+        match rx.try_recv() {
+            Ok(_) => GOT_MESSAGE,
+            Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
+            Err(_) => GOT_OTHER_DISCONNECT,
+        }
+    };
+    at.store(support::mono_ns(), Ordering::SeqCst);
+    got.store(code, Ordering::SeqCst);
+    Ok(())
+}
+
 fn woken_presence_trial(
     rng: &mut Rng,
     tseed: u64,
@@ -2233,9 +2270,21 @@ fn woken_presence_trial(
         wait_until(LONG, || wt.holder_ready.load(Ordering::SeqCst) == 1),
         "S never sent"
     );
-    let mut r1 = spawn("receiver R1", rx1, move |rx1| {
+    // Half the time R1 is a `Select` that watches a live peer (this process) first: it sleeps
+    // on several presence words but can name only one in `list_op_pending` (the relay, since
+    // the fix; before it, the live peer's word, and R2 hung when R1 died right after the wake).
+    let (txl, rxl) = forkipc::channel::<u64>(1).ctx("channel L")?;
+    let r1_select = rng.below(2) == 0;
+    if r1_select {
+        bump(&s.woken_r1_select);
+    }
+    let mut r1 = spawn("receiver R1", (rx1, rxl), move |(rx1, rxl)| {
         let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
-        receive_then_block(&rx1, !tseed, n1, ready, got, at)?;
+        if r1_select {
+            select_then_block(&rx1, &rxl, !tseed, n1, ready, got, at)?;
+        } else {
+            receive_then_block(&rx1, !tseed, n1, ready, got, at)?;
+        }
         park()
     })?;
     await_blocked(&wt.victim_ready, r1.id(), "R1")?;
@@ -2267,6 +2316,7 @@ fn woken_presence_trial(
         "R2's recv returned {} after S and R1 were killed ({order:?})",
         got_name(got)
     );
+    drop(txl);
     bump(&s.woken_r2_peer_died);
     let ns = wt.survivor_ns.load(Ordering::SeqCst);
     record_sample(&s.wdet_n, &s.wdet, ns.saturating_sub(t_kill));
