@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::mem::{MaybeUninit, size_of};
+use std::mem::{MaybeUninit, align_of, size_of};
 use std::time::{Duration, Instant};
 
 use super::{Mode, RxCore, TooLarge, TxCore, deadline_at, endpoint_surface, new_ring};
@@ -248,18 +248,28 @@ impl<T: Plain> Receiver<T> {
     /// disconnects the channel for good.
     ///
     /// The bytes are validated in `v`, which the peer cannot reach: validating them in the ring
-    /// would leave the peer free to change them between the check and the copy. For `Pod` types
-    /// the check is `true` and the size and alignment checks are constant (`v` is a `T`), so
-    /// this compiles to the bare copy.
+    /// would leave the peer free to change them between the check and the copy. They are
+    /// checked in place, as `T::Bits` (bytemuck's layout twin of `T`), and `v` itself becomes
+    /// the value: for `Pod` types the check is `true`, and no second copy is made.
     #[inline]
-    fn validate(&self, v: &MaybeUninit<T>) -> Result<T, RecvTimeoutError> {
+    fn validate(&self, v: MaybeUninit<T>) -> Result<T, RecvTimeoutError> {
+        const {
+            assert!(
+                size_of::<T::Bits>() == size_of::<T>() && align_of::<T::Bits>() <= align_of::<T>()
+            )
+        };
         // SAFETY: the caller copied `size_of::<T>()` bytes from the ring into `v`, so all of them
         // are initialised (the data area is zero-filled at creation and only ever written with
-        // initialised bytes; whatever a peer stores there is still initialised memory).
-        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size_of::<T>()) };
-        match bytemuck::checked::try_from_bytes::<T>(bytes) {
-            Ok(t) => Ok(*t),
-            Err(_) => Err(self.corrupted()),
+        // initialised bytes; whatever a peer stores there is still initialised memory). `Bits`
+        // has `T`'s size and at most its alignment (checked above), and every bit pattern is a
+        // valid `Bits` (`AnyBitPattern`).
+        let bits = unsafe { &*v.as_ptr().cast::<T::Bits>() };
+        if T::is_valid_bit_pattern(bits) {
+            // SAFETY: initialised (above), and a valid `T` (checked just now): what
+            // `bytemuck::checked::try_from_bytes` does, without copying the value again.
+            Ok(unsafe { v.assume_init() })
+        } else {
+            Err(self.corrupted())
         }
     }
 
@@ -273,13 +283,16 @@ impl<T: Plain> Receiver<T> {
         RecvTimeoutError::Disconnected
     }
 
-    #[inline]
-    fn take(&self, mode: Mode<'_>) -> Result<T, RecvTimeoutError> {
+    /// Takes the next message; `err` turns the error into the caller's error type. Generic in
+    /// it so that the fast path builds the caller's `Result` directly (a `map_err` on the way
+    /// out made the compiler copy the value once more per message).
+    #[inline(always)]
+    fn take<E>(&self, mode: Mode<'_>, err: fn(RecvTimeoutError) -> E) -> Result<T, E> {
         let mut v = MaybeUninit::<T>::uninit();
         if self.pop_fast(&mut v) {
-            return self.validate(&v);
+            return self.validate(v).map_err(err);
         }
-        self.take_slow(mode)
+        self.take_slow(mode).map_err(err)
     }
 
     /// Waits, then takes the next message by the fast path or the general, validating one.
@@ -291,7 +304,7 @@ impl<T: Plain> Receiver<T> {
             // Something may have arrived while we waited: the fast path first.
             self.core.wait_readable(deadline)?;
             if self.pop_fast(&mut v) {
-                return self.validate(&v);
+                return self.validate(v);
             }
         }
         // Padding, another length, a closed or broken ring: the general, validating path.
@@ -303,7 +316,7 @@ impl<T: Plain> Receiver<T> {
         // SAFETY: `v` is writable for `size_of::<T>()` bytes, which is the payload's length.
         unsafe { g.read_raw(v.as_mut_ptr().cast(), size_of::<T>()) };
         drop(g);
-        self.validate(&v)
+        self.validate(v)
     }
 
     /// Receives the next message, blocking until one arrives.
@@ -314,8 +327,7 @@ impl<T: Plain> Receiver<T> {
     /// `match` arm.)
     #[inline]
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.take(Mode::Block(None))
-            .map_err(RecvTimeoutError::into_recv)
+        self.take(Mode::Block(None), RecvTimeoutError::into_recv)
     }
 
     /// Receives a message if one is ready.
@@ -325,7 +337,7 @@ impl<T: Plain> Receiver<T> {
     /// disconnected.
     #[inline]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.take(Mode::Try).map_err(RecvTimeoutError::into_try)
+        self.take(Mode::Try, RecvTimeoutError::into_try)
     }
 
     /// Receives a message, waiting at most `timeout` (any duration, `Duration::MAX` included).
@@ -348,7 +360,7 @@ impl<T: Plain> Receiver<T> {
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let d = Deadline::after(timeout);
-        self.take(Mode::Block(Some(&d)))
+        self.take(Mode::Block(Some(&d)), |e| e)
     }
 
     /// Receives a message, waiting until `deadline` at most. A deadline in the past still takes
@@ -368,7 +380,7 @@ impl<T: Plain> Receiver<T> {
     /// ```
     pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
         let d = deadline_at(deadline);
-        self.take(Mode::Block(Some(&d)))
+        self.take(Mode::Block(Some(&d)), |e| e)
     }
 
     /// A blocking iterator that ends when the channel is disconnected.
