@@ -16,7 +16,7 @@ use forkipc::{
     SendTimeoutError, Sender, TooLarge, TryRecvError, TrySendError, WaitPolicy, byte_channel,
     byte_duplex, channel, duplex, fork,
 };
-use support::{Context, Outcome, expect_success, kill_and_reap, wait_child};
+use support::{Context, Outcome, expect_success, kill_and_reap, proc_state, wait_child};
 
 /// Deadline for a child to exit.
 const WAIT: Duration = Duration::from_secs(30);
@@ -113,13 +113,6 @@ fn expect_killed(child: &mut Child) -> Outcome {
         child.id()
     );
     Ok(())
-}
-
-/// The scheduler state letter of process `pid` (third field of /proc/PID/stat).
-fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 1..];
-    after.trim_start().chars().next()
 }
 
 /// Receives `count` values that must continue the sequence at `*next`.

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use forkipc::{
     __testing, AnonRegion, Child, RecvTimeoutError, WaitPolicy, byte_channel, channel, fork,
 };
-use support::{Context, Outcome, cpu_time, expect_success, kill_and_reap, wait_child};
+use support::{
+    Context, Outcome, cpu_time, expect_success, kill_and_reap, proc_state, wait_child, wait_until,
+};
 
 /// Deadline for a child to exit.
 const WAIT: Duration = Duration::from_secs(30);
@@ -218,27 +220,6 @@ fn blocked_recv_under_filter(rules: &[Deny]) -> Outcome {
     Ok(())
 }
 
-/// The scheduler state letter of process `pid` (third field of /proc/PID/stat).
-fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 1..];
-    after.trim_start().chars().next()
-}
-
-/// Waits until `cond` holds, polling every millisecond, at most `timeout`.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, String> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -407,7 +388,7 @@ fn padding_skip_wakes_producer_blocked_for_room() -> Outcome {
             ensure!(m == msg(k), "message {k}: {m:?}");
         }
         ensure!(
-            wait_for(WAIT, || sent.load(Ordering::SeqCst) == 3),
+            wait_until(WAIT, || sent.load(Ordering::SeqCst) == 3),
             "the producer did not send M"
         );
         // SAFETY: the data area is 64 bytes; the padding header is at index 48, 8-aligned.
@@ -422,7 +403,7 @@ fn padding_skip_wakes_producer_blocked_for_room() -> Outcome {
         // SAFETY: the ring header is at least 384 bytes; offset 256 is an aligned u32.
         let tx_wait = unsafe { &*hdr.add(256).cast::<AtomicU32>() };
         ensure!(
-            wait_for(WAIT, || tx_wait.load(Ordering::SeqCst) == 1
+            wait_until(WAIT, || tx_wait.load(Ordering::SeqCst) == 1
                 && proc_state(pid) == Some('S')),
             "the producer did not go to sleep for room (wait {}, state {:?})",
             tx_wait.load(Ordering::SeqCst),
@@ -433,7 +414,7 @@ fn padding_skip_wakes_producer_blocked_for_room() -> Outcome {
         let held = rx.recv_ref().ctx("recv_ref of M")?;
         ensure!(*held == msg(3), "M: {:?}", &*held);
         let t0 = Instant::now();
-        let woke = wait_for(Duration::from_secs(2), || sent.load(Ordering::SeqCst) == 4);
+        let woke = wait_until(Duration::from_secs(2), || sent.load(Ordering::SeqCst) == 4);
         let waited = t0.elapsed();
         ensure!(
             woke,
@@ -474,7 +455,7 @@ fn kill_after_auto_reap_spares_the_pid_reuser() -> Outcome {
     .ctx("fork")?;
     let old_pid = old.id() as libc::pid_t;
     ensure!(
-        wait_for(WAIT, || !std::path::Path::new(&format!("/proc/{old_pid}"))
+        wait_until(WAIT, || !std::path::Path::new(&format!("/proc/{old_pid}"))
             .exists()),
         "child {old_pid} was not reaped automatically"
     );

@@ -7,15 +7,14 @@
 
 mod support;
 
-use std::ops::{Deref, DerefMut};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, Child, DisconnectReason, Outcome, RecvError, TrySendError, byte_channel, channel,
+    AnonRegion, DisconnectReason, Outcome, RecvError, TrySendError, byte_channel, channel,
 };
-use support::{Context, Outcome as CaseResult};
+use support::{Context, Outcome as CaseResult, Reap};
 
 fn main() {
     // Children panic on purpose: one line each on stderr instead of std's report and backtrace.
@@ -53,28 +52,6 @@ const LONG: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-/// A child that is killed and reaped when dropped (unless already reaped).
-struct Reap(Child);
-
-impl Deref for Reap {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for Reap {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
 
 /// Forks a child running `f` (its return value is the exit code).
 fn spawn(what: &str, f: impl FnOnce() -> i32) -> Result<Reap, String> {

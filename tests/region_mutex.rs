@@ -6,15 +6,14 @@
 
 mod support;
 
-use std::ops::{Deref, DerefMut};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, Child, Error, LockError, NotRecoverableError, Shareable, ShmMutex, TryLockError,
+    AnonRegion, Error, LockError, NotRecoverableError, Shareable, ShmMutex, TryLockError,
 };
-use support::{Context, Outcome};
+use support::{Context, Outcome, Reap, proc_state, spawn_fn, wait_for};
 
 fn main() {
     support::run(cases![
@@ -48,57 +47,9 @@ const LONG: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A child that is killed and reaped when dropped (unless already reaped).
-struct Reap(Child);
-
-impl Deref for Reap {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for Reap {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
-
-/// Forks a child that runs `f`; an `Err` is printed to stderr and exits with status 1.
-fn spawn<F: FnOnce() -> Outcome>(what: &str, f: F) -> Result<Reap, String> {
-    let tag = what.to_string();
-    let child = forkipc::fork((), move |()| match f() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("child '{tag}' failed: {e}");
-            1
-        }
-    })
-    .ctx(what)?;
-    Ok(Reap(child))
-}
-
 /// Waits for a child and requires exit status 0.
 fn expect_ok(child: &mut Reap, what: &str) -> Outcome {
     support::expect_success(&mut child.0, LONG).map_err(|e| format!("{what}: {e}"))
-}
-
-/// Waits until `a >= want`, napping briefly; false on timeout.
-fn wait_for(a: &AtomicU32, want: u32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while a.load(Ordering::Acquire) < want {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
 }
 
 /// Like `wait_for`, as an `Outcome`.
@@ -111,13 +62,6 @@ fn await_stage(a: &AtomicU32, want: u32, what: &str) -> Outcome {
             a.load(Ordering::Relaxed)
         ))
     }
-}
-
-/// The scheduler state letter of process `pid` (from /proc/PID/stat), if readable.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
 }
 
 /// Whether the mutex word has its waiters bit set (read through the public `Debug`).
@@ -275,7 +219,7 @@ fn region_shared_both_ways() -> Outcome {
         "Board misaligned at {at:#x}"
     );
 
-    let mut child = spawn("region child", move || {
+    let mut child = spawn_fn("region child", move || {
         await_stage(&board.stage, 1, "the parent's writes")?;
         ensure!(
             *before == 0xDEAD_BEEF,
@@ -381,7 +325,7 @@ fn mutex_counter_exact() -> Outcome {
             pair: ShmMutex::new(Pair { a: 0, b: 0 }),
         })
         .ctx("alloc")?;
-    let mut child = spawn("counter child", move || {
+    let mut child = spawn_fn("counter child", move || {
         start_line(&c.ready, &c.go)?;
         c.child_span[0].store(support::mono_ns(), Ordering::Relaxed);
         let v = hammer(c, N)?;
@@ -477,7 +421,7 @@ fn three_processes_contend_with_lock_timeout_and_try_lock() -> Outcome {
             spans: [const { [const { AtomicU64::new(0) }; 2] }; 3],
         })
         .ctx("alloc")?;
-    let mut timed = spawn("lock_timeout child", move || {
+    let mut timed = spawn_fn("lock_timeout child", move || {
         start_line(&c.ready, &c.go)?;
         c.run(1, N, || match c.m.lock_timeout(Duration::from_micros(2)) {
             Ok(g) => Ok(Some(g)),
@@ -488,7 +432,7 @@ fn three_processes_contend_with_lock_timeout_and_try_lock() -> Outcome {
             Err(e) => Err(format!("lock_timeout gave {e:?}")),
         })
     })?;
-    let mut trying = spawn("try_lock child", move || {
+    let mut trying = spawn_fn("try_lock child", move || {
         start_line(&c.ready, &c.go)?;
         c.run(2, N, || match c.m.try_lock() {
             Ok(g) => Ok(Some(g)),
@@ -552,7 +496,7 @@ impl Deathbed {
 /// Forks a child that locks `d.m`, leaves the pair half-updated (`a = mark`, `b` unchanged),
 /// sets `d.stage = stage` and sleeps holding the lock until killed.
 fn spawn_holder(d: &Deathbed, mark: u64, stage: u32) -> Result<Reap, String> {
-    spawn("holder", move || {
+    spawn_fn("holder", move || {
         let mut g = lock_ok(&d.m, "holder")?;
         g.a = mark;
         d.stage.store(stage, Ordering::Release);
@@ -565,7 +509,7 @@ fn spawn_holder(d: &Deathbed, mark: u64, stage: u32) -> Result<Reap, String> {
 /// Forks a child that sleeps `delay`, stores the CLOCK_MONOTONIC time in `d.kill_ns` and
 /// SIGKILLs `victim`.
 fn spawn_killer(d: &Deathbed, victim: u32, delay: Duration) -> Result<Reap, String> {
-    spawn("killer", move || {
+    spawn_fn("killer", move || {
         std::thread::sleep(delay);
         d.kill_ns.store(support::mono_ns(), Ordering::Release);
         // SAFETY: kill has no memory-safety preconditions; `victim` is our sibling, unreaped
@@ -652,7 +596,7 @@ fn holder_sigkilled_owner_died() -> Outcome {
             ));
         }
     }
-    let mut other = spawn("locker after repair", move || {
+    let mut other = spawn_fn("locker after repair", move || {
         let mut g = lock_ok(&d.m, "other child")?;
         ensure!(*g == Pair { a: 7, b: 7 }, "child sees {:?}", *g);
         *g = Pair { a: 8, b: 8 };
@@ -744,7 +688,7 @@ fn owner_death_reported_by_try_lock_and_lock_timeout() -> Outcome {
 fn holder_exits_without_unlock_owner_died() -> Outcome {
     let region = AnonRegion::new(4096).ctx("region")?;
     let m = region.alloc(ShmMutex::new(0u64)).ctx("alloc")?;
-    let mut child = spawn("exits holding", move || {
+    let mut child = spawn_fn("exits holding", move || {
         let mut g = lock_ok(m, "child")?;
         *g = 9;
         std::mem::forget(g);
@@ -777,7 +721,7 @@ fn owner_died_guard_holder_killed_again_reports_owner_died() -> Outcome {
     expect_sigkilled(&mut h1, "holder 1")?;
 
     // The second holder takes the OwnerDied guard and dies before repairing.
-    let mut h2 = spawn("owner-died holder", move || {
+    let mut h2 = spawn_fn("owner-died holder", move || {
         match d.m.lock() {
             Err(LockError::OwnerDied(mut g)) => {
                 g.a = 2;
@@ -857,8 +801,8 @@ fn two_waiters_after_owner_death_both_proceed() -> Outcome {
         }
         Ok(())
     };
-    let mut w1 = spawn("waiter 1", waiter)?;
-    let mut w2 = spawn("waiter 2", waiter)?;
+    let mut w1 = spawn_fn("waiter 1", waiter)?;
+    let mut w2 = spawn_fn("waiter 2", waiter)?;
     await_stage(&w.started, 2, "both waiters")?;
     await_sleeper(w1.id(), &w.d.m, "waiter 1")?;
     await_sleeper(w2.id(), &w.d.m, "waiter 2")?;
@@ -893,7 +837,7 @@ fn not_recoverable_seen_by_third_process() -> Outcome {
     expect_sigkilled(&mut holder, "holder")?;
 
     // B takes the OwnerDied guard and, once a waiter sleeps, drops it unrepaired.
-    let mut b = spawn("abandoner", move || {
+    let mut b = spawn_fn("abandoner", move || {
         let g = match d.m.lock() {
             Err(LockError::OwnerDied(g)) => g,
             other => return Err(format!("lock() gave {}", describe_lock(&other))),
@@ -905,7 +849,7 @@ fn not_recoverable_seen_by_third_process() -> Outcome {
         Ok(())
     })?;
     await_stage(&d.stage, 2, "the abandoner to hold")?;
-    let mut w = spawn("sleeping waiter", move || {
+    let mut w = spawn_fn("sleeping waiter", move || {
         let r = d.m.lock();
         d.woke_ns.store(support::mono_ns(), Ordering::Release);
         match r {
@@ -935,7 +879,7 @@ fn not_recoverable_seen_by_third_process() -> Outcome {
     );
 
     // A third process, that never saw the death.
-    let mut third = spawn("third process", move || {
+    let mut third = spawn_fn("third process", move || {
         ensure!(d.m.is_not_recoverable(), "is_not_recoverable() is false");
         let r = d.m.lock();
         ensure!(
@@ -978,7 +922,7 @@ fn not_recoverable_seen_by_third_process() -> Outcome {
 fn lock_timeout_and_try_lock() -> Outcome {
     let region = AnonRegion::new(4096).ctx("region")?;
     let d = region.alloc(Deathbed::new()).ctx("alloc")?;
-    let mut holder = spawn("holder", move || {
+    let mut holder = spawn_fn("holder", move || {
         let mut g = lock_ok(&d.m, "holder")?;
         g.a = 11;
         d.stage.store(1, Ordering::Release);
@@ -1436,7 +1380,7 @@ fn mutex_holder_thread_exit_reports_owner_died() -> Outcome {
 
 /// Forks a child that tries to take the lock right now and requires `WouldBlock`.
 fn expect_held_elsewhere<T>(m: &ShmMutex<T>) -> Outcome {
-    let mut checker = spawn("checker", move || {
+    let mut checker = spawn_fn("checker", move || {
         let r = m.try_lock();
         ensure!(
             matches!(r, Err(TryLockError::WouldBlock)),
@@ -1466,7 +1410,7 @@ fn guard_held_across_fork_stays_with_parent() -> Outcome {
     expect_ok(&mut plain, "plain child")?;
     expect_held_elsewhere(m)?;
     drop(g);
-    let mut next = spawn("next locker", move || {
+    let mut next = spawn_fn("next locker", move || {
         let mut g = lock_ok(m, "next locker")?;
         ensure!(*g == 1, "data {}", *g);
         *g = 2;
@@ -1487,7 +1431,7 @@ fn guard_copy_in_child_is_inert() -> Outcome {
     // Safe code: the guard moves into the child's closure. In the parent the closure (and so
     // the guard) is dropped when `fork` returns, which unlocks there; the child gets its own
     // copy of the guard and drops it later, when the parent holds the lock again (same TID).
-    let mut child = spawn("guard dropper", move || {
+    let mut child = spawn_fn("guard dropper", move || {
         await_stage(stage, 1, "the parent to lock again")?;
         drop(g);
         stage.store(2, Ordering::Release);
@@ -1516,7 +1460,7 @@ fn guard_copy_in_child_is_inert() -> Outcome {
         )
     })?;
     drop(g2);
-    let mut next = spawn("next locker", move || {
+    let mut next = spawn_fn("next locker", move || {
         let mut g = lock_ok(m, "next locker")?;
         *g += 1;
         Ok(())
@@ -1533,7 +1477,7 @@ fn guard_copy_in_child_is_inert() -> Outcome {
 /// Forks a child that locks `m`, sets `a = mark` (breaking the pair) and exits holding the
 /// lock: the next locker gets `OwnerDied`.
 fn die_holding(m: &ShmMutex<Pair>, mark: u64) -> Outcome {
-    let mut child = spawn("dies holding", move || {
+    let mut child = spawn_fn("dies holding", move || {
         let mut g = lock_ok(m, "dying holder")?;
         g.a = mark;
         std::mem::forget(g);
@@ -1583,7 +1527,7 @@ fn into_guard_recovers_after_owner_death() -> Outcome {
         .map_err(|e| format!("try_lock + into_guard: {e:?}"))?;
     ensure!(g.is_inconsistent(), "try_lock's guard not inconsistent");
     // Held by us: another process sees WouldBlock / TimedOut handed back by into_guard.
-    let mut other = spawn("contender", move || {
+    let mut other = spawn_fn("contender", move || {
         let r = m.try_lock().or_else(TryLockError::into_guard);
         ensure!(
             matches!(r, Err(TryLockError::WouldBlock)),
@@ -1635,7 +1579,7 @@ fn into_guard_dropped_unrepaired_is_not_recoverable() -> Outcome {
         m.is_not_recoverable(),
         "dropped unrepaired, still recoverable"
     );
-    let mut third = spawn("third process", move || {
+    let mut third = spawn_fn("third process", move || {
         let r = m.lock().or_else(LockError::into_guard);
         ensure!(
             matches!(r, Err(LockError::NotRecoverable)),
@@ -1705,7 +1649,7 @@ fn lock_or_recover_repairs_only_after_owner_death() -> Outcome {
     drop(g);
 
     // Repaired for everyone: a child locks plainly.
-    let mut child = spawn("after recovery", move || {
+    let mut child = spawn_fn("after recovery", move || {
         let g = lock_ok(&d.m, "child after recovery")?;
         ensure!(*g == Pair { a: 7, b: 7 }, "child sees {:?}", *g);
         Ok(())
@@ -1735,7 +1679,7 @@ fn lock_or_recover_repair_panic_leaves_not_recoverable() -> Outcome {
         m.is_not_recoverable(),
         "a repair that panicked left the mutex recoverable"
     );
-    let mut child = spawn("after the failed repair", move || {
+    let mut child = spawn_fn("after the failed repair", move || {
         let r = m.lock();
         ensure!(
             matches!(r, Err(LockError::NotRecoverable)),

@@ -13,8 +13,10 @@ mod support;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use forkipc::{AnonRegion, Child, RecvTimeoutError, ShmMutex, TryLockError};
-use support::{Context, Outcome};
+use forkipc::{AnonRegion, RecvTimeoutError, ShmMutex, TryLockError};
+use support::{
+    Context, Outcome, Reap, await_asleep, cpu_blocker, leak, pin_to, spawn_fn, wait_for,
+};
 
 fn main() {
     support::run(cases![
@@ -33,97 +35,6 @@ fn main() {
 }
 
 const LONG: Duration = Duration::from_secs(20);
-
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
-
-fn spawn(f: impl FnOnce() -> Outcome) -> Result<Reap, String> {
-    let child = forkipc::fork((), move |()| match f() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("child failed: {e}");
-            1
-        }
-    })
-    .ctx("fork")?;
-    Ok(Reap(child))
-}
-
-fn leak<T>(t: T) -> &'static T {
-    Box::leak(Box::new(t))
-}
-
-fn wait_for(a: &AtomicU32, want: u32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while a.load(Ordering::SeqCst) < want {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
-}
-
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
-}
-
-fn await_asleep(pid: u32) -> Outcome {
-    let start = Instant::now();
-    while proc_state(pid) != Some('S') {
-        ensure!(start.elapsed() < LONG, "pid {pid} never went to sleep");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    ensure!(proc_state(pid) == Some('S'), "pid {pid} woke up again");
-    Ok(())
-}
-
-fn pin_to(cpu: usize) -> Outcome {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: valid set; 0 is the calling thread.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    ensure!(
-        r == 0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-fn cpu_blocker(
-    cpu: usize,
-    running: &'static AtomicU32,
-    stop: &'static AtomicU32,
-) -> Result<Reap, String> {
-    spawn(move || {
-        pin_to(cpu)?;
-        let p = libc::sched_param { sched_priority: 50 };
-        // SAFETY: valid sched_param; 0 is the calling process.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
-        ensure!(
-            r == 0,
-            "SCHED_FIFO refused: {}",
-            std::io::Error::last_os_error()
-        );
-        running.store(1, Ordering::SeqCst);
-        let start = Instant::now();
-        while stop.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(2) {
-            std::hint::spin_loop();
-        }
-        Ok(())
-    })
-}
 
 /// The presence table (4096 slots of two pages: 32 MiB of shared anonymous mapping, in which
 /// each slot holder has made its own slot's entry page private), found the way any
@@ -195,7 +106,7 @@ fn regression_woken_waiter_that_times_out_hands_the_wake_on() -> Outcome {
     let blocker_running = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
     let blocker_stop = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
     // H: holds, then (stage 2) unlocks and at once locks again, then (stage 4) unlocks.
-    let _h = spawn(move || {
+    let _h = spawn_fn("child", move || {
         pin_to(0)?;
         let g = m.lock().ok().ctx("H lock")?;
         stage.store(1, Ordering::SeqCst);
@@ -212,7 +123,7 @@ fn regression_woken_waiter_that_times_out_hands_the_wake_on() -> Outcome {
     ensure!(wait_for(stage, 1, LONG), "H never locked");
     const W1_TIMEOUT: Duration = Duration::from_millis(400);
     // W1 (first sleeper in the futex queue): a bounded lock attempt.
-    let mut w1 = spawn(move || {
+    let mut w1 = spawn_fn("child", move || {
         pin_to(1)?;
         w1_start.store(support::mono_ns(), Ordering::SeqCst);
         let r = m.lock_timeout(W1_TIMEOUT);
@@ -226,9 +137,9 @@ fn regression_woken_waiter_that_times_out_hands_the_wake_on() -> Outcome {
         );
         Ok(())
     })?;
-    await_asleep(w1.0.id())?;
+    await_asleep(w1.id(), LONG)?;
     // W2 (second sleeper): would be `lock()`; bounded here so the test ends.
-    let mut w2 = spawn(move || {
+    let mut w2 = spawn_fn("child", move || {
         pin_to(0)?;
         let r = m.lock_timeout(Duration::from_secs(3));
         let got = support::mono_ns();
@@ -246,7 +157,7 @@ fn regression_woken_waiter_that_times_out_hands_the_wake_on() -> Outcome {
         );
         Ok(())
     })?;
-    await_asleep(w2.0.id())?;
+    await_asleep(w2.id(), LONG)?;
     // W1 cannot run (its CPU is taken) while its deadline passes and H unlocks.
     let _blocker = cpu_blocker(1, blocker_running, blocker_stop)?;
     ensure!(wait_for(blocker_running, 1, LONG), "blocker never ran");
@@ -301,7 +212,7 @@ fn presence_scribble(scribble: bool) -> Outcome {
     // The first channel makes the presence table: every later child maps it.
     let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
     // A: the compromised process (no endpoints at all).
-    let _a = spawn(move || {
+    let _a = spawn_fn("child", move || {
         ensure!(wait_for(stage, 1, LONG), "V never started");
         let vp = v_pid.load(Ordering::SeqCst);
         let table = find_presence_table().ctx("presence table")?;
@@ -368,7 +279,7 @@ fn regression_presence_linked_while_32_locks_are_held() -> Outcome {
     let result = shared.alloc(AtomicU32::new(0)).ctx("alloc")?; // 1 Disconnected, 2 Timeout
     let c_pid = shared.alloc(AtomicU32::new(0)).ctx("alloc")?;
     let stage = shared.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    let mut p = spawn(move || {
+    let mut p = spawn_fn("child", move || {
         let region = AnonRegion::new(64 * 1024).ctx("region")?;
         let shards: Vec<&ShmMutex<u64>> = (0..32)
             .map(|_| region.alloc(ShmMutex::new(0u64)).unwrap())
@@ -442,7 +353,7 @@ fn regression_region_beyond_the_registry_is_refused() -> Outcome {
     let r = leak(AnonRegion::new(4096).ctx("a region once one was dropped")?);
     let m = r.alloc(ShmMutex::new(0u64)).ctx("alloc")?;
     let held = r.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    let mut h = spawn(move || {
+    let mut h = spawn_fn("child", move || {
         let _g = m.lock();
         held.store(1, Ordering::SeqCst);
         loop {
@@ -472,7 +383,7 @@ fn regression_fork_returns_while_a_peer_forges_the_reserved_slot() -> Outcome {
     let ready = shared.alloc(AtomicU32::new(0)).ctx("alloc")?;
     let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?; // table + our presence
     let me = std::process::id();
-    let _a = spawn(move || {
+    let _a = spawn_fn("child", move || {
         let table = find_presence_table().ctx("table")?;
         // claim() scans from pid % 4096: the parent's next reservation is the first free slot.
         let start = me as usize % 4096;
@@ -534,7 +445,7 @@ fn regression_thread_exit_walk_cannot_be_steered_into_private_memory() -> Outcom
     // The peer: once our thread holds `m`, points the entry's `next` (offset 32 of the word)
     // at &PRIVATE[8] + 32... i.e. an "entry" whose futex word is PRIVATE[0] (entry - 32).
     let target_entry = &PRIVATE[0] as *const AtomicU32 as usize + 32;
-    let mut peer = spawn(move || {
+    let mut peer = spawn_fn("child", move || {
         ensure!(wait_for(stage, 1, LONG), "stage 1");
         // SAFETY: (arbitrary peer code) offset 32 of the lock word lies in the shared region.
         unsafe { ((m_addr + 32) as *const AtomicUsize).as_ref().unwrap() }
@@ -579,7 +490,7 @@ fn regression_forged_deaths_do_not_exhaust_robust_slots() -> Outcome {
     let c_pid = shared.alloc(AtomicU32::new(0)).ctx("alloc")?;
     const ROUNDS: u32 = 33;
     // P: a server that makes a channel per request (no threads, nothing unusual).
-    let mut p = spawn(move || {
+    let mut p = spawn_fn("child", move || {
         p_pid.store(std::process::id(), Ordering::SeqCst);
         // A: one compromised worker, forked before P's first channel so it maps the table
         // only if the table exists: make it first.
@@ -666,7 +577,7 @@ fn regression_fork_into_another_pid_namespace_is_refused() -> Outcome {
     // kernel's robust-futex handling compares thread ids, so a waiter of one killed while the
     // other held a lock marked the lock dead under its live holder. `fork` now refuses to
     // fork into another PID namespace.
-    let mut s = spawn(move || {
+    let mut s = spawn_fn("child", move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).ctx("unshare")?;
         match forkipc::fork((), |()| 0) {
             Err(forkipc::Error::PidNamespace) => Ok(()),
@@ -718,7 +629,7 @@ fn glibc_robust_mutexes_interleave_with_ours() -> Outcome {
         .collect();
     let stage = r.alloc(AtomicU32::new(0)).ctx("alloc")?;
     let ms2 = ms.clone();
-    let mut c = spawn(move || {
+    let mut c = spawn_fn("child", move || {
         // SAFETY: test code: glibc robust mutexes in shared memory.
         unsafe {
             libc::pthread_mutex_lock(g(4)); // held for good, behind our END

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{
-    AnonRegion, Child, DisconnectReason, Error, RecvTimeoutError, ShmMutex, TryLockError,
-    TryRecvError, TrySendError, WaitPolicy,
+    AnonRegion, DisconnectReason, Error, RecvTimeoutError, ShmMutex, TryLockError, TryRecvError,
+    TrySendError, WaitPolicy,
 };
-use support::{Context, Outcome};
+use support::{Context, Outcome, Reap, await_asleep, cpu_blocker, pin_to, spawn_fn, wait_for};
 
 fn main() {
     support::run(cases![
@@ -33,98 +33,6 @@ fn main() {
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// A child killed and reaped when dropped.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        support::kill_and_reap(&mut self.0);
-    }
-}
-
-fn spawn(f: impl FnOnce() -> Outcome) -> Result<Reap, String> {
-    let child = forkipc::fork((), move |()| match f() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("child failed: {e}");
-            1
-        }
-    })
-    .ctx("fork")?;
-    Ok(Reap(child))
-}
-
-fn wait_for(a: &AtomicU32, want: u32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while a.load(Ordering::SeqCst) < want {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
-}
-
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
-}
-
-/// Waits until `pid` is asleep ('S') for a while.
-fn await_asleep(pid: u32) -> Outcome {
-    let start = Instant::now();
-    while proc_state(pid) != Some('S') {
-        ensure!(start.elapsed() < LONG, "pid {pid} never went to sleep");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    ensure!(proc_state(pid) == Some('S'), "pid {pid} woke up again");
-    Ok(())
-}
-
-fn pin_to(cpu: usize) -> Outcome {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the given size; 0 is the calling thread.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    ensure!(
-        r == 0,
-        "sched_setaffinity({cpu}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-/// Forks a process that monopolises `cpu` at SCHED_FIFO priority until `stop` becomes
-/// non-zero (at most 2 s), so nothing else can run there: a process woken on that CPU stays
-/// woken-but-not-running until the blocker stops.
-fn cpu_blocker(
-    cpu: usize,
-    running: &'static AtomicU32,
-    stop: &'static AtomicU32,
-) -> Result<Reap, String> {
-    spawn(move || {
-        pin_to(cpu)?;
-        let p = libc::sched_param { sched_priority: 50 };
-        // SAFETY: `p` is a valid sched_param; 0 is the calling process.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
-        ensure!(
-            r == 0,
-            "SCHED_FIFO refused: {} (the test needs root)",
-            std::io::Error::last_os_error()
-        );
-        running.store(1, Ordering::SeqCst);
-        let start = Instant::now();
-        while stop.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(2) {
-            std::hint::spin_loop();
-        }
-        Ok(())
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Defect 1: two objects at one shared address after fork.
 
@@ -133,7 +41,7 @@ fn regression_alloc_after_fork_cannot_overlap() -> Outcome {
     let first = region.alloc(AtomicU64::new(1)).ctx("alloc before fork")?;
     let child_result: &AtomicI32 = region.alloc(AtomicI32::new(-1)).ctx("alloc")?;
     let child_addr: &AtomicU64 = region.alloc(AtomicU64::new(0)).ctx("alloc")?;
-    let mut c = spawn(move || {
+    let mut c = spawn_fn("child", move || {
         let r = region.alloc([0u64; 4]);
         child_result.store(
             match r {
@@ -246,7 +154,7 @@ fn regression_pid_reuse_does_not_make_an_owner() -> Outcome {
         .alloc([const { AtomicU32::new(0) }; 4])
         .ctx("alloc")?; // X, Y, C, D
     let verdict = region.alloc(AtomicU32::new(0)).ctx("alloc")?; // 1 inert, 2 owned, 3 no reuse
-    let mut p = spawn(move || {
+    let mut p = spawn_fn("child", move || {
         p_pid.store(std::process::id(), Ordering::SeqCst);
         let (tx, rx) = forkipc::channel::<u64>(64).ctx("channel")?;
         // C: a helper holding inert copies of both ends.
@@ -345,7 +253,7 @@ fn regression_woken_mutex_waiter_killed_hands_wake_on() -> Outcome {
     let w2_result = region.alloc(AtomicU32::new(0)).ctx("alloc")?; // 1 got it, 2 timed out
     let blocker_running = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
     let blocker_stop = region.alloc(AtomicU32::new(0)).ctx("alloc")?;
-    let mut h = spawn(move || {
+    let mut h = spawn_fn("child", move || {
         std::mem::forget(m.lock());
         held.store(1, Ordering::SeqCst);
         loop {
@@ -353,13 +261,13 @@ fn regression_woken_mutex_waiter_killed_hands_wake_on() -> Outcome {
         }
     })?;
     ensure!(wait_for(held, 1, LONG), "holder never locked");
-    let mut w1 = spawn(move || {
+    let mut w1 = spawn_fn("child", move || {
         pin_to(1)?;
         let _ = m.lock_timeout(Duration::from_secs(30));
         Ok(())
     })?;
-    await_asleep(w1.0.id())?;
-    let mut w2 = spawn(move || {
+    await_asleep(w1.id(), LONG)?;
+    let mut w2 = spawn_fn("child", move || {
         pin_to(0)?;
         let r = m.lock_timeout(Duration::from_secs(4));
         w2_result.store(
@@ -371,7 +279,7 @@ fn regression_woken_mutex_waiter_killed_hands_wake_on() -> Outcome {
         );
         Ok(())
     })?;
-    await_asleep(w2.0.id())?;
+    await_asleep(w2.id(), LONG)?;
     // W1 cannot run while the blocker owns CPU 1: killed there, it is woken but does not act.
     let _blocker = cpu_blocker(1, blocker_running, blocker_stop)?;
     ensure!(wait_for(blocker_running, 1, LONG), "blocker never ran");
@@ -413,7 +321,7 @@ fn regression_woken_presence_waiter_killed_hands_wake_on() -> Outcome {
     })
     .ctx("fork R1")?;
     let mut r1 = Reap(r1);
-    await_asleep(r1.0.id())?;
+    await_asleep(r1.id(), LONG)?;
     let r2 = forkipc::fork(rx2, move |rx| {
         let _ = pin_to(0);
         rx.set_wait_policy(WaitPolicy::Block);
@@ -430,7 +338,7 @@ fn regression_woken_presence_waiter_killed_hands_wake_on() -> Outcome {
     })
     .ctx("fork R2")?;
     let mut r2 = Reap(r2);
-    await_asleep(r2.0.id())?;
+    await_asleep(r2.id(), LONG)?;
     let _blocker = cpu_blocker(1, blocker_running, blocker_stop)?;
     ensure!(wait_for(blocker_running, 1, LONG), "blocker never ran");
     r1.0.kill().ctx("kill R1")?;

@@ -234,19 +234,6 @@ pub fn kill_and_reap(child: &mut forkipc::Child) {
 /// A child that is killed and reaped when dropped (unless already reaped).
 pub struct Reap(pub forkipc::Child);
 
-impl std::ops::Deref for Reap {
-    type Target = forkipc::Child;
-    fn deref(&self) -> &forkipc::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reap {
-    fn deref_mut(&mut self) -> &mut forkipc::Child {
-        &mut self.0
-    }
-}
-
 impl Reap {
     /// Waits for the child with a deadline (killed and reaped on overrun).
     pub fn status(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
@@ -283,6 +270,19 @@ impl Drop for Reap {
     }
 }
 
+impl std::ops::Deref for Reap {
+    type Target = forkipc::Child;
+    fn deref(&self) -> &forkipc::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reap {
+    fn deref_mut(&mut self) -> &mut forkipc::Child {
+        &mut self.0
+    }
+}
+
 /// Forks a child that runs `f` on the handed-over `ends`; an `Err` is printed to stderr and
 /// becomes exit status 1.
 pub fn spawn<E, F>(what: &str, ends: E, f: F) -> Result<Reap, String>
@@ -300,6 +300,80 @@ where
     })
     .ctx(what)?;
     Ok(Reap(child))
+}
+
+/// Forks a child that runs `f` (no endpoints handed over); an `Err` is printed to stderr and
+/// becomes exit status 1.
+pub fn spawn_fn(what: &str, f: impl FnOnce() -> Outcome) -> Result<Reap, String> {
+    spawn(what, (), move |()| f())
+}
+
+/// Leaks `t` for the rest of the case (shared with forked children, which get its copy).
+pub fn leak<T>(t: T) -> &'static T {
+    Box::leak(Box::new(t))
+}
+
+/// Waits until `a >= want` (polling), at most `timeout`.
+pub fn wait_for(a: &std::sync::atomic::AtomicU32, want: u32, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        a.load(std::sync::atomic::Ordering::SeqCst) >= want
+    })
+}
+
+/// Waits (at most `timeout`) until process `pid` is asleep, and still is 50 ms later.
+pub fn await_asleep(pid: u32, timeout: Duration) -> Outcome {
+    ensure!(
+        wait_until(timeout, || proc_state(pid) == Some('S')),
+        "pid {pid} never went to sleep"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(proc_state(pid) == Some('S'), "pid {pid} woke up again");
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) -> Outcome {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (`cpu` is
+    // below CPU_SETSIZE).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the given size; 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    ensure!(
+        r == 0,
+        "sched_setaffinity({cpu}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Forks a process that monopolises `cpu` at SCHED_FIFO priority until `stop` becomes
+/// non-zero (at most 2 s), so nothing else can run there: a process woken on that CPU stays
+/// woken-but-not-running until the blocker stops. Sets `running` once it spins.
+pub fn cpu_blocker(
+    cpu: usize,
+    running: &'static std::sync::atomic::AtomicU32,
+    stop: &'static std::sync::atomic::AtomicU32,
+) -> Result<Reap, String> {
+    use std::sync::atomic::Ordering;
+    spawn_fn("cpu blocker", move || {
+        pin_to(cpu)?;
+        let p = libc::sched_param { sched_priority: 50 };
+        // SAFETY: `p` is a valid sched_param; 0 is the calling process.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
+        ensure!(
+            r == 0,
+            "SCHED_FIFO refused: {} (the test needs root)",
+            std::io::Error::last_os_error()
+        );
+        running.store(1, Ordering::SeqCst);
+        let start = Instant::now();
+        while stop.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(2) {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    })
 }
 
 /// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
