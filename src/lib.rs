@@ -115,11 +115,19 @@ pub mod __testing {
         crate::process::panic_capture::armed_page()
     }
 
-    /// The calling process SIGKILLs itself right after the next wake-up of a sleep that
-    /// watches a peer's presence (a blocked `recv`/`send`, or a `Select`), before it acts on
-    /// it: the double fault of a sleeper woken by a death and killed before passing it on.
+    /// The calling process SIGKILLs itself right after the next wake-up of a sleep that may
+    /// watch a peer's presence (a blocked `recv`/`send` whose peer has an owner, or any
+    /// `Select` sleep), before it acts on it: the double fault of a sleeper woken by a death
+    /// and killed before passing it on.
     pub fn kill_self_after_next_presence_wake() {
         crate::presence::testing::kill_after_next_wake()
+    }
+
+    /// The calling process SIGKILLs itself inside its next claim of a presence slot (its
+    /// first channel, or a `fork`), after the slot's word changed hands and before the claim
+    /// finished.
+    pub fn kill_self_in_next_presence_claim() {
+        crate::presence::testing::kill_in_next_claim()
     }
 
     /// As [`ring_memory`], for a typed receiver.

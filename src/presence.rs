@@ -12,7 +12,7 @@
 //! presence table: one shared anonymous mapping per process tree, made by the first process
 //! that needs it (before it forks) and inherited by every descendant; never unmapped.
 //! slot (64 bytes, repr(C))
-//!   0  word   robust word: 0 free | RESERVED | tid | OWNER_DIED, plus WAITERS (bit 31)
+//!   0  word   robust word: 0 free | tid | OWNER_DIED, plus WAITERS (bit 31)
 //!  24  prev   unused (glibc's layout)
 //!  32  next   robust-list entry, written by the holder, never read back (see `sync::robust`)
 //!  40  gen    bumped each time the slot is claimed; references carry (slot, gen)
@@ -27,8 +27,12 @@
 //! running the user's code (or, if the parent is already dead, exits at once), and the parent
 //! waits for that, or for the child's exit (then it marks the slot dead itself). Reserving
 //! before the fork means the endpoints handed to the child point at the child's slot from the
-//! first instant. `RESERVED` (TID value `0x3fff_fffe`, impossible for a thread) is only the
-//! short state of a slot a process claims for itself, before it takes it.
+//! first instant.
+//!
+//! Every claim names the slot in the claimer's `list_op_pending` *before* its compare-and-swap
+//! puts the claimer's TID in the word: a claimer killed anywhere in the claim leaves the slot
+//! marked dead by the kernel, never a live-looking word under the previous owner's generation
+//! (which would make that dead owner look alive to its peers for ever).
 //!
 //! The kernel wakes *one* sleeper on a presence word when its owner dies; that one wakes the
 //! rest (`pass_on_death`). If it is killed before it does, the *relay* takes over: every
@@ -76,27 +80,57 @@ pub(crate) enum Liveness {
 #[cfg(not(loom))]
 pub(crate) use native::*;
 
-/// Test hook (see `__testing::kill_self_after_next_presence_wake`).
+/// Test hooks (see `__testing`): points where a test makes this process SIGKILL itself.
 pub(crate) mod testing {
-    #[cfg(not(loom))]
-    static KILL_AFTER_WAKE: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
+    /// A point in the code where the process kills itself once a test armed it.
+    struct KillPoint(std::sync::atomic::AtomicBool);
+
+    impl KillPoint {
+        const fn new() -> KillPoint {
+            KillPoint(std::sync::atomic::AtomicBool::new(false))
+        }
+
+        fn arm(&self) {
+            // Relaxed: a process-local test flag, read by this process's own later calls.
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        #[inline]
+        fn reached(&self) {
+            // Relaxed: as above.
+            #[cfg(not(loom))]
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                crate::sys::kill_self();
+            }
+        }
+    }
+
+    static AFTER_WAKE: KillPoint = KillPoint::new();
+    static MID_CLAIM: KillPoint = KillPoint::new();
 
     #[cfg(not(loom))]
     pub(crate) fn kill_after_next_wake() {
-        // Relaxed: read by this process's own later sleeps (same thread in the tests).
-        KILL_AFTER_WAKE.store(true, std::sync::atomic::Ordering::Relaxed);
+        AFTER_WAKE.arm();
     }
 
-    /// Runs right after a sleep that watched a peer's presence returns, before anything acts
-    /// on the wake-up.
+    #[cfg(not(loom))]
+    pub(crate) fn kill_in_next_claim() {
+        MID_CLAIM.arm();
+    }
+
+    /// Runs right after a sleep that may have watched a peer's presence (a blocked `recv` or
+    /// `send` whose peer has an owner, or a `Select`) returns, before anything acts on it.
     #[inline]
     pub(crate) fn after_wake() {
-        // Relaxed: a process-local test flag.
-        #[cfg(not(loom))]
-        if KILL_AFTER_WAKE.load(std::sync::atomic::Ordering::Relaxed) {
-            crate::sys::kill_self();
-        }
+        AFTER_WAKE.reached();
+    }
+
+    /// Runs inside a claim of a presence slot, right after the word changed hands and before
+    /// the generation is bumped.
+    #[cfg(not(loom))]
+    #[inline]
+    pub(crate) fn mid_claim() {
+        MID_CLAIM.reached();
     }
 }
 
@@ -179,7 +213,6 @@ mod native {
     pub(crate) const SLOTS: usize = 4096;
     /// How long `fork` waits at most for the child to take its presence slot.
     const ADOPTION_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
-    const RESERVED: u32 = FUTEX_TID_MASK - 1;
 
     /// The shared part of a slot: the last 64 bytes of its shared page. The robust-list entry
     /// that goes with `word` (32 bytes after it, glibc's layout) is the first word of the
@@ -243,7 +276,8 @@ mod native {
     /// The table's first page holds, before slot 0 (which is its last 64 bytes):
     ///
     /// ```text
-    ///   0  relay    the relay word (see `announce_waiter`): 0, never written by us
+    ///   0  relay    the relay word (see `announce_waiter`): 0; written only to put it back
+    ///               to 0 after a scribble
     ///  32  (the relay's pending-entry address; nothing is stored there)
     ///  64  claimed  SLOTS bits: slot i was claimed at least once (set by `claim`, never
     ///               cleared); only a hint for `relay_woke`'s scan
@@ -313,7 +347,8 @@ mod native {
         }
     }
 
-    /// Address of the table's first slot (the mapping is never unmapped).
+    /// Address of the table's mapping (never unmapped): its first page holds the relay and
+    /// the claimed bitmap, then slot 0 in its last 64 bytes.
     static TABLE: OnceLock<usize> = OnceLock::new();
     /// This process's own slot reference (0: none yet). Reset in a fork child.
     static MINE: AtomicU64 = AtomicU64::new(0);
@@ -360,8 +395,11 @@ mod native {
         Some((slot(idx)?, r.0 as u32))
     }
 
-    /// Claims a free or dead slot, leaving `value` (a TID or `RESERVED`) in its word.
-    /// Returns the new reference. The caller holds `CLAIM`.
+    /// Claims a free or dead slot, leaving `value` (the calling thread's TID; a fake one in
+    /// unit tests) in its word. Returns the new reference, with the slot still named in this
+    /// thread's `list_op_pending` (named before the word changes, so that the kernel marks it
+    /// dead if we die in the middle); the caller ends that (`end_op`) or keeps it. The caller
+    /// holds `CLAIM`.
     fn claim(value: u32) -> Result<PresenceRef, Error> {
         table_or_create()?;
         let start = current_pid() as usize % SLOTS;
@@ -377,6 +415,7 @@ mod native {
             if w & FUTEX_TID_MASK != 0 {
                 continue;
             }
+            s.begin_op();
             if s.word
                 .compare_exchange(
                     w,
@@ -388,6 +427,7 @@ mod native {
             {
                 continue;
             }
+            super::testing::mid_claim();
             if let Some(t) = table() {
                 // Before anyone holds a reference to the slot, so before anyone sleeps on it.
                 t.claimed()[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
@@ -396,6 +436,7 @@ mod native {
                 ((i as u64 + 1) << 32) | u64::from(finish_claim(s, w)),
             ));
         }
+        crate::sync::robust::end_op();
         Err(Error::TooManyProcesses)
     }
 
@@ -404,6 +445,7 @@ mod native {
     pub(crate) fn test_claim_live_slot(tid: u32) -> (PresenceRef, &'static Slot) {
         let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
         let r = claim(tid).expect("a free presence slot");
+        crate::sync::robust::end_op();
         let (s, _) = split(r).expect("the slot just claimed");
         (r, s)
     }
@@ -412,6 +454,7 @@ mod native {
     pub(crate) fn test_claim_dead_slot() -> (PresenceRef, &'static Slot, usize) {
         let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
         let r = claim(4241).expect("a free presence slot");
+        crate::sync::robust::end_op();
         let (s, _) = split(r).expect("the slot just claimed");
         s.word.store(FUTEX_OWNER_DIED, Ordering::SeqCst);
         (r, s, (r.0 >> 32) as usize - 1)
@@ -508,10 +551,19 @@ mod native {
         if mine.0 != 0 && check(mine) == Liveness::Alive {
             return Ok(mine);
         }
-        // Claimed as RESERVED, then taken with our TID under `list_op_pending`: a death in
-        // between leaves a slot nobody refers to yet.
-        let r = claim(RESERVED)?;
-        if !take(r, RESERVED) {
+        // Claimed with our TID under `list_op_pending`, then linked into our robust list.
+        let tid = current_tid();
+        let r = claim(tid)?;
+        if !take(r, tid) {
+            // Not ours after all (scribbled), or our private entry page could not be mapped:
+            // give the slot back as dead rather than leak a live-looking one.
+            if let Some((s, _)) = split(r) {
+                let w = s.word.load(Ordering::SeqCst);
+                if w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) == tid {
+                    mark_dead(s, w);
+                }
+            }
+            crate::sync::robust::end_op();
             return Err(Error::Corrupted);
         }
         MINE.store(r.0, Ordering::Relaxed);
@@ -645,6 +697,16 @@ mod native {
                     let w = s.word.load(Ordering::SeqCst);
                     if w & FUTEX_OWNER_DIED != 0 && w & FUTEX_WAITERS != 0 {
                         s.word.wake(i32::MAX);
+                        // Nobody sleeps on a dead word from now on (`arm` refuses one, and a
+                        // sleep armed before the death compares unequal or was just woken), so
+                        // `WAITERS` can go: the next scan skips this slot instead of calling
+                        // the kernel again. A failed exchange: the slot changed; nothing to do.
+                        let _ = s.word.compare_exchange(
+                            w,
+                            w & !FUTEX_WAITERS,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
                     }
                 }
             }
@@ -734,6 +796,11 @@ mod native {
             }
             let d = crate::sys::Deadline::after(std::time::Duration::from_millis(5));
             s.word.wait(armed, Some(&d));
+        }
+        // The child may have died just after taking the slot, and the kernel's one wake-up for
+        // that death may have been ours: pass it on to the child's peers.
+        if s.word.load(Ordering::SeqCst) & FUTEX_OWNER_DIED != 0 {
+            s.word.wake(i32::MAX);
         }
         crate::sync::robust::end_op();
     }

@@ -453,14 +453,15 @@ impl<'a> Select<'a> {
             presence::announce_waiter();
         }
         let words: Vec<(&FutexWord, u32)> = peers.iter().map(|(wv, _)| *wv).collect();
-        let (_, relayed) = bell.wait_any(rung, &words, relay, nap.as_ref().or(deadline), POLL);
+        let (_, other_woke) = bell.wait_any(rung, relay, &words, nap.as_ref().or(deadline), POLL);
         presence::testing::after_wake();
         for (_, r) in &peers {
             if presence::check(*r) == Liveness::Dead {
                 presence::pass_on_death(*r);
             }
         }
-        if relayed {
+        // The relay, or a peer's word (a death, which may hide a relay wake-up).
+        if other_woke && relay.is_some() {
             presence::relay_woke();
         }
         if relay.is_some() {

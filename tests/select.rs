@@ -237,7 +237,7 @@ fn death_seen_with_more_peers_than_futex_waitv_takes() -> Outcome {
         sel.recv(rx);
     }
     ensure!(sel.try_ready().is_err(), "nothing ready");
-    let victim = PEERS - 1; // beyond the first 127 watched presence words
+    let victim = PEERS - 1; // beyond the first 126 watched presence words
     let pid = kids.0[victim].id();
     kids.0.push(
         forkipc::fork((), move |()| {

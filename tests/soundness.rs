@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ fn main() {
         regression_send_to_dead_receiver_fails,
         regression_zero_timeout_on_dead_peer_is_disconnect,
         region_drop_unmaps_unless_a_guard_was_leaked,
+        regression_claimer_killed_mid_claim_leaves_no_dead_owner_alive,
     ]);
 }
 
@@ -612,6 +614,56 @@ fn region_drop_unmaps_unless_a_guard_was_leaked() -> Outcome {
     ensure!(
         support::mapping_count() == before + 1,
         "a region holding a leaked lock must stay mapped"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A process killed inside a claim of a presence slot (after the compare-and-swap that put its
+// TID in the word of a dead process's slot, before the generation bump) left that word looking
+// alive under the dead owner's generation, with nothing in its `list_op_pending`: the dead
+// owner's peers then read it alive for ever (a blocked `recv` would never return).
+
+fn regression_claimer_killed_mid_claim_leaves_no_dead_owner_alive() -> Outcome {
+    let (tx, rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    // K forks A (handing it the sender), kills and reaps it, so that A's slot is dead and the
+    // first free-or-dead slot of K's next claim (claims scan from the claimer's pid); then K
+    // forks again and kills itself inside that claim.
+    let mut k = Reap(
+        forkipc::fork(tx, |tx| {
+            let Ok(mut a) = forkipc::fork(tx, |_tx| {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }) else {
+                return 2;
+            };
+            if a.kill().is_err() || a.wait().is_err() {
+                return 3;
+            }
+            // A fork claims a slot for its child only when it hands over an endpoint.
+            let Ok((t2, _r2)) = forkipc::channel::<u64>(1) else {
+                return 4;
+            };
+            forkipc::__testing::kill_self_in_next_presence_claim();
+            let _ = forkipc::fork(t2, |_| 0);
+            5 // not reached
+        })
+        .ctx("fork K")?,
+    );
+    let st = support::wait_child(&mut k.0, LONG)?;
+    ensure!(
+        st.signal() == Some(libc::SIGKILL),
+        "K should have been killed inside its claim: {st:?}"
+    );
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => return Err(format!("A is dead, yet recv_timeout returned {other:?}")),
+    }
+    ensure!(
+        rx.disconnect_reason() == Some(DisconnectReason::PeerDied),
+        "reason {:?}",
+        rx.disconnect_reason()
     );
     Ok(())
 }

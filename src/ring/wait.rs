@@ -129,14 +129,15 @@ fn sleep(
         Some((word, val)) => {
             presence::announce_waiter();
             let relay = presence::relay();
-            let (w, relayed) = me
-                .wait
-                .wait_any(1, &[(word, val)], relay, deadline, FALLBACK_POLL);
+            let (w, other_woke) =
+                me.wait
+                    .wait_any(1, relay, &[(word, val)], deadline, FALLBACK_POLL);
             presence::testing::after_wake();
             if presence::check(peer_owner) == Liveness::Dead {
                 presence::pass_on_death(peer_owner);
             }
-            if relayed {
+            // The relay, or the peer's word (a death, which may hide a relay wake-up).
+            if other_woke && relay.is_some() {
                 presence::relay_woke();
             }
             presence::waiter_done();

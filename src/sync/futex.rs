@@ -38,19 +38,24 @@ impl FutexWord {
         crate::sys::futex_wait(&self.value, expected, deadline)
     }
 
-    /// Sleeps until `self` stops holding `expected`, any of `others` or `relay` stops holding
+    /// Sleeps until `self` stops holding `expected`, `relay` or any of `others` stops holding
     /// its value, any of them is woken, or `deadline`. Returns how the sleep ended and whether
-    /// `relay`'s wake-up ended it (it goes last in the vector, and the kernel reports the last
-    /// woken word, so a wake-up of the relay is never hidden behind another word's).
+    /// a word other than `self` was woken (then the relay's wake-up may be among them: the
+    /// kernel reports only the last woken word of the vector, so a caller that must not miss
+    /// the relay treats any such wake-up as possibly the relay's).
     ///
-    /// Where one `futex_waitv` cannot cover them all (the kernel lacks it, or more than 127
-    /// words besides `self`), sleeps on what fits (or `self` alone) for at most `fallback`, so
-    /// the caller gets to re-check the rest itself.
+    /// The relay goes right after `self`, before `others`: the kernel queues the words in
+    /// vector order, so by the time we are queued on a peer's word we are on the relay too (a
+    /// wake-up handed on through the relay while we are still being queued cannot miss us).
+    ///
+    /// Where one `futex_waitv` cannot cover them all (the kernel lacks it, or more than 126
+    /// words besides `self` and the relay), sleeps on what fits (or `self` alone) for at most
+    /// `fallback`, so the caller gets to re-check the rest itself.
     pub(crate) fn wait_any(
         &self,
         expected: u32,
-        others: &[(&FutexWord, u32)],
         relay: Option<(&FutexWord, u32)>,
+        others: &[(&FutexWord, u32)],
         deadline: Option<&Deadline>,
         fallback: std::time::Duration,
     ) -> (Wake, bool) {
@@ -58,13 +63,13 @@ impl FutexWord {
         let mut words: Vec<(&super::AtomicU32, u32)> =
             Vec::with_capacity(others.len().min(room) + 2);
         words.push((&self.value, expected));
-        words.extend(others.iter().take(room).map(|(w, v)| (&w.value, *v)));
         words.extend(relay.iter().map(|(w, v)| (&w.value, *v)));
+        words.extend(others.iter().take(room).map(|(w, v)| (&w.value, *v)));
         let short = (others.len() > room).then(|| Deadline::after(fallback).min_with(deadline));
         if let Some(w) = crate::sys::futex_waitv(&words, short.as_ref().or(deadline)) {
             use crate::sys::Waitv;
             return match w {
-                Waitv::Woken(i) => (Wake::Retry, relay.is_some() && i == words.len() - 1),
+                Waitv::Woken(i) => (Wake::Retry, i > 0),
                 Waitv::Retry => (Wake::Retry, false),
                 Waitv::TimedOut if short.is_some() && !deadline.is_some_and(Deadline::expired) => {
                     (Wake::Retry, false)
@@ -147,8 +152,8 @@ impl FutexWord {
     pub(crate) fn wait_any(
         &self,
         expected: u32,
-        _others: &[(&FutexWord, u32)],
         _relay: Option<(&FutexWord, u32)>,
+        _others: &[(&FutexWord, u32)],
         deadline: Option<&Deadline>,
         _fallback: std::time::Duration,
     ) -> (Wake, bool) {
