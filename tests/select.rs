@@ -23,6 +23,7 @@ fn main() {
         removed_operation_is_not_reported,
         regression_select_killed_after_a_death_wake_up_hands_it_on,
         plain_sleeper_killed_after_a_death_wake_up_hands_it_on,
+        multithreaded_sleeper_killed_after_a_death_wake_up_hands_it_on,
     ]);
 }
 
@@ -464,6 +465,14 @@ fn plain_sleeper_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
     killed_after_a_death_wake_up(false)
 }
 
+/// Whether `pid` went to sleep within 10 s and still sleeps 100 ms later.
+fn asleep(pid: u32) -> bool {
+    support::await_asleep(pid, Duration::from_secs(10)).is_ok() && {
+        std::thread::sleep(Duration::from_millis(50));
+        support::proc_state(pid) == Some('S')
+    }
+}
+
 fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
     let (q_tx_s, q_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
     let (p_tx_s, p_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
@@ -479,14 +488,6 @@ fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
         .push(forkipc::fork((q_tx_s, q_tx_z), idle).ctx("fork Q")?);
     kids.0
         .push(forkipc::fork((p_tx_s, p_tx_x), idle).ctx("fork P")?);
-    let asleep = |pid: u32| {
-        support::wait_until(Duration::from_secs(10), || {
-            support::proc_state(pid) == Some('S')
-        }) && {
-            std::thread::sleep(Duration::from_millis(100));
-            support::proc_state(pid) == Some('S')
-        }
-    };
     // S: the first sleeper on P's word; kills itself when woken.
     let s = forkipc::fork((q_rx_s, p_rx_s), move |(q, p)| {
         forkipc::__testing::kill_self_after_next_presence_wake();
@@ -515,20 +516,69 @@ fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
     );
     let z_pid = kids.0[3].id();
     ensure!(asleep(z_pid), "Z did not go to sleep");
-    // X: a plain recv from P; 0 if it hears of P's death.
+    kill_p_and_expect_x_to_hear(&mut kids, p_rx_x, 1, 2)?;
+    ensure!(
+        support::proc_state(z_pid) == Some('S'),
+        "Z, whose peer lives, is asleep again"
+    );
+    Ok(())
+}
+
+/// S has two threads asleep on channels from P; the first is the oldest sleeper on P's word,
+/// so the kernel wakes it, and S kills itself (both threads name the relay). X, asleep on P
+/// too, must still hear of P's death. (From the relay's review.)
+fn multithreaded_sleeper_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
+    let (a_tx, a_rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (b_tx, b_rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let (x_tx, x_rx) = forkipc::channel::<u64>(4).ctx("channel")?;
+    let mut kids = Reap(Vec::new());
     kids.0.push(
-        forkipc::fork(p_rx_x, |rx| match rx.recv() {
+        forkipc::fork((a_tx, b_tx, x_tx), |_e| {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .ctx("fork P")?,
+    );
+    let s = forkipc::fork((a_rx, b_rx), move |(a, b)| {
+        forkipc::__testing::kill_self_after_next_presence_wake();
+        let first = std::thread::spawn(move || {
+            let _ = a.recv();
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = b.recv();
+        let _ = first.join();
+        2 // not reached: woken, it kills itself
+    })
+    .ctx("fork S")?;
+    let s_pid = s.id();
+    kids.0.push(s);
+    ensure!(asleep(s_pid), "S did not go to sleep");
+    std::thread::sleep(Duration::from_millis(200));
+    kill_p_and_expect_x_to_hear(&mut kids, x_rx, 0, 1)
+}
+
+/// Forks X, a plain `recv` on `x_rx` (a channel from P, `kids.0[p]`), waits until it sleeps,
+/// kills P, and requires that S (`kids.0[s]`, armed to kill itself when woken) was woken and
+/// that X then hears of P's death.
+fn kill_p_and_expect_x_to_hear(
+    kids: &mut Reap,
+    x_rx: Receiver<u64>,
+    p: usize,
+    s: usize,
+) -> Outcome {
+    kids.0.push(
+        forkipc::fork(x_rx, |rx| match rx.recv() {
             Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => 0,
             _ => 1,
         })
         .ctx("fork X")?,
     );
-    let x_pid = kids.0[4].id();
-    ensure!(asleep(x_pid), "X did not go to sleep");
-    let p_pid = kids.0[1].id();
+    let x = kids.0.len() - 1;
+    ensure!(asleep(kids.0[x].id()), "X did not go to sleep");
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(p_pid as i32, libc::SIGKILL) };
-    let st = support::wait_child(&mut kids.0[2], Duration::from_secs(10))?;
+    unsafe { libc::kill(kids.0[p].id() as i32, libc::SIGKILL) };
+    let st = support::wait_child(&mut kids.0[s], Duration::from_secs(10))?;
     {
         use std::os::unix::process::ExitStatusExt;
         ensure!(
@@ -536,12 +586,8 @@ fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
             "S was not woken by the death (it should have killed itself): {st:?}"
         );
     }
-    let st = support::wait_child(&mut kids.0[4], Duration::from_secs(10))
+    let st = support::wait_child(&mut kids.0[x], Duration::from_secs(10))
         .map_err(|e| format!("X never heard of P's death: {e}"))?;
     ensure!(st.success(), "X: {st:?}");
-    ensure!(
-        support::proc_state(z_pid) == Some('S'),
-        "Z, whose peer lives, is asleep again"
-    );
     Ok(())
 }
