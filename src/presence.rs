@@ -1,23 +1,30 @@
 //! Presence: which process owns an endpoint, and whether it is still alive.
 //!
-//! A process that owns endpoints holds one *presence slot* for its whole life: a robust word
+//! A process that owns endpoints holds one *presence slot* for its whole life: two robust words
 //! (see `sync::robust`) locked with its TID and linked into its robust list. When the process
-//! dies, SIGKILL included, the kernel rewrites the word to `OWNER_DIED` and wakes a sleeper, so
-//! a peer sleeping on both its data word and the owner's presence word (`futex_waitv`) learns
-//! of the death at once: no polling, no file descriptor, no pid-reuse race (a slot is recycled
-//! only after its owner died, and recycling bumps the slot's generation, which every reference
-//! carries).
+//! dies, SIGKILL included, the kernel rewrites each to `OWNER_DIED` and wakes a sleeper on
+//! each, so a peer sleeping on both its data word and the owner's presence word
+//! (`futex_waitv`) learns of the death at once: no polling, no file descriptor, no pid-reuse
+//! race (a slot is recycled only after its owner died, and recycling bumps the slot's
+//! generation, which every reference carries). Blocked `recv`s and `send`s sleep on `word`;
+//! `Select`s sleep on `sel` (see below for why they are kept apart).
 //!
 //! ```text
 //! presence table: one shared anonymous mapping per process tree, made by the first process
-//! that needs it (before it forks) and inherited by every descendant; never unmapped.
+//! that needs it (before it forks) and inherited by every descendant; never unmapped. Slot i
+//! is the last 64 bytes of the table's page 2i; page 2i + 1 is the holder's private page.
 //! slot (64 bytes, repr(C))
-//!   0  word   robust word: 0 free | tid | OWNER_DIED, plus WAITERS (bit 31)
-//!  24  prev   unused (glibc's layout)
-//!  32  next   robust-list entry, written by the holder, never read back (see `sync::robust`)
-//!  40  gen    bumped each time the slot is claimed; references carry (slot, gen)
-//!  44  bell   the process's doorbell: a futex word a `Select` in this process sleeps on;
+//!   0  gen    bumped each time the slot is claimed; references carry (slot, gen)
+//!   4  bell   the process's doorbell: a futex word a `Select` in this process sleeps on;
 //!             bumped and woken by a peer that finds one of the watched sides asleep
+//!   8  cpu    the CPU (plus one) the holder last started waiting on (a hint)
+//!  32  word   robust word: 0 free | tid | OWNER_DIED, plus WAITERS (bit 31); what blocked
+//!             `recv`s and `send`s of the holder's peers sleep on
+//!  40  sel    robust word, the same states once the holder has taken it; what the peers'
+//!             `Select`s sleep on
+//!  56  prev   unused (glibc's layout)
+//! next page (private to the holder): +0 `word`'s robust-list entry, +8 `sel`'s; written by
+//! the holder, never read back (see `sync::robust`)
 //! ```
 //!
 //! A forking parent claims a slot for the child *with its own TID* and names it in its
@@ -35,11 +42,17 @@
 //! (which would make that dead owner look alive to its peers for ever).
 //!
 //! The kernel wakes *one* sleeper on a presence word when its owner dies; that one wakes the
-//! rest (`pass_on_death`). If it is killed before it does, the *relay* takes over: every
-//! presence sleeper also sleeps on the table's relay word and names it in its own
-//! `list_op_pending` (a `Select` sleeps on many peers' words but can name only one word), so
-//! the kernel's handling of the killed sleeper's pending word (owner bits 0: wake one) wakes a
-//! relay sleeper, which wakes everyone asleep on a dead word (`relay_woke`).
+//! rest (`pass_on_death`). If it is killed before it does, the kernel's handling of its
+//! `list_op_pending` (owner bits 0: wake one) must reach someone who will:
+//!
+//! * A blocked `recv`/`send` sleeps on one peer's `word` and names that word: the kernel wakes
+//!   the next sleeper on it.
+//! * A `Select` sleeps on many peers' words but can name only one. So `Select`s sleep on the
+//!   peers' `sel` words, never on `word` (a `Select` chosen by the kernel cannot swallow the
+//!   wake-up a blocked `recv` needs: that one gets its own, on `word`), and they all also sleep
+//!   on the table's *relay* word and name it: the kernel's handling of a killed `Select` wakes
+//!   another `Select`, which wakes everyone asleep on a dead `sel` word (`relay_woke`). A
+//!   blocked `recv` pays nothing for this (two words per sleep, as before).
 //!
 //! ```text
 //! the table's first page, before slot 0:
@@ -159,8 +172,19 @@ mod loom_stub {
         None
     }
     pub(crate) fn pass_on_death(_: PresenceRef) {}
-    pub(crate) fn announce_waiter() {}
+    pub(crate) fn announce_waiter(_: PresenceRef) {}
+    pub(crate) fn announce_relay() {}
     pub(crate) fn waiter_done() {}
+    #[allow(dead_code)]
+    pub(crate) enum SelectArm {
+        Armed(&'static FutexWord, u32),
+        NotYet,
+        Gone,
+    }
+    pub(crate) fn arm_select(_: PresenceRef) -> SelectArm {
+        SelectArm::Gone
+    }
+    pub(crate) fn pass_on_select_death(_: PresenceRef) {}
     pub(crate) fn relay() -> Option<(&'static FutexWord, u32)> {
         None
     }
@@ -227,12 +251,15 @@ mod native {
         cpu: crate::sync::AtomicU32,
         _pad: [u32; 5],
         word: FutexWord,
-        _gap: [u32; 5],
+        _gap: u32,
+        sel: FutexWord,
+        _gap2: [u32; 3],
         _prev: std::sync::atomic::AtomicUsize,
     }
 
     const _: () = {
         assert!(std::mem::offset_of!(Slot, word) == 32);
+        assert!(std::mem::offset_of!(Slot, sel) == 40);
         assert!(std::mem::offset_of!(Slot, _prev) == 56);
         assert!(std::mem::size_of::<Slot>() == 64);
     };
@@ -246,7 +273,9 @@ mod native {
                 cpu: crate::sync::AtomicU32::new(0),
                 _pad: [0; 5],
                 word: FutexWord::new(word),
-                _gap: [0; 5],
+                _gap: 0,
+                sel: FutexWord::new(word),
+                _gap2: [0; 3],
                 _prev: std::sync::atomic::AtomicUsize::new(0),
             }
         }
@@ -259,6 +288,14 @@ mod native {
             // mapped word for as long as the process lives (the table is never unmapped).
             unsafe {
                 &*((self as *const Slot as usize + 64) as *const std::sync::atomic::AtomicUsize)
+            }
+        }
+
+        /// `sel`'s robust-list entry: 32 bytes after it, 8 bytes into the private page.
+        fn sel_entry(&self) -> &std::sync::atomic::AtomicUsize {
+            // SAFETY: as `entry`, 8 bytes further (still inside the next page, aligned).
+            unsafe {
+                &*((self as *const Slot as usize + 72) as *const std::sync::atomic::AtomicUsize)
             }
         }
 
@@ -468,6 +505,10 @@ mod native {
         s.word.store(v, Ordering::SeqCst);
     }
     #[cfg(test)]
+    pub(crate) fn test_set_sel(s: &Slot, v: u32) {
+        s.sel.store(v, Ordering::SeqCst);
+    }
+    #[cfg(test)]
     pub(crate) fn test_finish_claim(s: &Slot, was: u32) {
         finish_claim(s, was);
     }
@@ -494,6 +535,11 @@ mod native {
         let armed = s.word.fetch_and(!FUTEX_WAITERS, Ordering::SeqCst);
         if (was | armed) & FUTEX_WAITERS != 0 {
             s.word.wake(i32::MAX);
+        }
+        // The same for `Select`s of the previous owner on `sel` (`arm_select` re-reads the
+        // generation after arming too).
+        if s.sel.fetch_and(!FUTEX_WAITERS, Ordering::SeqCst) & FUTEX_WAITERS != 0 {
+            s.sel.wake(i32::MAX);
         }
         g
     }
@@ -525,16 +571,26 @@ mod native {
                 Err(now) => cur = now,
             }
         };
+        let mut sel_was = 0;
         if taken {
             // SAFETY: we just put our TID in the word; the table is never unmapped. Kept
             // first in the list, so the kernel reaches it through private memory only.
             // (`None` means the list is unusable: death is then noticed only by the 20 ms
             // fallback checks of `check`'s callers... which cannot see it either; documented.)
             let _ = unsafe { crate::sync::robust::link_at(s.entry(), Placement::First) };
+            // Then `sel`, under `list_op_pending` too (a death before it is linked still marks
+            // it). Nobody sleeps on it for us yet: `arm_select` waits until it holds our TID.
+            crate::sync::robust::begin_op_at(s.sel_entry());
+            sel_was = s.sel.swap(tid, Ordering::SeqCst);
+            // SAFETY: as above, for `sel`: our TID is in it; kept right after `word`.
+            let _ = unsafe { crate::sync::robust::link_at(s.sel_entry(), Placement::Second) };
         }
         crate::sync::robust::end_op();
         if taken && cur & FUTEX_WAITERS != 0 {
             s.word.wake(i32::MAX);
+        }
+        if sel_was & FUTEX_WAITERS != 0 {
+            s.sel.wake(i32::MAX);
         }
         taken
     }
@@ -648,21 +704,86 @@ mod native {
         }
     }
 
-    /// Before sleeping on a peer's presence word: name the table's relay word in this
-    /// thread's `list_op_pending`, and sleep on the relay too (see [`relay`]). Undone by
-    /// [`waiter_done`], after [`pass_on_death`] (and [`relay_woke`] if the relay woke us).
+    /// Before sleeping on `r`'s word (a blocked `recv`/`send`): name it in this thread's
+    /// `list_op_pending`. The kernel wakes *one* sleeper when `r`'s owner dies; if that sleeper
+    /// is killed before it passes the news on, the kernel's handling of its pending word
+    /// (owner bits 0 after a death) wakes the next sleeper. Undone by [`waiter_done`], after
+    /// [`pass_on_death`].
+    pub(crate) fn announce_waiter(r: PresenceRef) {
+        if let Some((s, _)) = split(r) {
+            s.begin_op();
+        }
+    }
+
+    /// Before a `Select` sleeps on its peers' `sel` words: name the table's relay word in this
+    /// thread's `list_op_pending` (it can name only one word, and watches many), and sleep on
+    /// the relay too (see [`relay`]). Undone by [`waiter_done`], after
+    /// [`pass_on_select_death`] and, if the relay may have woken us, [`relay_woke`].
     ///
-    /// Why the relay and not the peer's own word: the kernel wakes *one* sleeper when a
-    /// process dies. If that sleeper is killed before it passes the news on, the kernel's
-    /// handling of its pending word must wake someone who will. A `Select` sleeps on many peer
-    /// words but can name only one; the relay is one word every presence sleeper sleeps on,
-    /// whose owner bits are always 0, so the kernel wakes one of them at any such death, and
-    /// that one passes on every unreported death ([`relay_woke`]).
-    pub(crate) fn announce_waiter() {
+    /// The relay is one word every sleeping `Select` sleeps on, whose owner bits are always 0:
+    /// the kernel's handling of a killed `Select` wakes one of them, and that one passes on
+    /// every unreported death of a `sel` word (`relay_woke`). Only `Select`s sleep on `sel`
+    /// words, and every sleeping `Select` sleeps on the relay, so a wake-up that a killed
+    /// `Select` swallowed reaches every other sleeper that needed it.
+    pub(crate) fn announce_relay() {
         if let Some(t) = table() {
             // The kernel finds the word 32 bytes before the pending entry; it never reads the
             // entry itself (the head holds the pointer), so any address serves.
             crate::sync::robust::begin_op_at((t.base + RELAY_ENTRY) as *const AtomicUsize);
+        }
+    }
+
+    /// What [`arm_select`] found.
+    pub(crate) enum SelectArm {
+        /// Sleep on this word, expecting this value: it changes (and the kernel wakes a
+        /// sleeper) when the owner dies.
+        Armed(&'static FutexWord, u32),
+        /// The owner has not taken its `sel` word yet (a fork child in its first
+        /// microseconds), or someone scribbled over it: look again soon.
+        NotYet,
+        /// Dead, recycled, or no owner: the caller's own check reports it.
+        Gone,
+    }
+
+    /// Prepares a `Select` to sleep until the owner behind `r` dies: sets `WAITERS` on its
+    /// `sel` word (not on `word`: see the module docs).
+    pub(crate) fn arm_select(r: PresenceRef) -> SelectArm {
+        let Some((s, g)) = split(r) else {
+            return SelectArm::Gone;
+        };
+        loop {
+            let w = s.word.load(Ordering::SeqCst);
+            if s.gen_.load(Ordering::SeqCst) != g
+                || w & FUTEX_OWNER_DIED != 0
+                || w & FUTEX_TID_MASK == 0
+            {
+                return SelectArm::Gone;
+            }
+            let v = s.sel.load(Ordering::SeqCst);
+            if v & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != w & FUTEX_TID_MASK {
+                return SelectArm::NotYet;
+            }
+            let armed = v | FUTEX_WAITERS;
+            if v & FUTEX_WAITERS == 0
+                && s.sel
+                    .compare_exchange(v, armed, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                continue;
+            }
+            // As in `arm`: a claim that changed the words before we read them but bumped the
+            // generation only now must not leave us asleep on a stranger's word.
+            if s.gen_.load(Ordering::SeqCst) != g {
+                return SelectArm::Gone;
+            }
+            return SelectArm::Armed(&s.sel, armed);
+        }
+    }
+
+    /// As [`pass_on_death`], for the `Select`s asleep on the `sel` word of `r`'s owner.
+    pub(crate) fn pass_on_select_death(r: PresenceRef) {
+        if let Some((s, _)) = split(r) {
+            s.sel.wake(i32::MAX);
         }
     }
 
@@ -680,12 +801,13 @@ mod native {
         Some((w, w.load(Ordering::SeqCst)))
     }
 
-    /// The relay woke us: some presence sleeper died while announced, perhaps right after the
-    /// kernel woke it for a death it then never passed on. Pass on every death that may have
-    /// sleepers: wake everyone on each dead word with `WAITERS` set, among the slots ever
-    /// claimed (a bitmap in the table's first page, so the scan touches no other slot's page).
-    /// Runs while this thread still names the relay in `list_op_pending`: if we are killed
-    /// during the scan, the kernel wakes the next relay sleeper to do it again.
+    /// The relay may have woken us: some `Select` died while announced, perhaps right after
+    /// the kernel woke it for a death it then never passed on. Pass on every death that may
+    /// have `Select`s asleep: wake everyone on each dead `sel` word with `WAITERS` set, among
+    /// the slots ever claimed (a bitmap in the table's first page, so the scan touches no
+    /// other slot's page). Runs while this thread still names the relay in `list_op_pending`:
+    /// if we are killed during the scan, the kernel wakes the next relay sleeper to do it
+    /// again.
     pub(crate) fn relay_woke() {
         let Some(t) = table() else { return };
         for (k, bits) in t.claimed().iter().enumerate() {
@@ -694,14 +816,14 @@ mod native {
                 let i = k * 64 + b.trailing_zeros() as usize;
                 b &= b - 1;
                 if let Some(s) = slot(i) {
-                    let w = s.word.load(Ordering::SeqCst);
+                    let w = s.sel.load(Ordering::SeqCst);
                     if w & FUTEX_OWNER_DIED != 0 && w & FUTEX_WAITERS != 0 {
-                        s.word.wake(i32::MAX);
+                        s.sel.wake(i32::MAX);
                         // Nobody sleeps on a dead word from now on (`arm` refuses one, and a
                         // sleep armed before the death compares unequal or was just woken), so
                         // `WAITERS` can go: the next scan skips this slot instead of calling
                         // the kernel again. A failed exchange: the slot changed; nothing to do.
-                        let _ = s.word.compare_exchange(
+                        let _ = s.sel.compare_exchange(
                             w,
                             w & !FUTEX_WAITERS,
                             Ordering::SeqCst,
@@ -831,6 +953,8 @@ mod native {
             .is_ok();
         if ok {
             s.word.wake(i32::MAX);
+            // No `Select` sleeps on `sel` before the child took it (`arm_select`); harmless.
+            s.sel.wake(i32::MAX);
         }
         ok
     }
@@ -881,13 +1005,20 @@ mod tests {
         test_release(s);
     }
 
-    /// A death whose one kernel wake-up was swallowed (the woken sleeper was killed) is passed
-    /// on by whoever the relay wakes: `relay_woke` wakes every sleeper on a dead word.
+    /// A death whose one kernel wake-up was swallowed (the woken `Select` was killed) is passed
+    /// on by whoever the relay wakes: `relay_woke` wakes every sleeper on a dead `sel` word.
     #[test]
     fn relay_woke_wakes_the_sleepers_of_an_unreported_death() {
         use crate::sys::{Deadline, FUTEX_OWNER_DIED, FUTEX_WAITERS, Wake};
         let (r, s) = test_claim_live_slot(4243);
-        let (word, armed) = arm(r).expect("a live slot arms");
+        assert!(
+            matches!(arm_select(r), SelectArm::NotYet),
+            "sel not taken yet"
+        );
+        test_set_sel(s, 4243); // what the holder's `take` does
+        let SelectArm::Armed(word, armed) = arm_select(r) else {
+            panic!("a live, taken slot arms")
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
             let _ = tx.send(crate::sys::gettid());
@@ -912,6 +1043,7 @@ mod tests {
         }
         // The kernel's handling of the owner's death, without its wake-up.
         test_set_word(s, FUTEX_OWNER_DIED | FUTEX_WAITERS);
+        test_set_sel(s, FUTEX_OWNER_DIED | FUTEX_WAITERS);
         let t1 = std::time::Instant::now();
         relay_woke();
         assert_eq!(sleeper.join().expect("sleeper"), Wake::Retry);

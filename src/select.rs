@@ -7,11 +7,13 @@
 //! watched side: it stores "ring this doorbell" in the side's `bell` field and sets the side's
 //! `wait` word to 1, exactly as a single blocked `recv` or `send` announces itself. Then it
 //! issues the heavy barrier, re-checks every operation (Dekker's handshake, as in
-//! `ring::wait`), and sleeps in one `futex_waitv` on the doorbell (at the value it read) and on
-//! the presence words of the watched peers' processes. A peer that publishes (a message, free
-//! space, a close, a hand-over) finds `wait = 1`, exactly as for a single blocked end, and rings
-//! the doorbell instead of waking `wait`: it bumps the word and wakes it. A peer's death wakes
-//! the sleeper through its presence word (the kernel's robust-list wake-up).
+//! `ring::wait`), and sleeps in one `futex_waitv` on the doorbell (at the value it read), the
+//! presence table's relay word and the `sel` presence words of the watched peers' processes
+//! (see `presence` for why `Select`s sleep on those and not on the words blocked `recv`s use).
+//! A peer that publishes (a message, free space, a close, a hand-over) finds `wait = 1`,
+//! exactly as for a single blocked end, and rings the doorbell instead of waking `wait`: it
+//! bumps the word and wakes it. A peer's death wakes the sleeper through its `sel` word (the
+//! kernel's robust-list wake-up).
 //!
 //! The publishing side's fast path is unchanged: while the selecting process is awake, `wait`
 //! is 0, and a send costs what it always costs (no system call, no extra shared write). Arming
@@ -52,6 +54,9 @@ const POLL: Duration = Duration::from_millis(50);
 const TIGHT_SCANS: u32 = 64;
 /// How long a blocked `ready` sleeps at most when the heavy barrier failed (see `barrier`).
 const UNFENCED_NAP: Duration = Duration::from_millis(10);
+/// How long a blocked `ready` sleeps at most while a watched peer process has not yet taken
+/// the presence word `Select`s sleep on (a fork child's first microseconds; see `presence`).
+const NOT_YET_NAP: Duration = Duration::from_millis(1);
 
 mod sealed {
     pub trait Sealed {}
@@ -439,25 +444,31 @@ impl<'a> Select<'a> {
         // The peers' owners are read, and their presence words armed (values read), after the
         // barrier and *before* the re-check: a peer that dies after this changes its word, so
         // the sleep below returns at once; one that died before is seen dead by the re-check.
-        let peers = armed.peer_words();
+        let (peers, not_yet) = armed.peer_words();
         if let Some(i) = self.poll() {
             drop(armed);
             return Some(i);
         }
-        let nap = (!fenced).then(|| Deadline::after(UNFENCED_NAP).min_with(deadline));
+        let nap = if !fenced {
+            Some(Deadline::after(UNFENCED_NAP).min_with(deadline))
+        } else if not_yet {
+            Some(Deadline::after(NOT_YET_NAP).min_with(deadline))
+        } else {
+            None
+        };
         // Named in `list_op_pending` (one word per thread): the relay, not one of the peers'
         // words, so that a death's wake-up is handed on whichever peer died (see
-        // `presence::announce_waiter`).
+        // `presence::announce_relay`).
         let relay = (!peers.is_empty()).then(presence::relay).flatten();
         if relay.is_some() {
-            presence::announce_waiter();
+            presence::announce_relay();
         }
         let words: Vec<(&FutexWord, u32)> = peers.iter().map(|(wv, _)| *wv).collect();
         let (_, other_woke) = bell.wait_any(rung, relay, &words, nap.as_ref().or(deadline), POLL);
         presence::testing::after_wake();
         for (_, r) in &peers {
             if presence::check(*r) == Liveness::Dead {
-                presence::pass_on_death(*r);
+                presence::pass_on_select_death(*r);
             }
         }
         // The relay, or a peer's word (a death, which may hide a relay wake-up).
@@ -471,6 +482,9 @@ impl<'a> Select<'a> {
         None
     }
 }
+
+/// A watched peer process's `sel` word, the value to sleep on, and the peer's reference.
+type PeerWord = ((&'static FutexWord, u32), PresenceRef);
 
 /// The armed sides of one sleep; disarmed on drop (also if something panics).
 struct Armed<'s> {
@@ -494,22 +508,28 @@ impl<'s> Armed<'s> {
         Armed { sides, peers }
     }
 
-    /// The presence words to sleep on (armed so the kernel wakes us at a death), one per
-    /// distinct live peer process.
-    fn peer_words(&self) -> Vec<((&'static FutexWord, u32), PresenceRef)> {
-        let mut out: Vec<((&'static FutexWord, u32), PresenceRef)> = Vec::new();
+    /// The presence (`sel`) words to sleep on (armed so the kernel wakes us at a death), one
+    /// per distinct live peer process; and whether some peer process has not taken its `sel`
+    /// word yet (a fork child in its first microseconds: then look again after `NOT_YET_NAP`).
+    fn peer_words(&self) -> (Vec<PeerWord>, bool) {
+        let mut out: Vec<PeerWord> = Vec::new();
+        let mut not_yet = false;
         for peer in &self.peers {
             let r = peer.owner_ref();
             if r == PresenceRef::NONE {
                 continue;
             }
-            if let Some(wv) = presence::arm(r)
-                && !out.iter().any(|((w, _), _)| std::ptr::eq(*w, wv.0))
-            {
-                out.push((wv, r));
+            match presence::arm_select(r) {
+                presence::SelectArm::Armed(w, v)
+                    if !out.iter().any(|((o, _), _)| std::ptr::eq(*o, w)) =>
+                {
+                    out.push(((w, v), r));
+                }
+                presence::SelectArm::NotYet => not_yet = true,
+                _ => {}
             }
         }
-        out
+        (out, not_yet)
     }
 }
 

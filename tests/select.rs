@@ -23,6 +23,7 @@ fn main() {
         removed_operation_is_not_reported,
         regression_select_killed_after_a_death_wake_up_hands_it_on,
         plain_sleeper_killed_after_a_death_wake_up_hands_it_on,
+        select_killed_after_a_death_wake_up_hands_it_to_another_select,
         multithreaded_sleeper_killed_after_a_death_wake_up_hands_it_on,
     ]);
 }
@@ -449,20 +450,50 @@ fn removed_operation_is_not_reported() -> Outcome {
 /// woke it for the death of another peer (before it passed the news on), it swallowed that
 /// wake-up, and a plain `recv` sleeping on the same dead peer slept for ever.
 ///
-/// Here S watches Q (alive) first and P second and sleeps first on P's word; Z sleeps on a
-/// channel from Q, then X on a channel from P. P is killed: the kernel wakes S, which kills
-/// itself at once (test hook). X must still see the death: every presence sleeper names the
-/// table's relay word in `list_op_pending` and sleeps on it too, so S's death wakes one of
-/// them (Z, the first), which passes every unreported death on.
+/// Here S watches Q (alive) first and P second and sleeps first on P; Z sleeps on a channel
+/// from Q, then X on a channel from P. P is killed: the kernel wakes S, which kills itself at
+/// once (test hook). X must still see the death. (`Select`s now sleep on a presence word of
+/// their own, `sel`, so X gets its own wake-up on `word`.)
 fn regression_select_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
-    killed_after_a_death_wake_up(true)
+    killed_after_a_death_wake_up(Kind::Select, Kind::Plain, Kind::Plain)
 }
 
-/// As above with a plain `recv` as the first sleeper on P: the kernel's wake-up reaches it,
-/// it is killed, and the relay hands the news to Z, a bystander whose own peer lives, whose
-/// scan wakes X.
+/// As above with a plain `recv` as the first sleeper on P: the kernel's wake-up reaches it, it
+/// is killed, and the kernel's handling of its `list_op_pending` (P's word) wakes X.
 fn plain_sleeper_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
-    killed_after_a_death_wake_up(false)
+    killed_after_a_death_wake_up(Kind::Plain, Kind::Plain, Kind::Plain)
+}
+
+/// All three are `Select`s: S (Q, then P) is woken for P's death and killed; its pending word
+/// is the relay, whose one wake-up reaches Z (asleep first on the relay, its own peer alive),
+/// and Z's scan must wake X (a `Select` over P's channel).
+fn select_killed_after_a_death_wake_up_hands_it_to_another_select() -> Outcome {
+    killed_after_a_death_wake_up(Kind::Select, Kind::Select, Kind::Select)
+}
+
+/// How a sleeper in these tests waits on its channel(s).
+#[derive(Clone, Copy)]
+enum Kind {
+    Plain,
+    Select,
+}
+
+/// Blocks on `rx` (a plain `recv`, or a `Select` over it alone) and reports the peer's death
+/// as exit status 0.
+fn block_until_peer_died(rx: &Receiver<u64>, kind: Kind) -> i32 {
+    let died = match kind {
+        Kind::Plain => rx.recv().is_err(),
+        Kind::Select => {
+            let mut sel = Select::new();
+            let i = sel.recv(rx);
+            sel.ready() == i && rx.try_recv() == Err(TryRecvError::Disconnected)
+        }
+    };
+    if died && rx.disconnect_reason() == Some(DisconnectReason::PeerDied) {
+        0
+    } else {
+        1
+    }
 }
 
 /// Whether `pid` went to sleep within 10 s and still sleeps 100 ms later.
@@ -473,7 +504,7 @@ fn asleep(pid: u32) -> bool {
     }
 }
 
-fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
+fn killed_after_a_death_wake_up(s_kind: Kind, z_kind: Kind, x_kind: Kind) -> Outcome {
     let (q_tx_s, q_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
     let (p_tx_s, p_rx_s) = forkipc::channel::<u64>(4).ctx("channel")?;
     let (q_tx_z, q_rx_z) = forkipc::channel::<u64>(4).ctx("channel")?;
@@ -488,17 +519,20 @@ fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
         .push(forkipc::fork((q_tx_s, q_tx_z), idle).ctx("fork Q")?);
     kids.0
         .push(forkipc::fork((p_tx_s, p_tx_x), idle).ctx("fork P")?);
-    // S: the first sleeper on P's word; kills itself when woken.
+    // S: the first sleeper on P; kills itself when woken.
     let s = forkipc::fork((q_rx_s, p_rx_s), move |(q, p)| {
         forkipc::__testing::kill_self_after_next_presence_wake();
-        if select_first {
-            // Q's channel first: its word is the one an old `Select` named.
-            let mut sel = Select::new();
-            sel.recv(&q);
-            sel.recv(&p);
-            let _ = sel.ready();
-        } else {
-            let _ = p.recv();
+        match s_kind {
+            Kind::Select => {
+                // Q's channel first: its word is the one an old `Select` named.
+                let mut sel = Select::new();
+                sel.recv(&q);
+                sel.recv(&p);
+                let _ = sel.ready();
+            }
+            Kind::Plain => {
+                let _ = p.recv();
+            }
         }
         2 // not reached: woken, it kills itself
     })
@@ -506,17 +540,17 @@ fn killed_after_a_death_wake_up(select_first: bool) -> Outcome {
     let s_pid = s.id();
     kids.0.push(s);
     ensure!(asleep(s_pid), "S did not go to sleep");
-    // Z: a plain recv from Q (never returns; it sleeps on the relay word too).
+    // Z: asleep on a channel from Q (never returns).
     kids.0.push(
-        forkipc::fork(q_rx_z, |rx| {
-            let _ = rx.recv();
+        forkipc::fork(q_rx_z, move |rx| {
+            let _ = block_until_peer_died(&rx, z_kind);
             3
         })
         .ctx("fork Z")?,
     );
     let z_pid = kids.0[3].id();
     ensure!(asleep(z_pid), "Z did not go to sleep");
-    kill_p_and_expect_x_to_hear(&mut kids, p_rx_x, 1, 2)?;
+    kill_p_and_expect_x_to_hear(&mut kids, p_rx_x, x_kind, 1, 2)?;
     ensure!(
         support::proc_state(z_pid) == Some('S'),
         "Z, whose peer lives, is asleep again"
@@ -555,25 +589,21 @@ fn multithreaded_sleeper_killed_after_a_death_wake_up_hands_it_on() -> Outcome {
     kids.0.push(s);
     ensure!(asleep(s_pid), "S did not go to sleep");
     std::thread::sleep(Duration::from_millis(200));
-    kill_p_and_expect_x_to_hear(&mut kids, x_rx, 0, 1)
+    kill_p_and_expect_x_to_hear(&mut kids, x_rx, Kind::Plain, 0, 1)
 }
 
-/// Forks X, a plain `recv` on `x_rx` (a channel from P, `kids.0[p]`), waits until it sleeps,
-/// kills P, and requires that S (`kids.0[s]`, armed to kill itself when woken) was woken and
-/// that X then hears of P's death.
+/// Forks X, asleep on `x_rx` (a channel from P, `kids.0[p]`) as `x_kind` says, waits until it
+/// sleeps, kills P, and requires that S (`kids.0[s]`, armed to kill itself when woken) was
+/// woken and that X then hears of P's death.
 fn kill_p_and_expect_x_to_hear(
     kids: &mut Reap,
     x_rx: Receiver<u64>,
+    x_kind: Kind,
     p: usize,
     s: usize,
 ) -> Outcome {
-    kids.0.push(
-        forkipc::fork(x_rx, |rx| match rx.recv() {
-            Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => 0,
-            _ => 1,
-        })
-        .ctx("fork X")?,
-    );
+    kids.0
+        .push(forkipc::fork(x_rx, move |rx| block_until_peer_died(&rx, x_kind)).ctx("fork X")?);
     let x = kids.0.len() - 1;
     ensure!(asleep(kids.0[x].id()), "X did not go to sleep");
     // SAFETY: kill has no memory-safety preconditions.

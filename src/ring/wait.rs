@@ -115,10 +115,9 @@ fn last_look(
 ///
 /// The kernel wakes only one sleeper when a process dies; whoever learns of the death passes
 /// it on (even if a message woke it at the same moment), so every endpoint waiting on the dead
-/// process hears of it. While asleep, the presence table's relay word is named in this
-/// thread's `list_op_pending` (and slept on), so that if this process is killed after being
-/// woken and before passing the news on, the kernel wakes a relay sleeper, which passes on
-/// every unreported death (`presence::announce_waiter`).
+/// process hears of it. While asleep, the presence word is named in this thread's
+/// `list_op_pending`, so that if this process is killed after being woken and before passing
+/// the news on, the kernel wakes the next sleeper in its place.
 fn sleep(
     me: &SideState,
     peer: &SideState,
@@ -127,18 +126,13 @@ fn sleep(
     let peer_owner = PresenceRef(peer.owner.load(Ordering::SeqCst));
     match presence::arm(peer_owner) {
         Some((word, val)) => {
-            presence::announce_waiter();
-            let relay = presence::relay();
-            let (w, other_woke) =
-                me.wait
-                    .wait_any(1, relay, &[(word, val)], deadline, FALLBACK_POLL);
+            presence::announce_waiter(peer_owner);
+            let (w, _) = me
+                .wait
+                .wait_any(1, None, &[(word, val)], deadline, FALLBACK_POLL);
             presence::testing::after_wake();
             if presence::check(peer_owner) == Liveness::Dead {
                 presence::pass_on_death(peer_owner);
-            }
-            // The relay, or the peer's word (a death, which may hide a relay wake-up).
-            if other_woke && relay.is_some() {
-                presence::relay_woke();
             }
             presence::waiter_done();
             Ok(w)

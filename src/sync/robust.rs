@@ -36,10 +36,10 @@
 //! neighbour `ANCHOR` or `END` (it inserts at the head and unlinks its own entries), whose
 //! `prev`/`next` it may rewrite: we never read those values back.
 //!
-//! Ordering: an entry linked with [`Placement::First`] (the process's presence word) stays
-//! directly after `ANCHOR`, so the kernel reaches it through private memory only, before it
-//! follows any link that lives in shared memory: a scribbled or stale entry cannot hide the
-//! process's death from its peers.
+//! Ordering: the entries linked with [`Placement::First`] and [`Placement::Second`] (the
+//! process's two presence words) stay directly after `ANCHOR`, in that order, so the kernel
+//! reaches them through private memory only, before it follows any link that lives in shared
+//! memory: a scribbled or stale entry cannot hide the process's death from its peers.
 //!
 //! An entry stays linked until unlinked; if its guard was leaked (`mem::forget`, safe code), it
 //! stays linked for good. The memory behind it must then stay mapped: [`linked_count`] lets the
@@ -67,7 +67,9 @@ pub(crate) use native::*;
 pub(crate) enum Placement {
     /// Directly after the anchor, and kept there (the presence word).
     First,
-    /// After the entry kept first, if any (lock words).
+    /// Directly after the first entry, and kept there (the presence's `Select` word).
+    Second,
+    /// After the entries kept in front, if any (lock words).
     Next,
 }
 
@@ -122,11 +124,14 @@ mod native {
     use super::{Link, Placement, RobustWord};
     use crate::sys::RobustListHead;
 
-    /// Lock words one thread can keep linked at once (slot 0 is the presence word's).
+    /// Lock words one thread can keep linked at once (slots 0 and 1 are the presence words').
     pub(crate) const LOCK_SLOTS: usize = 32;
-    const SLOTS: usize = LOCK_SLOTS + 1;
-    /// The slot of the entry linked with `Placement::First`.
+    /// The slots kept in front (`Placement::First`, `Placement::Second`); not counted.
+    const FRONT: usize = 2;
+    const SLOTS: usize = LOCK_SLOTS + FRONT;
+    /// The slots of the entries linked with `Placement::First` and `Placement::Second`.
     const FIRST_SLOT: usize = 0;
+    const SECOND_SLOT: usize = 1;
     const ANCHOR: u8 = SLOTS as u8;
     const END: u8 = SLOTS as u8 + 1;
     const NODES: usize = SLOTS + 2;
@@ -167,7 +172,7 @@ mod native {
         /// Private order: previous and next node index of each node.
         prv: [Cell<u8>; NODES],
         nxt: [Cell<u8>; NODES],
-        /// The slot kept directly after the anchor, or `ANCHOR` if none.
+        /// The last slot kept in front (lock words go after it), or `ANCHOR` if none.
         first: Cell<u8>,
     }
 
@@ -339,7 +344,7 @@ mod native {
                             Err(now) => cur = now,
                         }
                     }
-                    if usize::from(i) != FIRST_SLOT {
+                    if usize::from(i) >= FRONT {
                         // Relaxed: see `linked_count`.
                         LINKED.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -450,7 +455,8 @@ mod native {
     }
 
     /// Links the entry `entry` (its futex word is 32 bytes before it) into this thread's list.
-    /// `Placement::First` has a slot of its own and replaces this thread's previous first
+    /// `Placement::First` and `Placement::Second` have a slot of their own each; `First`
+    /// replaces this thread's previous first *and* second entries, `Second` its previous second
     /// entry, if any.
     ///
     /// # Safety
@@ -458,19 +464,27 @@ mod native {
     pub(crate) unsafe fn link_at(entry: &AtomicUsize, at: Placement) -> Option<Link> {
         SEG.with(|s| {
             s.ready()?;
-            let k = match at {
-                Placement::First => {
-                    if s.entry[FIRST_SLOT].get() != 0 {
-                        // SAFETY: slot 0 was linked by this thread.
-                        unsafe { unlink(Link(FIRST_SLOT as u8)) };
-                    }
-                    FIRST_SLOT
+            let stale: &[usize] = match at {
+                Placement::First => &[SECOND_SLOT, FIRST_SLOT],
+                Placement::Second => &[SECOND_SLOT],
+                Placement::Next => &[],
+            };
+            for &k in stale {
+                if s.entry[k].get() != 0 {
+                    // SAFETY: slot `k` was linked by this thread.
+                    unsafe { unlink(Link(k as u8)) };
                 }
-                Placement::Next => 1 + s.entry[1..].iter().position(|e| e.get() == 0)?,
+            }
+            let k = match at {
+                Placement::First => FIRST_SLOT,
+                Placement::Second => SECOND_SLOT,
+                Placement::Next => FRONT + s.entry[FRONT..].iter().position(|e| e.get() == 0)?,
             };
             let kk = k as u8;
             let i = match at {
                 Placement::First => ANCHOR,
+                Placement::Second if s.entry[FIRST_SLOT].get() != 0 => FIRST_SLOT as u8,
+                Placement::Second => ANCHOR,
                 Placement::Next => s.first.get(),
             };
             let j = s.nxt[usize::from(i)].get();
@@ -492,8 +506,10 @@ mod native {
             s.nxt[k].set(j);
             s.nxt[usize::from(i)].set(kk);
             s.prv[usize::from(j)].set(kk);
-            if at == Placement::First {
-                // The presence word: in a table that is never unmapped, so not counted.
+            if k < FRONT {
+                // A presence word: in a table that is never unmapped, so not counted. The
+                // entries in front are linked in order (`First` unlinks a stale `Second`), so
+                // the one just linked is the last of them.
                 s.first.set(kk);
             } else {
                 // Relaxed: see `linked_count`.
@@ -535,9 +551,10 @@ mod native {
             s.nxt[usize::from(i)].set(j);
             s.prv[usize::from(j)].set(i);
             s.entry[k].set(0);
-            if usize::from(l.0) == FIRST_SLOT {
+            if k < FRONT {
                 if s.first.get() == l.0 {
-                    s.first.set(ANCHOR);
+                    // The last one in front: lock words now go after what preceded it.
+                    s.first.set(i);
                 }
             } else {
                 // Relaxed: see `linked_count`.
