@@ -678,29 +678,42 @@ mod native {
     /// and returns the word and the value to sleep on. `None`: already dead (or no owner).
     pub(crate) fn arm(r: PresenceRef) -> Option<(&'static FutexWord, u32)> {
         let (s, g) = split(r)?;
+        set_waiters(s, g, &s.word).ok().map(|armed| (&s.word, armed))
+    }
+
+    /// Sets `WAITERS` on `target`, one of slot `s`'s two words, while the slot's owner at
+    /// generation `g` is alive and `target` holds its TID, and returns the value to sleep on.
+    /// `Err(true)`: `target` does not hold the owner's TID (`sel` not taken yet, or
+    /// scribbled); `Err(false)`: dead, recycled, or no owner.
+    fn set_waiters(s: &Slot, g: u32, target: &FutexWord) -> Result<u32, bool> {
         loop {
             let w = s.word.load(Ordering::SeqCst);
             if s.gen_.load(Ordering::SeqCst) != g
                 || w & FUTEX_OWNER_DIED != 0
                 || w & FUTEX_TID_MASK == 0
             {
-                return None;
+                return Err(false);
             }
-            let armed = w | FUTEX_WAITERS;
-            if w & FUTEX_WAITERS == 0
-                && s.word
-                    .compare_exchange(w, armed, Ordering::SeqCst, Ordering::SeqCst)
+            let v = target.load(Ordering::SeqCst);
+            if v & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != w & FUTEX_TID_MASK {
+                return Err(true);
+            }
+            let armed = v | FUTEX_WAITERS;
+            if v & FUTEX_WAITERS == 0
+                && target
+                    .compare_exchange(v, armed, Ordering::SeqCst, Ordering::SeqCst)
                     .is_err()
             {
                 continue;
             }
-            // Armed. Re-read the generation: a claim of the slot that changed the word before we
-            // read it but bumped the generation only now must not leave us asleep on a
-            // stranger's word (see `finish_claim`, which clears `WAITERS` after its bump).
+            // Armed. Re-read the generation: a claim of the slot that changed the word before
+            // we read it but bumped the generation only now must not leave us asleep on a
+            // stranger's word (see `finish_claim`, which clears `WAITERS` on both words after
+            // its bump).
             if s.gen_.load(Ordering::SeqCst) != g {
-                return None;
+                return Err(false);
             }
-            return Some((&s.word, armed));
+            return Ok(armed);
         }
     }
 
@@ -751,32 +764,10 @@ mod native {
         let Some((s, g)) = split(r) else {
             return SelectArm::Gone;
         };
-        loop {
-            let w = s.word.load(Ordering::SeqCst);
-            if s.gen_.load(Ordering::SeqCst) != g
-                || w & FUTEX_OWNER_DIED != 0
-                || w & FUTEX_TID_MASK == 0
-            {
-                return SelectArm::Gone;
-            }
-            let v = s.sel.load(Ordering::SeqCst);
-            if v & (FUTEX_TID_MASK | FUTEX_OWNER_DIED) != w & FUTEX_TID_MASK {
-                return SelectArm::NotYet;
-            }
-            let armed = v | FUTEX_WAITERS;
-            if v & FUTEX_WAITERS == 0
-                && s.sel
-                    .compare_exchange(v, armed, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_err()
-            {
-                continue;
-            }
-            // As in `arm`: a claim that changed the words before we read them but bumped the
-            // generation only now must not leave us asleep on a stranger's word.
-            if s.gen_.load(Ordering::SeqCst) != g {
-                return SelectArm::Gone;
-            }
-            return SelectArm::Armed(&s.sel, armed);
+        match set_waiters(s, g, &s.sel) {
+            Ok(armed) => SelectArm::Armed(&s.sel, armed),
+            Err(true) => SelectArm::NotYet,
+            Err(false) => SelectArm::Gone,
         }
     }
 
