@@ -389,6 +389,13 @@ mod native {
     static TABLE: OnceLock<usize> = OnceLock::new();
     /// This process's own slot reference (0: none yet). Reset in a fork child.
     static MINE: AtomicU64 = AtomicU64::new(0);
+    /// One bit per slot whose entry page this process has mapped privately (`take`): slots it
+    /// never claims again. A thread of this process may still have its entries linked in that
+    /// page (a holder whose word a compromised process marked dead, so that another thread's
+    /// `current` looks for a new slot): mapping the page afresh would splice the new holder's
+    /// nodes into the old holder's robust list, which would then never reach its lock words.
+    /// Inherited by a fork child (harmless: it only skips those slots too).
+    static MAPPED_HERE: [AtomicU64; SLOTS / 64] = [const { AtomicU64::new(0) }; SLOTS / 64];
     /// Serialises claiming (and the table's creation) within the process.
     static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
     static AT_FORK: std::sync::Once = std::sync::Once::new();
@@ -427,6 +434,12 @@ mod native {
         Ok(())
     }
 
+    /// The table index of the slot `r` names, if any.
+    fn slot_index(r: PresenceRef) -> Option<usize> {
+        let idx = (r.0 >> 32).checked_sub(1)? as usize;
+        (idx < SLOTS).then_some(idx)
+    }
+
     fn split(r: PresenceRef) -> Option<(&'static Slot, u32)> {
         let idx = (r.0 >> 32).checked_sub(1)? as usize;
         Some((slot(idx)?, r.0 as u32))
@@ -443,6 +456,10 @@ mod native {
         for k in 0..SLOTS {
             let i = (start + k) % SLOTS;
             let Some(s) = slot(i) else { break };
+            // Relaxed: written and read under `CLAIM` (this process's claims are serialised).
+            if MAPPED_HERE[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0 {
+                continue;
+            }
             // SeqCst on the presence words and generations: claim, take, check and arm form
             // one protocol across processes (a word read before a generation, a recycle that
             // changes the word before the generation); total order keeps the argument simple,
@@ -553,6 +570,10 @@ mod native {
         let entry_page = s.entry().as_ptr() as usize;
         if !crate::sys::map_private_fixed(entry_page, crate::sys::page_size()) {
             return false;
+        }
+        if let Some(i) = slot_index(r) {
+            // Relaxed: see `MAPPED_HERE` (a fork child's `take` runs before it has threads).
+            MAPPED_HERE[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
         }
         let tid = current_tid();
         s.begin_op();
@@ -678,7 +699,9 @@ mod native {
     /// and returns the word and the value to sleep on. `None`: already dead (or no owner).
     pub(crate) fn arm(r: PresenceRef) -> Option<(&'static FutexWord, u32)> {
         let (s, g) = split(r)?;
-        set_waiters(s, g, &s.word).ok().map(|armed| (&s.word, armed))
+        set_waiters(s, g, &s.word)
+            .ok()
+            .map(|armed| (&s.word, armed))
     }
 
     /// Sets `WAITERS` on `target`, one of slot `s`'s two words, while the slot's owner at

@@ -55,7 +55,10 @@ const TIGHT_SCANS: u32 = 64;
 /// How long a blocked `ready` sleeps at most when the heavy barrier failed (see `barrier`).
 const UNFENCED_NAP: Duration = Duration::from_millis(10);
 /// How long a blocked `ready` sleeps at most while a watched peer process has not yet taken
-/// the presence word `Select`s sleep on (a fork child's first microseconds; see `presence`).
+/// the presence word `Select`s sleep on (see `presence`): at first; it doubles with each such
+/// sleep in a row, up to `POLL`. Normally a fork child takes it within microseconds of the
+/// `fork`; a child stopped before that, or a process that scribbled over the word, costs a
+/// wake-up every `POLL` (its death is then noticed within `POLL`).
 const NOT_YET_NAP: Duration = Duration::from_millis(1);
 
 mod sealed {
@@ -233,6 +236,9 @@ pub struct Select<'a> {
     /// The operation that the next blocking call checks fully first (one per call, in turn),
     /// so that a disconnect is reported even while other operations keep the quick look busy.
     audit: usize,
+    /// Consecutive sleeps bounded because a watched peer process had not taken its `sel`
+    /// word (see `NOT_YET_NAP`): each doubles the nap, up to `POLL`.
+    not_yet_naps: u32,
 }
 
 impl std::fmt::Debug for Select<'_> {
@@ -282,6 +288,7 @@ impl<'a> Select<'a> {
             ops: Vec::new(),
             next: 0,
             audit: 0,
+            not_yet_naps: 0,
         }
     }
 
@@ -449,10 +456,17 @@ impl<'a> Select<'a> {
             drop(armed);
             return Some(i);
         }
+        if !not_yet {
+            self.not_yet_naps = 0;
+        }
         let nap = if !fenced {
             Some(Deadline::after(UNFENCED_NAP).min_with(deadline))
         } else if not_yet {
-            Some(Deadline::after(NOT_YET_NAP).min_with(deadline))
+            let d = NOT_YET_NAP
+                .saturating_mul(1 << self.not_yet_naps.min(6))
+                .min(POLL);
+            self.not_yet_naps = self.not_yet_naps.saturating_add(1);
+            Some(Deadline::after(d).min_with(deadline))
         } else {
             None
         };

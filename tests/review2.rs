@@ -485,29 +485,18 @@ fn pool_recycle_1_with_timeouts_exact_once() -> Outcome {
     Ok(())
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// "map: bounded memory" holds only while no older handle is outstanding: `jobs` pops settled
 /// entries from the front only, so one unjoined handle makes it grow by one entry per job.
 fn pool_map_memory_grows_behind_an_unjoined_handle() -> Outcome {
     let pool = Pool::new(1, |x: u64| x).ctx("pool")?;
     let n = 3_000_000u64;
-    let before = rss_kb();
+    let before = support::status_field("VmRSS");
     let c = pool.map(0..n).filter(|r| r.is_ok()).count();
-    let plain = rss_kb().saturating_sub(before);
+    let plain = support::status_field("VmRSS").saturating_sub(before);
     let held = pool.submit(0).ctx("submit")?; // kept, not joined
-    let before = rss_kb();
+    let before = support::status_field("VmRSS");
     let c2 = pool.map(0..n).filter(|r| r.is_ok()).count();
-    let grown = rss_kb().saturating_sub(before);
+    let grown = support::status_field("VmRSS").saturating_sub(before);
     drop(held);
     ensure!(c as u64 == n && c2 as u64 == n, "counts {c} {c2}");
     ensure!(

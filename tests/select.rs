@@ -32,17 +32,6 @@ const LONG: Duration = Duration::from_secs(30);
 
 use support::ReapAll as Reap;
 
-fn voluntary_switches() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("voluntary_ctxt_switches"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn fan_in_many_children_keeps_per_child_order() -> Outcome {
     const CHILDREN: usize = 16;
     const PER: u64 = 20_000;
@@ -280,11 +269,7 @@ fn idle_select_uses_no_cpu_and_no_wakeups() -> Outcome {
     for rx in &rxs {
         sel.recv(rx);
     }
-    let cpu0 = support::cpu_time();
-    let sw0 = voluntary_switches();
-    let r = sel.ready_timeout(Duration::from_secs(1));
-    let cpu = support::cpu_time() - cpu0;
-    let switches = voluntary_switches() - sw0;
+    let (r, cpu, switches) = support::cost_of(|| sel.ready_timeout(Duration::from_secs(1)));
     ensure!(r.is_err(), "nothing should be ready: {r:?}");
     // The spin phase costs 50 µs; sleeping costs nothing. (Not a speed claim: a busy or
     // periodically waking select would use hundreds of milliseconds / switches.)

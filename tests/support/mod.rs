@@ -376,6 +376,32 @@ pub fn cpu_blocker(
     })
 }
 
+/// A numeric field of /proc/self/status (`VmRSS` in kB, `voluntary_ctxt_switches`...); 0 if
+/// absent.
+pub fn status_field(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.split(':').next() == Some(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// How many times this process has gone to sleep voluntarily (a wake-up count).
+pub fn voluntary_switches() -> u64 {
+    status_field("voluntary_ctxt_switches")
+}
+
+/// Runs `f` and returns its result with the CPU time and the voluntary context switches
+/// (wake-ups) this process spent meanwhile: what an idle wait must keep near zero.
+pub fn cost_of<T>(f: impl FnOnce() -> T) -> (T, Duration, u64) {
+    let (cpu0, sw0) = (cpu_time(), voluntary_switches());
+    let r = f();
+    (r, cpu_time() - cpu0, voluntary_switches() - sw0)
+}
+
 /// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
