@@ -628,3 +628,82 @@ mod loom_list {
 pub use loom_list::die_after_next_wake;
 #[cfg(loom)]
 pub(crate) use loom_list::*;
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The entries of this thread's robust list in the order the kernel walks them (the
+    /// `next` fields it visits), stopping at the head; private nodes included.
+    fn kernel_walk() -> Vec<usize> {
+        let head = crate::sys::robust_list_head();
+        assert!(!head.is_null(), "a registered list");
+        let mut out = Vec::new();
+        // SAFETY: the kernel's walk, in this thread's own list: every link is a live entry or
+        // node (ours are private or leaked test words; glibc's are its own).
+        unsafe {
+            let mut p = (*head).list as usize & !1;
+            while p != head as usize && out.len() < 200 {
+                out.push(p);
+                p = *(p as *const usize) & !1;
+            }
+        }
+        out
+    }
+
+    /// The order in which the kernel reaches `entries` (the others are nodes or glibc's).
+    fn order_of(entries: &[(&str, usize)]) -> Vec<String> {
+        kernel_walk()
+            .into_iter()
+            .filter_map(|p| entries.iter().find(|e| e.1 == p).map(|e| e.0.to_string()))
+            .collect()
+    }
+
+    /// The two presence entries stay in front, in order, whatever was linked before them and
+    /// whichever is re-linked; lock words always come after both.
+    #[test]
+    fn placement_keeps_first_and_second_in_front() {
+        std::thread::spawn(|| {
+            let w = |_| &*Box::leak(Box::new(RobustWord::new(0)));
+            let (first, second, lock, first2) = (w(0), w(1), w(2), w(3));
+            let names = [
+                ("first", first.next.as_ptr() as usize),
+                ("second", second.next.as_ptr() as usize),
+                ("lock", lock.next.as_ptr() as usize),
+                ("first2", first2.next.as_ptr() as usize),
+            ];
+            // SAFETY: (all links and unlinks) test words, leaked, so mapped for the thread's
+            // life; their value names no thread, so the kernel would skip them; every unlink
+            // is of a link this thread made.
+            unsafe {
+                lock.link(Placement::Next).expect("lock linked");
+                assert_eq!(order_of(&names), ["lock"]);
+                first.link(Placement::First).expect("first linked");
+                second.link(Placement::Second).expect("second linked");
+                assert_eq!(order_of(&names), ["first", "second", "lock"]);
+                // A new first replaces both presence entries; the second is linked again.
+                let f = first2.link(Placement::First).expect("first2 linked");
+                assert_eq!(order_of(&names), ["first2", "lock"]);
+                let s = second.link(Placement::Second).expect("second again");
+                assert_eq!(order_of(&names), ["first2", "second", "lock"]);
+                // Unlinking the second keeps lock words after the first...
+                unlink(s);
+                assert_eq!(order_of(&names), ["first2", "lock"]);
+                let l2 = w(4);
+                l2.link(Placement::Next).expect("a second lock word");
+                let names2 = [names[3], names[2], ("lock2", l2.next.as_ptr() as usize)];
+                assert_eq!(order_of(&names2)[0], "first2");
+                // ...and a lock word linked with only the second in front goes after it.
+                unlink(f);
+                let s2 = second.link(Placement::Second).expect("second alone");
+                let l3 = w(5);
+                l3.link(Placement::Next).expect("a third lock word");
+                let names3 = [names[1], ("lock3", l3.next.as_ptr() as usize)];
+                assert_eq!(order_of(&names3), ["second", "lock3"]);
+                unlink(s2);
+            }
+        })
+        .join()
+        .expect("the list test thread");
+    }
+}
