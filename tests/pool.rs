@@ -16,6 +16,7 @@ use support::{Context, Outcome, counters};
 fn main() {
     support::run(cases![
         map_keeps_input_order,
+        map_dropped_midway_leaves_the_pool_usable,
         submit_join_round_trip,
         panic_fails_only_its_job,
         sigkill_fails_only_its_job_exactly_once,
@@ -42,6 +43,29 @@ fn no_children() -> bool {
     // SAFETY: waitpid with WNOHANG on any child; a null status pointer is allowed.
     let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
     r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+/// A `map` dropped after some results (its current run of ids and the runs queued behind it
+/// are abandoned, their results discarded when they come) leaves the pool working: a second
+/// `map` and a `submit` get exactly their own results, in order.
+fn map_dropped_midway_leaves_the_pool_usable() -> Outcome {
+    let pool = Pool::new(2, |x: u64| x.wrapping_mul(3)).ctx("pool")?;
+    for (i, r) in pool.map(0..100_000u64).take(777).enumerate() {
+        let v = r.map_err(|e| format!("first map, job {i}: {e}"))?;
+        ensure!(v == 3 * i as u64, "first map: result {i} is {v}");
+    }
+    let mut i = 0u64;
+    for r in pool.map(1_000_000..1_050_000u64) {
+        let v = r.map_err(|e| format!("second map, job {i}: {e}"))?;
+        ensure!(v == 3 * (1_000_000 + i), "second map: result {i} is {v}");
+        i += 1;
+    }
+    ensure!(i == 50_000, "{i} results for 50 000 jobs");
+    let r = pool.submit(7).ctx("submit")?.join().ctx("join")?;
+    ensure!(r == 21, "submit after the maps: {r}");
+    pool.shutdown().ctx("shutdown")?;
+    ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
 }
 
 fn map_keeps_input_order() -> Outcome {

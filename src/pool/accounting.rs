@@ -155,14 +155,18 @@ impl<J, R> Inner<J, R> {
     pub(super) fn take(&mut self, id: u64) -> Option<Result<R, JobError>> {
         // The common case (`map`, a handle joined in order): the oldest job, finished.
         if id == self.base && matches!(self.jobs.front(), Some(JobState::Done(_))) {
-            let Some(JobState::Done(r)) = self.jobs.pop_front() else {
-                return None; // cannot be: matched above
+            // A `match` that moves the result out leaves nothing to drop (a `let ... else`
+            // made the compiler call the state's drop glue once per job).
+            return match self.jobs.pop_front() {
+                Some(JobState::Done(r)) => {
+                    self.base += 1;
+                    if matches!(self.jobs.front(), Some(JobState::Settled)) {
+                        self.settled_front();
+                    }
+                    Some(r)
+                }
+                _ => None, // cannot be: matched above
             };
-            self.base += 1;
-            if matches!(self.jobs.front(), Some(JobState::Settled)) {
-                self.settled_front();
-            }
-            return Some(r);
         }
         self.take_any(id)
     }
@@ -473,7 +477,13 @@ pub(super) fn accept_run<J, R, W: Wire<R>>(
                     break;
                 };
                 let payload = res.get(RES_HDR..).unwrap_or_default();
-                *st = JobState::Done(W::dec(payload).map_err(|reason| JobError::Codec { reason }));
+                let done =
+                    JobState::Done(W::dec(payload).map_err(|reason| JobError::Codec { reason }));
+                // SAFETY: `st` is a valid, exclusive reference to a `JobState` that holds
+                // `Pending` (matched above), which owns nothing: overwriting it without
+                // dropping it leaks nothing (an assignment called the drop glue once per
+                // result, 4 instructions of the owner's ~180 per job).
+                unsafe { std::ptr::write(st, done) };
                 taken += 1;
             }
             s.at += taken * stride;

@@ -499,9 +499,12 @@ impl<J: 'static, R: 'static> Pool<J, R> {
         Map {
             pool: self,
             jobs: jobs.into_iter(),
+            cur: 0,
+            cur_end: 0,
             pending: VecDeque::new(),
             ahead: 0,
             limit,
+            refill_at: limit - BATCH.min(limit),
             batch: Vec::new(),
         }
     }
@@ -598,13 +601,19 @@ impl<R> Drop for JobHandle<R> {
 pub struct Map<'p, J, R, I> {
     pool: &'p Pool<J, R>,
     jobs: I,
-    /// Ids submitted and not yet yielded, in input order: runs of consecutive ids, `start..end`
-    /// (a run ends where another submission took an id).
+    /// The run of ids being yielded, `cur..cur_end` (kept out of `pending`: the hot path
+    /// touches two fields instead of the deque).
+    cur: u64,
+    cur_end: u64,
+    /// The ids submitted after that run and not yet yielded, in input order: runs of
+    /// consecutive ids, `start..end` (a run ends where another submission took an id).
     pending: VecDeque<(u64, u64)>,
-    /// How many ids `pending` holds.
+    /// How many ids `cur..cur_end` and `pending` hold.
     ahead: usize,
     /// How many it may hold: the queue's capacity plus the workers' windows.
     limit: usize,
+    /// `ahead` at or below which a batch fits again (`limit` less a batch): when to top up.
+    refill_at: usize,
     /// Jobs taken from `jobs`, being queued.
     batch: Vec<J>,
 }
@@ -613,7 +622,8 @@ impl<J, R, I> Drop for Map<'_, J, R, I> {
     fn drop(&mut self) {
         // Results not yielded are discarded when they come.
         if let Ok(mut inner) = self.pool.inner.try_borrow_mut() {
-            for (start, end) in self.pending.drain(..) {
+            let current = std::iter::once((self.cur, self.cur_end));
+            for (start, end) in current.chain(self.pending.drain(..)) {
                 for id in start..end {
                     inner.abandon(id);
                 }
@@ -630,19 +640,19 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Iterator for Map<'_, J, R, I
         // Top up what is submitted ahead, a batch at a time (one dispatch for the lot), then
         // wait for the oldest. The hot path (a result that is in) is kept small; topping up
         // and waiting are out of line.
-        if self.ahead + BATCH.min(self.limit) <= self.limit {
+        if self.ahead <= self.refill_at {
             self.top_up();
         }
-        let (start, end) = self.pending.front_mut()?;
-        let id = *start;
-        *start += 1;
-        if *start == *end {
-            self.pending.pop_front();
+        if self.cur == self.cur_end {
+            (self.cur, self.cur_end) = self.pending.pop_front()?;
         }
+        let id = self.cur;
+        self.cur += 1;
         self.ahead -= 1;
         let mut inner = self.pool.inner.borrow_mut();
-        if let Some(r) = inner.take(id) {
-            return Some(r);
+        let r = inner.take(id);
+        if r.is_some() {
+            return r;
         }
         Some(Self::wait(&mut inner, id))
     }
@@ -667,6 +677,8 @@ impl<J: 'static, R: 'static, I: Iterator<Item = J>> Map<'_, J, R, I> {
             let end = first + n as u64;
             match self.pending.back_mut() {
                 Some((_, e)) if *e == first => *e = end,
+                // Nothing queued after the current run, which ends (or ended) right here.
+                None if self.cur_end == first => self.cur_end = end,
                 _ => self.pending.push_back((first, end)),
             }
             self.ahead += n;
