@@ -232,7 +232,7 @@ mod native {
     use crate::sync::ident::{current_pid, current_tid};
     use crate::sync::robust::Placement;
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 
     pub(crate) const SLOTS: usize = 4096;
     /// How long `fork` waits at most for the child to take its presence slot.
@@ -389,13 +389,15 @@ mod native {
     static TABLE: OnceLock<usize> = OnceLock::new();
     /// This process's own slot reference (0: none yet). Reset in a fork child.
     static MINE: AtomicU64 = AtomicU64::new(0);
-    /// One bit per slot whose entry page this process has mapped privately (`take`): slots it
-    /// never claims again. A thread of this process may still have its entries linked in that
-    /// page (a holder whose word a compromised process marked dead, so that another thread's
-    /// `current` looks for a new slot): mapping the page afresh would splice the new holder's
-    /// nodes into the old holder's robust list, which would then never reach its lock words.
-    /// Inherited by a fork child (harmless: it only skips those slots too).
-    static MAPPED_HERE: [AtomicU64; SLOTS / 64] = [const { AtomicU64::new(0) }; SLOTS / 64];
+    /// Per slot, the thread of this process that mapped the slot's entry page privately and
+    /// took the slot (`take`), or 0. This process does not claim such a slot again while that
+    /// thread lives: the thread may still have its entries linked in that page (a holder whose
+    /// word a compromised process marked dead, so that another thread's `current` looks for a
+    /// new slot), and mapping the page afresh would splice the new holder's nodes into the old
+    /// holder's robust list, which would then never reach its lock words. Once the thread has
+    /// exited (its list settled and gone), the slot is claimable again, as any dead slot.
+    /// Inherited by a fork child, where those threads are not its own (so none is alive).
+    static MAPPED_BY: [AtomicU32; SLOTS] = [const { AtomicU32::new(0) }; SLOTS];
     /// Serialises claiming (and the table's creation) within the process.
     static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
     static AT_FORK: std::sync::Once = std::sync::Once::new();
@@ -457,7 +459,8 @@ mod native {
             let i = (start + k) % SLOTS;
             let Some(s) = slot(i) else { break };
             // Relaxed: written and read under `CLAIM` (this process's claims are serialised).
-            if MAPPED_HERE[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0 {
+            let holder = MAPPED_BY[i].load(Ordering::Relaxed);
+            if holder != 0 && crate::sys::own_thread_alive(holder) {
                 continue;
             }
             // SeqCst on the presence words and generations: claim, take, check and arm form
@@ -571,11 +574,11 @@ mod native {
         if !crate::sys::map_private_fixed(entry_page, crate::sys::page_size()) {
             return false;
         }
-        if let Some(i) = slot_index(r) {
-            // Relaxed: see `MAPPED_HERE` (a fork child's `take` runs before it has threads).
-            MAPPED_HERE[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
-        }
         let tid = current_tid();
+        if let Some(i) = slot_index(r) {
+            // Relaxed: see `MAPPED_BY` (a fork child's `take` runs before it has threads).
+            MAPPED_BY[i].store(tid, Ordering::Relaxed);
+        }
         s.begin_op();
         let mut cur = s.word.load(Ordering::SeqCst);
         let taken = loop {

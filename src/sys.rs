@@ -278,6 +278,13 @@ pub fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// Whether thread `tid` of the calling process is alive (`tgkill` with signal 0; a thread of
+/// another process, or an exited one, is not).
+pub fn own_thread_alive(tid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists and may be signalled.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) == 0 }
+}
+
 /// The calling process's id (a system call: callers cache it).
 pub fn getpid() -> u32 {
     // SAFETY: getpid has no preconditions.

@@ -16,6 +16,7 @@ fn main() {
     support::run(cases![
         scribbled_presence_reclaimed_by_another_thread_keeps_the_holders_locks_robust,
         scribbled_sel_word_does_not_make_an_idle_select_poll,
+        regression_holder_threads_that_exit_do_not_use_up_the_table,
     ]);
 }
 
@@ -208,5 +209,36 @@ fn scribbled_sel_word_does_not_make_an_idle_select_poll() -> Outcome {
         "an idle select woke up {switches} times in 1 s (CPU {cpu:?}) after one write to \
          its peer's sel word"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fix for the first case above made a process skip, for good, every slot whose entry page
+// it had mapped. A process whose presence-holding thread exits claims a new slot on its next
+// channel (documented: create channels from a long-lived thread); after as many exits as the
+// table has slots it could claim none (`TooManyProcesses`). Only a slot whose holder thread is
+// still alive may be skipped.
+
+fn regression_holder_threads_that_exit_do_not_use_up_the_table() -> Outcome {
+    let mut kid = Reap(
+        forkipc::fork((), |()| {
+            for k in 0..5000 {
+                let made = std::thread::spawn(|| forkipc::channel::<u64>(1).map(|_| ()))
+                    .join()
+                    .ok();
+                match made {
+                    Some(Ok(())) => {}
+                    other => {
+                        eprintln!("channel {k} from a fresh thread: {other:?}");
+                        return 1;
+                    }
+                }
+            }
+            0
+        })
+        .ctx("fork")?,
+    );
+    let st = support::wait_child(&mut kid.0, Duration::from_secs(60))?;
+    ensure!(st.success(), "a channel from a fresh thread failed: {st:?}");
     Ok(())
 }
