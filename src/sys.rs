@@ -278,11 +278,14 @@ pub fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-/// Whether thread `tid` of the calling process is alive (`tgkill` with signal 0; a thread of
-/// another process, or an exited one, is not).
+/// Whether thread `tid` of the calling process may be alive (`tgkill` with signal 0). Only
+/// `ESRCH` says it is gone (exited, or a thread of another process); any other failure (a
+/// seccomp filter or a security module refusing `tgkill`) says nothing, and "alive" is the
+/// answer on the safe side for the caller.
 pub fn own_thread_alive(tid: u32) -> bool {
     // SAFETY: signal 0 only checks that the thread exists and may be signalled.
-    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) == 0 }
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
+    r == 0 || errno() != libc::ESRCH
 }
 
 /// The calling process's id (a system call: callers cache it).

@@ -17,6 +17,9 @@ fn main() {
     support::run(cases![
         map_keeps_input_order,
         map_dropped_midway_leaves_the_pool_usable,
+        maps_interleaved_with_submits_and_each_other,
+        map_with_a_tiny_queue_and_ids_not_from_zero,
+        interleaved_maps_dropped_midway,
         submit_join_round_trip,
         panic_fails_only_its_job,
         sigkill_fails_only_its_job_exactly_once,
@@ -520,5 +523,138 @@ fn pinned_workers_keep_tiny_jobs_together_but_not_behind_a_stuck_one() -> Outcom
     );
     pool.shutdown().ctx("shutdown")?;
     ensure!(no_children(), "a worker was left unreaped");
+    Ok(())
+}
+
+// Pool::map keeps its current run of ids (cur..cur_end) apart from the runs queued behind it;
+// these check it against ids taken by others (from a review of that change, helper session).
+
+/// Two maps advanced alternately, their input iterators submitting jobs of their own now and
+/// then (ids interleave at every top-up), then a map dropped while another runs: every
+/// result in order, every handle its own.
+fn maps_interleaved_with_submits_and_each_other() -> Outcome {
+    let pool: &'static Pool<u64, u64> = support::leak(
+        PoolBuilder::new()
+            .workers(2)
+            .queue_capacity(7)
+            .build(|x: u64| x ^ 0xabc)
+            .ctx("pool")?,
+    );
+    let handles = std::cell::RefCell::new(Vec::new());
+    let ha = &handles;
+    let a = (0..20_000u64).inspect(move |&x| {
+        if x % 97 == 0 {
+            ha.borrow_mut()
+                .push((1_000_000 + x, pool.submit(1_000_000 + x).expect("submit")));
+        }
+    });
+    let b = (0..20_000u64).map(|x| x + 5_000_000);
+    let mut ma = pool.map(a);
+    let mut mb = pool.map(b);
+    let (mut ia, mut ib) = (0u64, 0u64);
+    loop {
+        let ra = ma.next();
+        let rb = if ia % 3 == 0 { mb.next() } else { None };
+        if let Some(r) = ra {
+            let v = r.map_err(|e| format!("a {ia}: {e}"))?;
+            ensure!(v == ia ^ 0xabc, "a: result {ia} is {v}");
+            ia += 1;
+        }
+        if let Some(r) = rb {
+            let v = r.map_err(|e| format!("b {ib}: {e}"))?;
+            ensure!(v == (5_000_000 + ib) ^ 0xabc, "b: result {ib} is {v}");
+            ib += 1;
+        }
+        if ia == 20_000 {
+            break;
+        }
+    }
+    for r in mb.by_ref() {
+        let v = r.map_err(|e| format!("b {ib}: {e}"))?;
+        ensure!(v == (5_000_000 + ib) ^ 0xabc, "b: result {ib} is {v}");
+        ib += 1;
+    }
+    ensure!(ib == 20_000, "b: {ib} results");
+    drop(ma);
+    drop(mb);
+    for (x, h) in handles.borrow_mut().drain(..) {
+        let v = h.join().map_err(|e| format!("handle {x}: {e}"))?;
+        ensure!(v == x ^ 0xabc, "handle {x}: {v}");
+    }
+    Ok(())
+}
+
+/// queue_capacity 1 (limit < BATCH), the pool's ids already past 0, and a map whose input
+/// submits on every job: every top-up's run is separate from the last.
+fn map_with_a_tiny_queue_and_ids_not_from_zero() -> Outcome {
+    let pool: &'static Pool<u64, u64> = support::leak(
+        PoolBuilder::new()
+            .workers(1)
+            .queue_capacity(1)
+            .build(|x: u64| x + 1)
+            .ctx("pool")?,
+    );
+    for k in 0..3u64 {
+        ensure!(
+            pool.submit(k).ctx("submit")?.join().ctx("join")? == k + 1,
+            "pre-submit"
+        );
+    }
+    let mut n = 0u64;
+    for (i, r) in pool.map(0..3000u64).enumerate() {
+        let v = r.map_err(|e| format!("plain {i}: {e}"))?;
+        ensure!(v == i as u64 + 1, "plain: result {i} is {v}");
+        n += 1;
+    }
+    ensure!(n == 3000, "{n} results");
+    let hs = std::cell::RefCell::new(Vec::new());
+    let input = (0..3000u64).inspect(|&x| {
+        hs.borrow_mut()
+            .push((x, pool.submit(x + 100_000).expect("submit")))
+    });
+    for (i, r) in pool.map(input).enumerate() {
+        let v = r.map_err(|e| format!("mixed {i}: {e}"))?;
+        ensure!(v == i as u64 + 1, "mixed: result {i} is {v}");
+    }
+    for (x, h) in hs.borrow_mut().drain(..) {
+        let v = h.join().map_err(|e| format!("handle {x}: {e}"))?;
+        ensure!(v == x + 100_001, "handle {x}: {v}");
+    }
+    Ok(())
+}
+
+/// Two interleaved maps, one dropped midway; then the other finishes and a third runs: the
+/// abandoned ids are exactly the dropped map's.
+fn interleaved_maps_dropped_midway() -> Outcome {
+    let pool: Pool<u64, u64> = PoolBuilder::new()
+        .workers(2)
+        .queue_capacity(300)
+        .build(|x: u64| x * 2)
+        .ctx("pool")?;
+    let mut ma = pool.map(0..50_000u64);
+    let mut mb = pool.map(100_000..150_000u64);
+    for i in 0..1234u64 {
+        let va = ma
+            .next()
+            .ctx("a ended")?
+            .map_err(|e| format!("a {i}: {e}"))?;
+        ensure!(va == 2 * i, "a {i}: {va}");
+        if i % 2 == 0 {
+            let vb = mb.next().ctx("b ended")?.map_err(|e| format!("b: {e}"))?;
+            ensure!(vb == 2 * (100_000 + i / 2), "b {}: {vb}", i / 2);
+        }
+    }
+    drop(ma);
+    let mut ib = 617u64;
+    for r in mb {
+        let v = r.map_err(|e| format!("b {ib}: {e}"))?;
+        ensure!(v == 2 * (100_000 + ib), "b {ib}: {v}");
+        ib += 1;
+    }
+    ensure!(ib == 50_000, "b: {ib}");
+    for (i, r) in (0u64..).zip(pool.map(7..1007u64)) {
+        ensure!(r.map_err(|e| format!("{e}"))? == 2 * (7 + i), "c {i}");
+    }
+    pool.shutdown().ctx("shutdown")?;
     Ok(())
 }

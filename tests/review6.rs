@@ -15,6 +15,7 @@ use support::{Context, Outcome, Reap};
 fn main() {
     support::run(cases![
         scribbled_presence_reclaimed_by_another_thread_keeps_the_holders_locks_robust,
+        tgkill_refused_is_not_a_dead_holder,
         scribbled_sel_word_does_not_make_an_idle_select_poll,
         regression_holder_threads_that_exit_do_not_use_up_the_table,
     ]);
@@ -103,6 +104,18 @@ struct Shared {
 unsafe impl forkipc::Shareable for Shared {}
 
 fn scribbled_presence_reclaimed_by_another_thread_keeps_the_holders_locks_robust() -> Outcome {
+    reclaimed_slot_case(false)
+}
+
+/// The same in a process where `tgkill` is refused (EPERM, what a seccomp profile or a
+/// security module can do): the check "is the thread that took this slot alive" must not read
+/// a refusal as "gone" (it did: the live main thread's slot was reclaimed). From a review of
+/// the fix above (helper session).
+fn tgkill_refused_is_not_a_dead_holder() -> Outcome {
+    reclaimed_slot_case(true)
+}
+
+fn reclaimed_slot_case(deny_tgkill: bool) -> Outcome {
     let region = support::leak(AnonRegion::new(4096).ctx("region")?);
     let sh: &'static Shared = region
         .alloc(Shared {
@@ -112,6 +125,16 @@ fn scribbled_presence_reclaimed_by_another_thread_keeps_the_holders_locks_robust
     let flags = support::counters(2).ctx("counters")?;
     let mut a = Reap(
         forkipc::fork((), move |()| {
+            if deny_tgkill {
+                let deny = support::Deny {
+                    nr: libc::SYS_tgkill,
+                    arg: None,
+                    errno: libc::EPERM,
+                };
+                if support::deny_syscalls(&[deny]).is_err() {
+                    return 7;
+                }
+            }
             // A's presence, taken by this (main) thread, from a slot found from A's pid.
             let Ok((_t, _r)) = forkipc::channel::<u64>(1) else {
                 return 2;

@@ -402,6 +402,101 @@ pub fn cost_of<T>(f: impl FnOnce() -> T) -> (T, Duration, u64) {
     (r, cpu_time() - cpu0, voluntary_switches() - sw0)
 }
 
+/// One rule of a seccomp filter: system call `nr` fails with `errno`; with `arg`
+/// `Some((i, v))`, only when the low 32 bits of its argument `i` equal `v`.
+pub struct Deny {
+    pub nr: libc::c_long,
+    pub arg: Option<(u32, u32)>,
+    pub errno: i32,
+}
+
+/// `AUDIT_ARCH_X86_64` from `<linux/audit.h>` (EM_X86_64 | 64-bit | little endian).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// Installs a seccomp filter on the calling process (and the children it forks later) that
+/// applies `rules` and allows everything else.
+#[cfg(target_arch = "x86_64")]
+pub fn deny_syscalls(rules: &[Deny]) -> Outcome {
+    use libc::{
+        BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SECCOMP_RET_ALLOW,
+        SECCOMP_RET_ERRNO, sock_filter,
+    };
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jf: u8| sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = |offset: u32| stmt(BPF_LD | BPF_W | BPF_ABS, offset);
+    // struct seccomp_data: nr at 0, arch at 4, args[6] (u64 each) from 16; little endian, so
+    // an argument's low 32 bits are at 16 + 8 i.
+    let mut prog = vec![
+        load(4),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ];
+    for r in rules {
+        prog.push(load(0));
+        match r.arg {
+            None => prog.push(jeq(r.nr as u32, 1)),
+            Some((i, v)) => {
+                // Not this call: skip the argument test and the return.
+                prog.push(jeq(r.nr as u32, 3));
+                prog.push(load(16 + 8 * i));
+                prog.push(jeq(v, 1));
+            }
+        }
+        prog.push(stmt(
+            BPF_RET | BPF_K,
+            SECCOMP_RET_ERRNO | (r.errno as u32 & 0xffff),
+        ));
+    }
+    prog.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    ensure!(
+        r == 0,
+        "PR_SET_NO_NEW_PRIVS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the call (the kernel
+    // copies it).
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    ensure!(
+        r == 0,
+        "PR_SET_SECCOMP: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn deny_syscalls(_: &[Deny]) -> Outcome {
+    Err("the seccomp filters here are x86_64 BPF".into())
+}
+
 /// Polls `cond` (with short sleeps) until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
