@@ -2190,10 +2190,12 @@ fn recv_checked(rx: &Receiver<[u64; 8]>, tseed: u64, n: u64) -> Outcome {
     Ok(())
 }
 
-/// A receiver: checks the `n` messages of stream `tseed`, sets `ready`, blocks in `recv`, and
-/// reports how that returned (a `GOT_` code in `got`) and when (`at`).
+/// A receiver: checks the `n` messages of stream `tseed`, sets `ready`, blocks in `recv` (with
+/// `first`, in a `Select` over `first`, a live and silent peer, and then `rx`), and reports how
+/// that returned (a `GOT_` code in `got`) and when (`at`).
 fn receive_then_block(
     rx: &Receiver<[u64; 8]>,
+    first: Option<&Receiver<u64>>,
     tseed: u64,
     n: u64,
     ready: &AtomicU64,
@@ -2201,42 +2203,29 @@ fn receive_then_block(
     at: &AtomicU64,
 ) -> Outcome {
     recv_checked(rx, tseed, n)?;
-    ready.store(1, Ordering::SeqCst);
-    let code = match rx.recv() {
-        Ok(_) => GOT_MESSAGE,
+    let delivered = match first {
+        None => {
+            ready.store(1, Ordering::SeqCst);
+            rx.recv().map(|_| ())
+        }
+        Some(first) => {
+            let mut sel = Select::new();
+            sel.recv(first);
+            let mine = sel.recv(rx);
+            ready.store(1, Ordering::SeqCst);
+            if sel.ready() == mine {
+                rx.try_recv()
+                    .map(|_| ())
+                    .map_err(|_| forkipc::RecvError::Disconnected)
+            } else {
+                Err(forkipc::RecvError::Disconnected) // `first` cannot be ready: not ours
+            }
+        }
+    };
+    let code = match delivered {
+        Ok(()) => GOT_MESSAGE,
         Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
         Err(_) => GOT_OTHER_DISCONNECT,
-    };
-    at.store(support::mono_ns(), Ordering::SeqCst);
-    got.store(code, Ordering::SeqCst);
-    Ok(())
-}
-
-/// As `receive_then_block`, with the blocking `recv` replaced by a `Select` over `first` (a
-/// live, silent peer) and then `rx`.
-fn select_then_block(
-    rx: &Receiver<[u64; 8]>,
-    first: &Receiver<u64>,
-    tseed: u64,
-    n: u64,
-    ready: &AtomicU64,
-    got: &AtomicU64,
-    at: &AtomicU64,
-) -> Outcome {
-    recv_checked(rx, tseed, n)?;
-    let mut sel = Select::new();
-    sel.recv(first);
-    let mine = sel.recv(rx);
-    ready.store(1, Ordering::SeqCst);
-    let i = sel.ready();
-    let code = if i != mine {
-        GOT_OTHER_DISCONNECT
-    } else {
-        match rx.try_recv() {
-            Ok(_) => GOT_MESSAGE,
-            Err(_) if rx.disconnect_reason() == Some(DisconnectReason::PeerDied) => GOT_PEER_DIED,
-            Err(_) => GOT_OTHER_DISCONNECT,
-        }
     };
     at.store(support::mono_ns(), Ordering::SeqCst);
     got.store(code, Ordering::SeqCst);
@@ -2280,17 +2269,14 @@ fn woken_presence_trial(
     }
     let mut r1 = spawn("receiver R1", (rx1, rxl), move |(rx1, rxl)| {
         let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
-        if r1_select {
-            select_then_block(&rx1, &rxl, !tseed, n1, ready, got, at)?;
-        } else {
-            receive_then_block(&rx1, !tseed, n1, ready, got, at)?;
-        }
+        let first = r1_select.then_some(&rxl);
+        receive_then_block(&rx1, first, !tseed, n1, ready, got, at)?;
         park()
     })?;
     await_blocked(&wt.victim_ready, r1.id(), "R1")?;
     let mut r2 = spawn("receiver R2", rx2, move |rx2| {
         let (ready, got, at) = (&wt.survivor_ready, &wt.survivor_got, &wt.survivor_ns);
-        receive_then_block(&rx2, tseed, n2, ready, got, at)
+        receive_then_block(&rx2, None, tseed, n2, ready, got, at)
     })?;
     await_blocked(&wt.survivor_ready, r2.id(), "R2")?;
     let s_pid = sender.id();
@@ -2448,7 +2434,7 @@ fn forgotten_guard_trial(rng: &mut Rng, tseed: u64) -> Result<TrialEnd, String> 
     await_futex_sleep(w_pid, "the waiter W")?;
     let mut r = spawn("receiver R", rx, move |rx| {
         let (ready, got, at) = (&wt.victim_ready, &wt.victim_got, &wt.victim_ns);
-        receive_then_block(&rx, tseed, n_msgs, ready, got, at)
+        receive_then_block(&rx, None, tseed, n_msgs, ready, got, at)
     })?;
     await_blocked(&wt.victim_ready, r.id(), "R")?;
     wt.go.store(1, Ordering::SeqCst);

@@ -335,11 +335,11 @@ fn pool_compromised_worker_scribbles_slots_and_scratches() -> Outcome {
         wrong.is_empty(),
         "wrong results after scribbles ({hit} scribbling jobs, {took:?}): {wrong:?}"
     );
-    let twice: Vec<_> = (0..N as usize)
-        .filter(|&x| ran[x].load(Ordering::SeqCst) != 1)
-        .take(10)
-        .collect();
-    ensure!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+    let twice = support::not_run_once(&ran[..N as usize]);
+    ensure!(
+        twice.is_empty(),
+        "jobs not run exactly once (job, runs): {twice:?}"
+    );
     Ok(())
 }
 
@@ -410,12 +410,11 @@ fn pool_forged_own_scratch_records_then_death() -> Outcome {
     pool.shutdown().ctx("shutdown")?;
     bad.truncate(10);
     ensure!(bad.is_empty(), "wrong outcomes: {bad:?}");
-    let twice: Vec<_> = (0..N as usize)
-        .filter(|&x| ran[x].load(Ordering::SeqCst) != 1)
-        .map(|x| (x, ran[x].load(Ordering::SeqCst)))
-        .take(10)
-        .collect();
-    ensure!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+    let twice = support::not_run_once(&ran[..N as usize]);
+    ensure!(
+        twice.is_empty(),
+        "jobs not run exactly once (job, runs): {twice:?}"
+    );
     Ok(())
 }
 
@@ -592,11 +591,11 @@ fn pool_panics_with_batches_behind() -> Outcome {
     pool.shutdown().ctx("shutdown")?;
     bad.truncate(10);
     ensure!(bad.is_empty(), "wrong outcomes: {bad:?}");
-    let twice: Vec<_> = (0..N as usize)
-        .filter(|&x| ran[x].load(Ordering::SeqCst) != 1)
-        .take(10)
-        .collect();
-    ensure!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+    let twice = support::not_run_once(&ran[..N as usize]);
+    ensure!(
+        twice.is_empty(),
+        "jobs not run exactly once (job, runs): {twice:?}"
+    );
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use forkipc::{ByteDuplex, ByteSender, Duplex, Receiver, Sender};
+use forkipc::{ByteDuplex, ByteSender, Duplex, Sender};
 
 use crate::harness::{
     CHILD_CPU, Go, GoReceiver, check, expected_sum, kill_and_reap_forkipc, middle_sum, payload,
@@ -139,7 +139,7 @@ pub fn byte_stream(size: usize, n: u64, zero_copy: bool) -> Result<Duration, Str
         || {
             let middle = middle_sum(&payload(size));
             let mut buf = Vec::with_capacity(size);
-            let mut take = |seq: u64| -> Result<(), String> {
+            go_tx.take_stream(warm, n, |seq| {
                 if zero_copy {
                     let msg = rx.recv_ref().map_err(|e| err("recv_ref", seq, e))?;
                     check(&msg, size, seq)?;
@@ -151,16 +151,7 @@ pub fn byte_stream(size: usize, n: u64, zero_copy: bool) -> Result<Duration, Str
                     check(&buf, size, seq)?;
                 }
                 Ok(())
-            };
-            for seq in 0..warm {
-                take(seq)?;
-            }
-            let start = Instant::now();
-            go_tx.go()?;
-            for seq in warm..warm + n {
-                take(seq)?;
-            }
-            Ok(start.elapsed())
+            })
         },
     )
 }
@@ -174,26 +165,18 @@ fn produce(
     zero_copy: bool,
 ) -> Result<(), String> {
     let mut src = payload(size);
-    let send = |seq: u64, src: &mut Vec<u8>| -> Result<(), String> {
+    go.send_stream(warm, n, |seq| {
         if zero_copy {
             let mut grant = tx.reserve(size).map_err(|e| err("child reserve", seq, e))?;
-            grant.copy_from_slice(src);
+            grant.copy_from_slice(&src);
             stamp(&mut grant, seq);
             grant.commit();
         } else {
-            stamp(src, seq);
-            tx.send(src).map_err(|e| err("child send", seq, e))?;
+            stamp(&mut src, seq);
+            tx.send(&src).map_err(|e| err("child send", seq, e))?;
         }
         Ok(())
-    };
-    for seq in 0..warm {
-        send(seq, &mut src)?;
-    }
-    go.wait()?;
-    for seq in warm..warm + n {
-        send(seq, &mut src)?;
-    }
-    Ok(())
+    })
 }
 
 /// Round trips of one `u64` (the sequence number itself) over `duplex::<u64, u64>`.
@@ -234,32 +217,18 @@ pub fn typed_stream(n: u64) -> Result<Duration, String> {
     with_child(
         tx,
         move |tx: Sender<u64>| {
-            for seq in 0..warm {
-                tx.send(seq).map_err(|e| err("child send", seq, e))?;
-            }
-            go_rx.wait()?;
-            for seq in warm..warm + n {
-                tx.send(seq).map_err(|e| err("child send", seq, e))?;
-            }
-            Ok(())
+            go_rx.send_stream(warm, n, |seq| {
+                tx.send(seq).map_err(|e| err("child send", seq, e))
+            })
         },
         || {
-            let take = |rx: &Receiver<u64>, seq: u64| -> Result<(), String> {
+            go_tx.take_stream(warm, n, |seq| {
                 let v = rx.recv().map_err(|e| err("recv", seq, e))?;
                 if v != seq {
                     return Err(format!("message {seq}: got {v}"));
                 }
                 Ok(())
-            };
-            for seq in 0..warm {
-                take(&rx, seq)?;
-            }
-            let start = Instant::now();
-            go_tx.go()?;
-            for seq in warm..warm + n {
-                take(&rx, seq)?;
-            }
-            Ok(start.elapsed())
+            })
         },
     )
 }

@@ -275,6 +275,47 @@ impl GoReceiver {
     }
 }
 
+impl GoReceiver {
+    /// The producing side of a timed stream: `warm` messages, then wait for the go, then `n`
+    /// more (`send` gets each sequence number).
+    pub fn send_stream(
+        self,
+        warm: u64,
+        n: u64,
+        mut send: impl FnMut(u64) -> Result<(), String>,
+    ) -> Result<(), String> {
+        for seq in 0..warm {
+            send(seq)?;
+        }
+        self.wait()?;
+        for seq in warm..warm + n {
+            send(seq)?;
+        }
+        Ok(())
+    }
+}
+
+impl GoSender {
+    /// The consuming side: take the `warm` messages, start the clock, give the go, take `n`
+    /// more; returns the time from the go to the last one.
+    pub fn take_stream(
+        self,
+        warm: u64,
+        n: u64,
+        mut take: impl FnMut(u64) -> Result<(), String>,
+    ) -> Result<Duration, String> {
+        for seq in 0..warm {
+            take(seq)?;
+        }
+        let start = Instant::now();
+        self.go()?;
+        for seq in warm..warm + n {
+            take(seq)?;
+        }
+        Ok(start.elapsed())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Message stamps
 

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -76,37 +76,18 @@ pub fn stream<T: Tx, R: Rx>(tx: T, mut rx: R, size: usize, n: u64) -> Result<Dur
     let pid = fork_child(move || {
         let mut tx = tx;
         let mut src = payload(size);
-        let mut send = |seq: u64| {
+        go_rx.send_stream(warm, n, |seq| {
             stamp(&mut src, seq);
             tx.send(&src)
                 .map_err(|e| format!("child send, message {seq}: {e}"))
-        };
-        for seq in 0..warm {
-            send(seq)?;
-        }
-        go_rx.wait()?;
-        for seq in warm..warm + n {
-            send(seq)?;
-        }
-        Ok(())
+        })
     })?;
     let mut buf = Vec::with_capacity(size);
-    let mut take = |seq: u64| -> Result<(), String> {
+    let result = go_tx.take_stream(warm, n, |seq| {
         rx.recv(&mut buf, size)
             .map_err(|e| format!("recv, message {seq}: {e}"))?;
         check(&buf, size, seq)
-    };
-    let result = (|| {
-        for seq in 0..warm {
-            take(seq)?;
-        }
-        let start = Instant::now();
-        go_tx.go()?;
-        for seq in warm..warm + n {
-            take(seq)?;
-        }
-        Ok(start.elapsed())
-    })();
+    });
     match result {
         Ok(elapsed) => reap(pid).map(|()| elapsed),
         Err(e) => Err(kill_and_reap(pid, e)),

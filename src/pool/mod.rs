@@ -402,25 +402,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
         let header: *const Header = region.alloc(Header {
             waiting: AtomicU32::new(0),
         })?;
-        let first: *const WorkerSlot = region.alloc(WorkerSlot {
-            current: AtomicU64::new(IDLE),
-            started: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            flushes: AtomicU64::new(0),
-            cost: AtomicU64::new(0),
-            cost_at: AtomicU64::new(0),
-            cpu: AtomicU64::new(0),
-        })?;
+        let first: *const WorkerSlot = region.alloc(WorkerSlot::idle())?;
         for _ in 1..n {
-            region.alloc(WorkerSlot {
-                current: AtomicU64::new(IDLE),
-                started: AtomicU64::new(0),
-                pending: AtomicU64::new(0),
-                flushes: AtomicU64::new(0),
-                cost: AtomicU64::new(0),
-                cost_at: AtomicU64::new(0),
-                cpu: AtomicU64::new(0),
-            })?;
+            region.alloc(WorkerSlot::idle())?;
         }
         let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
         // SAFETY: the header and then `n` initialised `WorkerSlot`s (64 bytes each, 64-aligned,

@@ -65,6 +65,21 @@ pub(super) struct WorkerSlot {
 // SAFETY: seven atomics, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for WorkerSlot {}
 
+impl WorkerSlot {
+    /// A slot before its worker's first job.
+    pub(super) const fn idle() -> WorkerSlot {
+        WorkerSlot {
+            current: AtomicU64::new(IDLE),
+            started: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            cost: AtomicU64::new(0),
+            cost_at: AtomicU64::new(0),
+            cpu: AtomicU64::new(0),
+        }
+    }
+}
+
 const _: () = assert!(std::mem::size_of::<Header>() == 64);
 const _: () = assert!(std::mem::size_of::<WorkerSlot>() == 64);
 

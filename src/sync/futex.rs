@@ -51,22 +51,36 @@ impl FutexWord {
     /// Where one `futex_waitv` cannot cover them all (the kernel lacks it, or more than 126
     /// words besides `self` and the relay), sleeps on what fits (or `self` alone) for at most
     /// `fallback`, so the caller gets to re-check the rest itself.
-    pub(crate) fn wait_any(
-        &self,
+    pub(crate) fn wait_any<'a>(
+        &'a self,
         expected: u32,
-        relay: Option<(&FutexWord, u32)>,
-        others: &[(&FutexWord, u32)],
+        relay: Option<(&'a FutexWord, u32)>,
+        others: &[(&'a FutexWord, u32)],
         deadline: Option<&Deadline>,
         fallback: std::time::Duration,
     ) -> (Wake, bool) {
         let room = crate::sys::FUTEX_WAITV_MAX - 1 - usize::from(relay.is_some());
-        let mut words: Vec<(&super::AtomicU32, u32)> =
-            Vec::with_capacity(others.len().min(room) + 2);
-        words.push((&self.value, expected));
-        words.extend(relay.iter().map(|(w, v)| (&w.value, *v)));
-        words.extend(others.iter().take(room).map(|(w, v)| (&w.value, *v)));
+        let count = 1 + usize::from(relay.is_some()) + others.len().min(room);
+        let fill = |words: &mut [(&'a super::AtomicU32, u32)]| {
+            let rest = relay.iter().chain(others.iter().take(room));
+            for (slot, (w, v)) in words[1..].iter_mut().zip(rest) {
+                *slot = (&w.value, *v);
+            }
+        };
         let short = (others.len() > room).then(|| Deadline::after(fallback).min_with(deadline));
-        if let Some(w) = crate::sys::futex_waitv(&words, short.as_ref().or(deadline)) {
+        let timeout = short.as_ref().or(deadline);
+        // A blocked `recv` sleeps on two words, a `Select` on a few: no allocation for those
+        // (this runs on every sleep).
+        let waited = if count <= 4 {
+            let mut words = [(&self.value, expected); 4];
+            fill(&mut words);
+            crate::sys::futex_waitv(&words[..count], timeout)
+        } else {
+            let mut words = vec![(&self.value, expected); count];
+            fill(&mut words);
+            crate::sys::futex_waitv(&words, timeout)
+        };
+        if let Some(w) = waited {
             use crate::sys::Waitv;
             return match w {
                 Waitv::Woken(i) => (Wake::Retry, i > 0),

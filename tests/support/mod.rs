@@ -611,6 +611,17 @@ pub fn counters(n: usize) -> Result<&'static [std::sync::atomic::AtomicU32], Str
     Ok(unsafe { std::slice::from_raw_parts(region.as_ptr() as *const AtomicU32, n) })
 }
 
+/// The first few jobs (index, runs) whose counter in `ran` is not exactly 1; empty when every
+/// job ran exactly once.
+pub fn not_run_once(ran: &[std::sync::atomic::AtomicU32]) -> Vec<(usize, u32)> {
+    ran.iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        .enumerate()
+        .filter(|&(_, c)| c != 1)
+        .take(10)
+        .collect()
+}
+
 /// As [`counters`], with `AtomicU64`s.
 pub fn shared_u64(n: usize) -> Result<&'static [std::sync::atomic::AtomicU64], String> {
     use std::sync::atomic::AtomicU64;
