@@ -457,23 +457,33 @@ pub(super) fn accept_run<J, R, W: Wire<R>>(
         while let Some(s) = w.in_flight.front_mut() {
             let sent = s.bytes.get(s.at..).unwrap_or_default().chunks_exact(stride);
             let got = frame.get(at..).unwrap_or_default().chunks_exact(rlen);
+            // The states of consecutive ids from the frame's oldest unreported job on, walked
+            // in step with the records (one deque lookup per run, not per job).
+            let Some(first) = s.bytes.get(s.at..).and_then(le_u64) else {
+                return at;
+            };
+            let Some(i0) = first
+                .checked_sub(inner.base)
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < inner.jobs.len())
+            else {
+                return at;
+            };
+            let states = inner.jobs.range_mut(i0..);
             let mut taken = 0;
-            for (job, res) in sent.zip(got) {
+            for (((job, res), st), want) in sent.zip(got).zip(states).zip(first..) {
                 let (Some(expect), Some(id)) = (le_u64(job), le_u64(res)) else {
                     break;
                 };
                 let len = res.get(9..RES_HDR).and_then(|l| l.try_into().ok());
                 if id != expect
+                    || id != want
                     || res.get(8) != Some(&KIND_OK)
                     || len.map(u32::from_le_bytes) != Some(size as u32)
                 {
                     break;
                 }
-                let Some(st @ JobState::Pending) = id
-                    .checked_sub(inner.base)
-                    .and_then(|i| usize::try_from(i).ok())
-                    .and_then(|i| inner.jobs.get_mut(i))
-                else {
+                let JobState::Pending = st else {
                     break;
                 };
                 let payload = res.get(RES_HDR..).unwrap_or_default();

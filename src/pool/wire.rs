@@ -27,6 +27,12 @@ pub(super) trait Wire<T> {
     const SIZE: Option<usize>;
     fn enc(v: &T, out: &mut Vec<u8>) -> Result<(), String>;
     fn dec(b: &[u8]) -> Result<T, String>;
+    /// The value's encoding, if it is its bytes as they are (plain data: it cannot fail and
+    /// needs no buffer of its own). Always `SIZE` bytes when `Some`.
+    #[inline]
+    fn as_bytes(_v: &T) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Plain data as its bytes (bytemuck), validated on decoding.
@@ -42,6 +48,10 @@ impl<T: crate::Plain> Wire<T> for PlainWire {
     #[inline]
     fn dec(b: &[u8]) -> Result<T, String> {
         bytemuck::checked::try_pod_read_unaligned::<T>(b).map_err(|e| e.to_string())
+    }
+    #[inline]
+    fn as_bytes(v: &T) -> Option<&[u8]> {
+        Some(bytemuck::bytes_of(v))
     }
 }
 
@@ -129,8 +139,28 @@ pub(super) fn enc_jobs<J, W: Wire<J>>(
     {
         // Fixed-size payloads (plain data): every header is known up front, and a record is
         // never too large; only the encoder's own failure is checked.
-        buf.reserve(jobs.len() * (JOB_HDR + size));
         let len = (size as u32).to_le_bytes();
+        let stride = JOB_HDR + size;
+        if jobs.first().and_then(W::as_bytes).is_some() {
+            // The payloads are the jobs' own bytes: size the buffer once and fill it in place
+            // (one length check for the lot instead of two appends per record).
+            let start = buf.len();
+            buf.resize(start + jobs.len() * stride, 0);
+            let recs = buf
+                .get_mut(start..)
+                .unwrap_or_default()
+                .chunks_exact_mut(stride);
+            for ((id, job), rec) in (first..).zip(jobs).zip(recs) {
+                let (hdr, payload) = rec.split_at_mut(JOB_HDR);
+                hdr[..8].copy_from_slice(&id.to_le_bytes());
+                hdr[8..].copy_from_slice(&len);
+                if let Some(b) = W::as_bytes(job) {
+                    payload.copy_from_slice(b);
+                }
+            }
+            return;
+        }
+        buf.reserve(jobs.len() * stride);
         for (id, job) in (first..).zip(jobs) {
             let start = buf.len();
             let mut hdr = [0; JOB_HDR];

@@ -89,6 +89,7 @@ pub(super) struct Scratch(*mut u8);
 
 impl Scratch {
     /// Copies `src` to offset `at`. Only `worker_main` calls it, in its own worker.
+    #[inline(always)]
     pub(super) fn write(self, at: usize, src: &[u8]) {
         if at.checked_add(src.len()).is_none_or(|end| end > SCRATCH) {
             return;
@@ -162,6 +163,7 @@ impl Lane<'_> {
     /// Commits the result record that starts at `start` of `out` (its header still blank; its
     /// payload encoded after it): fills in the header, sends first what was there before it if
     /// the frame would be too large, mirrors the record in the scratch and publishes it.
+    /// `fixed`: the payload size of every result, if the wire has one.
     /// Without `mirror` (the frame's last job: the caller sends `out` at once, which is then
     /// the commit, and clears `pending` anyway) the record is only written in `out`.
     /// `false` if the owner is gone.
@@ -173,6 +175,7 @@ impl Lane<'_> {
         id: u64,
         mut kind: u8,
         mirror: bool,
+        fixed: Option<usize>,
     ) -> bool {
         if out.len() - start > MAX_FRAME {
             // Too large for any frame: a report of that instead (a panic message is cut).
@@ -200,7 +203,12 @@ impl Lane<'_> {
         if !mirror {
             return true;
         }
-        self.scratch.write(start, &out[start..]);
+        match out.get(start..start + RES_HDR + fixed.unwrap_or(usize::MAX / 2)) {
+            // A result of the size every result has (plain data): a copy of a length known at
+            // compile time, a few moves instead of a call.
+            Some(rec) if out.len() == start + rec.len() => self.scratch.write(start, rec),
+            _ => self.scratch.write(start, &out[start..]),
+        }
         // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
         // sees the record written above.
         self.slot.pending.store(out.len() as u64, Ordering::Release);
@@ -313,7 +321,7 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
             // The frame's last job is committed by the send that follows (below), with
             // nothing in between that could be seen or lost: no scratch copy for it.
             let last = at >= frame.len() && max_jobs.is_none_or(|m| done + 1 < m);
-            if !lane.commit(&mut out, start, id, kind, !last) {
+            if !lane.commit(&mut out, start, id, kind, !last, <W as Wire<R>>::SIZE) {
                 return 0; // the owner is gone
             }
             done += 1;
