@@ -41,6 +41,10 @@ pub(super) struct Worker {
     pub(super) in_flight: VecDeque<Sent>,
     /// Jobs sent and not yet reported.
     pub(super) load: usize,
+    /// When (`sys::mono_ns`) `dispatch` last gave it a batch while it had nothing in flight:
+    /// a worker given its batch just now is moving, not stuck (see `keeper`). (`send_one`, the
+    /// single-job path, does not read the clock for it.)
+    pub(super) busy_since: u64,
     /// Jobs dispatched to this worker in its life (for `max_jobs_per_worker`).
     pub(super) dispatched: u64,
     /// The job it was killed for, having run past `job_timeout`.

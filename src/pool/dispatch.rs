@@ -373,6 +373,9 @@ impl<J, R> Inner<J, R> {
             };
             match w.jobs.try_send(&frame) {
                 Ok(()) => {
+                    if w.load == 0 {
+                        w.busy_since = crate::sys::mono_ns();
+                    }
                     w.load += taken;
                     w.dispatched += taken as u64;
                     w.in_flight.push_back(Sent {
@@ -420,13 +423,15 @@ impl<J, R> Inner<J, R> {
     ///
     /// If `idle` and a busy worker are pinned to the same single CPU (`WorkerSlot::cpu`), they
     /// cannot run in parallel, and spreading tiny jobs between them costs a context switch per
-    /// batch. Then the batch goes to that busy worker if it is fast and moving: its measured
-    /// cost per job (`WorkerSlot::cost`) times its jobs in flight plus the queue is within
-    /// `KEEP`, and it finished a batch within `KEEP` (it is not stuck in a long job while
-    /// `idle` could time-slice with it). If its window is full, the batch waits in the queue
-    /// for its next results, at most `KEEP` (`hold_until`; `pump` never sleeps past it).
-    /// Otherwise (workers not pinned together, jobs of unknown or larger cost) it spreads as
-    /// usual.
+    /// batch (and `map`'s in-order results then wait for whichever is descheduled). Then the
+    /// batch goes to that busy worker if it is fast and moving: its measured cost per job
+    /// (`WorkerSlot::cost`) times its jobs in flight plus the queue is within `KEEP`, and it
+    /// is not stuck in a long job while `idle` could time-slice with it: it finished a batch,
+    /// or was given one, within `KEEP`, or it has not started the jobs it was given (it is
+    /// being woken: in a VM that can take longer than `KEEP`) for at most `WAKE`. If its
+    /// window is full, the batch waits in the queue for its next results as long as that
+    /// holds (`hold_until`; `pump` never sleeps past it). Otherwise (workers not pinned
+    /// together, jobs of unknown or larger cost) it spreads as usual.
     fn keeper(&mut self, idle: usize) -> Keep {
         // Relaxed (here and below): hints (see `WorkerSlot`).
         let cpu = self.slots[idle].cpu.load(Ordering::Relaxed);
@@ -436,7 +441,8 @@ impl<J, R> Inner<J, R> {
         let max = self.cfg.max_jobs_per_worker;
         let queued = self.queue.len() as u64;
         let keep_ns = KEEP.as_nanos() as u64;
-        let mut full = false;
+        let wake_ns = WAKE.as_nanos() as u64;
+        let mut hold_ns = None;
         let mut now_ns = None;
         for (b, w) in self.workers.iter().enumerate() {
             let Some(w) = w else { continue };
@@ -447,30 +453,36 @@ impl<J, R> Inner<J, R> {
             if cost == 0 || cost.saturating_mul(w.load as u64 + queued) > keep_ns {
                 continue;
             }
-            // Only while it keeps finishing batches: one stuck in a long job is not a keeper.
             let now_ns = *now_ns.get_or_insert_with(crate::sys::mono_ns);
-            let at = self.slots[b].cost_at.load(Ordering::Relaxed);
-            if now_ns.saturating_sub(at) > keep_ns {
+            let since = self.slots[b]
+                .cost_at
+                .load(Ordering::Relaxed)
+                .max(w.busy_since);
+            // Whether it has begun its oldest unreported job (jobs run in id order; `IDLE`:
+            // none since it was forked; `KILLED` counts as begun: it is no keeper).
+            let cur = self.slots[b].current.load(Ordering::Relaxed);
+            let begun = cur != IDLE && w.front().is_none_or(|f| cur >= f);
+            let patient_until = if begun {
+                since + keep_ns
+            } else {
+                (w.busy_since + wake_ns).max(since + keep_ns)
+            };
+            if now_ns > patient_until {
                 continue;
             }
             if w.load < WINDOW && max.is_none_or(|m| w.dispatched < m) {
                 self.hold_until = None;
                 return Keep::Send(b, w.load);
             }
-            full = true;
+            hold_ns = hold_ns.max(Some(patient_until - now_ns));
         }
-        if !full {
-            return Keep::Spread;
-        }
-        let now = Instant::now();
-        match self.hold_until {
-            None => {
-                self.hold_until = Some(now + KEEP);
+        match hold_ns {
+            // Its window is full: wait for its next results, while it stays a keeper.
+            Some(ns) => {
+                self.hold_until = Some(Instant::now() + Duration::from_nanos(ns));
                 Keep::Hold
             }
-            Some(t) if now < t => Keep::Hold,
-            // Held long enough: that worker did not come back for them in time.
-            Some(_) => Keep::Spread,
+            None => Keep::Spread,
         }
     }
 

@@ -65,6 +65,10 @@ pub const BATCH: usize = 256;
 /// longest a held batch waits for that worker.
 const KEEP: Duration = Duration::from_micros(100);
 
+/// How long dispatch keeps tiny jobs for a worker it gave a batch that has not begun it yet
+/// (it is being woken from sleep) before it counts it as stuck (see `keeper`).
+const WAKE: Duration = Duration::from_millis(2);
+
 /// How long the owner sleeps at most when the barrier failed (a worker may then not see
 /// `waiting` in time).
 const RECHECK: Duration = Duration::from_millis(1);
@@ -723,6 +727,7 @@ impl<J, R> Inner<J, R> {
             results: res_rx,
             in_flight: VecDeque::new(),
             load: 0,
+            busy_since: 0,
             dispatched: 0,
             timed_out: None,
             records: self.queue.records,
