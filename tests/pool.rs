@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{AnonRegion, JobError, Pool, PoolBuilder};
-use support::{Context, Outcome, counters};
+use support::{Context, Outcome, counters, no_children};
 
 fn main() {
     support::run(cases![
@@ -41,13 +41,6 @@ fn main() {
 }
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// No child of this process is left (all reaped).
-fn no_children() -> bool {
-    // SAFETY: waitpid with WNOHANG on any child; a null status pointer is allowed.
-    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
-}
 
 /// A `map` dropped after some results (its current run of ids and the runs queued behind it
 /// are abandoned, their results discarded when they come) leaves the pool working: a second

@@ -8,11 +8,11 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use forkipc::{JobError, Pool, PoolBuilder};
-use support::{Context, Outcome, counters, shared_maps, shared_u64};
+use support::{Context, Outcome, counters, find_pool_region, shared_maps, shared_u64, slot_word};
 
 fn main() {
     #[allow(unused_mut)]
@@ -47,34 +47,7 @@ const RING_64K: usize = 69632;
 
 /// Pool region layout (pool/worker.rs): header 64 B, `n` slots of 64 B, then `n` scratches of
 /// `SCRATCH` bytes. Slot words: current @0, started @8, pending @16, flushes @24.
-const SCRATCH: usize = 64 * 1024 / 2 - 16;
-
-fn pool_region_len(n: usize) -> usize {
-    (64 + 64 * n + SCRATCH * n).div_ceil(4096) * 4096
-}
-
-/// In a worker of an `n`-worker pool: the pool's region and this worker's slot index, found
-/// as the mapping of the pool region's size whose slot `k` says it runs job `id`.
-fn find_pool_region(n: usize, id: u64) -> Option<(usize, usize)> {
-    for (a, len) in shared_maps() {
-        if len != pool_region_len(n) {
-            continue;
-        }
-        for k in 0..n {
-            // SAFETY: inside a live shared mapping of this process.
-            let cur = unsafe { (*((a + 64 + 64 * k) as *const AtomicU64)).load(Ordering::SeqCst) };
-            if cur == id {
-                return Some((a, k));
-            }
-        }
-    }
-    None
-}
-
-fn slot_word(region: usize, k: usize, word: usize) -> &'static AtomicU64 {
-    // SAFETY: slot `k`'s word inside the pool region (a live shared mapping).
-    unsafe { &*((region + 64 + 64 * k + 8 * word) as *const AtomicU64) }
-}
+const SCRATCH: usize = support::POOL_SCRATCH;
 
 fn scratch_ptr(region: usize, n: usize, k: usize) -> *mut u8 {
     (region + 64 + 64 * n + SCRATCH * k) as *mut u8

@@ -24,10 +24,11 @@ use super::*;
 pub(super) enum Keep {
     /// To the least loaded worker, as usual.
     Spread,
-    /// To this busy worker, which has this many jobs in flight.
-    Send(usize, usize),
-    /// Nowhere yet: it waits for a busy worker's next results.
-    Hold,
+    /// To this busy worker, which has this many jobs in flight and stays a keeper for this
+    /// many nanoseconds more (if its ring is full, the batch is held that long at most).
+    Send(usize, usize, u64),
+    /// Nowhere yet: it waits for a busy worker's next results, this many nanoseconds at most.
+    Hold(u64),
 }
 
 /// Jobs queued in the owner, encoded, not yet sent.
@@ -322,19 +323,24 @@ impl<J, R> Inner<J, R> {
                 }
             }
             let Some((mut k, mut load)) = pick else {
-                self.hold_until = None;
+                self.end_hold();
                 return;
             };
             // Tiny jobs stay on a busy worker that gets through them sooner than an idle one
             // could start (see `keeper`), without the fair-share limit.
             let mut share = self.queue.len().div_ceil(eligible);
+            let mut kept = None;
             if load == 0 {
                 match self.keeper(k) {
                     Keep::Spread => {}
-                    Keep::Send(b, lb) => {
+                    Keep::Send(b, lb, patience) => {
                         (k, load, share) = (b, lb, usize::MAX);
+                        kept = Some(patience);
                     }
-                    Keep::Hold => return,
+                    Keep::Hold(patience) => {
+                        self.hold(patience);
+                        return;
+                    }
                 }
             }
             let Some(w) = self.workers[k].as_ref() else {
@@ -382,6 +388,9 @@ impl<J, R> Inner<J, R> {
                         bytes: frame,
                         at: 0,
                     });
+                    if kept.is_some() {
+                        self.end_hold();
+                    }
                     for _ in 0..from_again {
                         if let Some(r) = self.queue.again.pop_front() {
                             self.spare.push(r);
@@ -402,7 +411,12 @@ impl<J, R> Inner<J, R> {
                     // Keep the jobs queued.
                     self.spare.push(frame);
                     if matches!(e, crate::TrySendError::Full(_)) {
-                        return; // full: `pump` waits for its results
+                        // Full: `pump` waits for its results; for a keeper's, no longer than
+                        // it stays one (a stopped keeper must not hold the queue for good).
+                        if let Some(patience) = kept {
+                            self.hold(patience);
+                        }
+                        return;
                     }
                     // Disconnected: the worker is gone or going, or (compromised) it closed
                     // its job ring and lives on. Either way it takes no more jobs: retire it
@@ -429,13 +443,20 @@ impl<J, R> Inner<J, R> {
     /// is not stuck in a long job while `idle` could time-slice with it: it finished a batch,
     /// or was given one, within `KEEP`, or it has not started the jobs it was given (it is
     /// being woken: in a VM that can take longer than `KEEP`) for at most `WAKE`. If its
-    /// window is full, the batch waits in the queue for its next results as long as that
-    /// holds (`hold_until`; `pump` never sleeps past it). Otherwise (workers not pinned
+    /// window (or its ring) is full, the batch waits in the queue for its next results as long
+    /// as that holds, and at most `WAKE` (`hold`; `pump` never sleeps past `hold_until`). Otherwise (workers not pinned
     /// together, jobs of unknown or larger cost) it spreads as usual.
     fn keeper(&mut self, idle: usize) -> Keep {
         // Relaxed (here and below): hints (see `WorkerSlot`).
         let cpu = self.slots[idle].cpu.load(Ordering::Relaxed);
         if cpu == 0 {
+            self.end_hold();
+            return Keep::Spread;
+        }
+        // A hold never outlasts `WAKE` from its start, whatever the workers write in their
+        // slots (`cost_at` is theirs: a compromised one could claim to be moving for ever).
+        if self.hold_since.is_some_and(|t| t.elapsed() >= WAKE) {
+            self.end_hold();
             return Keep::Spread;
         }
         let max = self.cfg.max_jobs_per_worker;
@@ -462,28 +483,48 @@ impl<J, R> Inner<J, R> {
             // none since it was forked; `KILLED` counts as begun: it is no keeper).
             let cur = self.slots[b].current.load(Ordering::Relaxed);
             let begun = cur != IDLE && w.front().is_none_or(|f| cur >= f);
+            // Saturating: `cost_at` is whatever the worker wrote.
             let patient_until = if begun {
-                since + keep_ns
+                since.saturating_add(keep_ns)
             } else {
-                (w.busy_since + wake_ns).max(since + keep_ns)
+                w.busy_since
+                    .saturating_add(wake_ns)
+                    .max(since.saturating_add(keep_ns))
             };
             if now_ns > patient_until {
                 continue;
             }
+            let patience = patient_until - now_ns;
             if w.load < WINDOW && max.is_none_or(|m| w.dispatched < m) {
-                self.hold_until = None;
-                return Keep::Send(b, w.load);
+                return Keep::Send(b, w.load, patience);
             }
-            hold_ns = hold_ns.max(Some(patient_until - now_ns));
+            hold_ns = hold_ns.max(Some(patience));
         }
         match hold_ns {
             // Its window is full: wait for its next results, while it stays a keeper.
-            Some(ns) => {
-                self.hold_until = Some(Instant::now() + Duration::from_nanos(ns));
-                Keep::Hold
+            Some(ns) => Keep::Hold(ns),
+            None => {
+                self.end_hold();
+                Keep::Spread
             }
-            None => Keep::Spread,
         }
+    }
+
+    /// Holds the queue for a keeper: `pump` wakes by `hold_until` at the latest, `patience`
+    /// nanoseconds from now, and never later than `WAKE` after the hold began.
+    fn hold(&mut self, patience: u64) {
+        let now = Instant::now();
+        let since = *self.hold_since.get_or_insert(now);
+        let until = now
+            .checked_add(Duration::from_nanos(patience))
+            .map_or(since + WAKE, |t| t.min(since + WAKE));
+        self.hold_until = Some(until);
+    }
+
+    /// The queue is no longer held.
+    fn end_hold(&mut self) {
+        self.hold_until = None;
+        self.hold_since = None;
     }
 
     /// Waits for something to happen (a result, a death, a job deadline) and handles it.

@@ -271,6 +271,8 @@ struct Inner<J, R> {
     /// Until when dispatch may hold queued tiny jobs for a busy worker (see
     /// `dispatch::keeper`); `None` while it holds none.
     hold_until: Option<Instant>,
+    /// When the current hold began (a hold lasts `WAKE` at most).
+    hold_since: Option<Instant>,
     closed: bool,
     /// The process that built the pool: a copy inherited through `fork` does nothing (its
     /// workers are not its children, and their slots are the owner's).
@@ -445,6 +447,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             next_id: 0,
             respawn_error: None,
             hold_until: None,
+            hold_since: None,
             closed: false,
             owner: crate::sync::ident::current_ident(),
         };

@@ -52,7 +52,7 @@ pub(super) struct WorkerSlot {
     pub(super) flushes: AtomicU64,
     /// Nanoseconds per job of its last batch of more than one job (0: none yet). Dispatch
     /// reads it to keep tiny jobs on a busy worker (see `dispatch::keeper`); a lie there only
-    /// moves jobs between workers, and a held batch waits at most `KEEP`.
+    /// moves jobs between workers, and a held batch waits at most `WAKE`.
     pub(super) cost: AtomicU64,
     /// When it measured `cost` (`CLOCK_MONOTONIC` ns): a worker that has not finished a batch
     /// for a while (stuck in a long job) is not kept busy with more.

@@ -663,3 +663,45 @@ pub fn shared_maps() -> Vec<(usize, usize)> {
         })
         .collect()
 }
+
+/// A pool's scratch size (pool/mod.rs: half the 64 KiB ring, less 16).
+pub const POOL_SCRATCH: usize = 64 * 1024 / 2 - 16;
+
+/// The size of an `n`-worker pool's region (pool/worker.rs: header 64 B, `n` slots of 64 B,
+/// then `n` scratches of `POOL_SCRATCH` bytes, in whole pages).
+pub fn pool_region_len(n: usize) -> usize {
+    (64 + 64 * n + POOL_SCRATCH * n).div_ceil(4096) * 4096
+}
+
+/// In a worker of an `n`-worker pool: the pool's region and this worker's slot index, found
+/// as the mapping of the pool region's size whose slot `k` says it runs job `id`.
+pub fn find_pool_region(n: usize, id: u64) -> Option<(usize, usize)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    for (a, len) in shared_maps() {
+        if len != pool_region_len(n) {
+            continue;
+        }
+        for k in 0..n {
+            // SAFETY: inside a live shared mapping of this process.
+            let cur = unsafe { (*((a + 64 + 64 * k) as *const AtomicU64)).load(Ordering::SeqCst) };
+            if cur == id {
+                return Some((a, k));
+            }
+        }
+    }
+    None
+}
+
+/// Word `word` of slot `k` of the pool region at `region`: current 0, started 1, pending 2,
+/// flushes 3, cost 4, cost_at 5, cpu 6.
+pub fn slot_word(region: usize, k: usize, word: usize) -> &'static std::sync::atomic::AtomicU64 {
+    // SAFETY: slot `k`'s word inside the pool region (a live shared mapping).
+    unsafe { &*((region + 64 + 64 * k + 8 * word) as *const std::sync::atomic::AtomicU64) }
+}
+
+/// No child of this process is left (all reaped).
+pub fn no_children() -> bool {
+    // SAFETY: waitpid with WNOHANG on any child; a null status pointer is allowed.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
