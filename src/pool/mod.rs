@@ -61,8 +61,8 @@ pub const BATCH: usize = 256;
 /// Work (jobs in flight plus queued, at a worker's measured cost per job) that dispatch keeps
 /// on one busy worker rather than spreading to an idle one: about twice what waking a sleeping
 /// worker costs on a virtual machine (≈50 µs), so spreading less than this could at best break
-/// even, and with workers sharing a CPU costs a context switch per batch. It is also the
-/// longest a held batch waits for that worker.
+/// even, and with workers sharing a CPU costs a context switch per batch. It is also how long
+/// a busy worker may go without finishing a batch and still count as moving.
 const KEEP: Duration = Duration::from_micros(100);
 
 /// How long dispatch keeps tiny jobs for a worker it gave a batch that has not begun it yet

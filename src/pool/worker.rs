@@ -50,9 +50,10 @@ pub(super) struct WorkerSlot {
     /// Result frames sent: bumped before the scratch is written over (a sequence lock for
     /// the owner's reads of a live worker's scratch).
     pub(super) flushes: AtomicU64,
-    /// Nanoseconds per job of its last batch of more than one job (0: none yet). Dispatch
-    /// reads it to keep tiny jobs on a busy worker (see `dispatch::keeper`); a lie there only
-    /// moves jobs between workers, and a held batch waits at most `WAKE`.
+    /// Nanoseconds per job of its batches of more than one job, a moving average over about
+    /// the last 8 (0: none yet). Dispatch reads it to keep tiny jobs on a busy worker (see
+    /// `dispatch::keeper`); a lie there only moves jobs between workers, and a held batch
+    /// waits at most `WAKE`.
     pub(super) cost: AtomicU64,
     /// When it measured `cost` (`CLOCK_MONOTONIC` ns): a worker that has not finished a batch
     /// for a while (stuck in a long job) is not kept busy with more.
@@ -234,6 +235,8 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
     let mut frame = Vec::new();
     let mut out = Vec::with_capacity(MAX_FRAME + RES_HDR);
     let mut done = 0u64;
+    // Its cost per job, smoothed (see below).
+    let mut cost = 0u64;
     // What this worker last published in `current` (the owner stored `IDLE` before the fork).
     let mut current = IDLE;
     loop {
@@ -340,9 +343,17 @@ pub(super) fn worker_main<J, R, W: Wire<J> + Wire<R>>(
         }
         if timed_batch && ran > 0 {
             let t1 = crate::sys::mono_ns();
-            let ns = t1.saturating_sub(t0) / ran;
+            let ns = (t1.saturating_sub(t0) / ran).max(1);
+            // A moving average over about 8 batches: one batch slowed by an interrupt or by
+            // the host (a few microseconds on a batch of tiny jobs that takes a few) does not
+            // make the worker look slow; a real change of job cost shows within a few batches.
+            cost = if cost == 0 {
+                ns
+            } else {
+                (cost.saturating_mul(7).saturating_add(ns) / 8).max(1)
+            };
             // Relaxed: hints for dispatch, ordering nothing.
-            lane.slot.cost.store(ns.max(1), Ordering::Relaxed);
+            lane.slot.cost.store(cost, Ordering::Relaxed);
             lane.slot.cost_at.store(t1, Ordering::Relaxed);
         }
         if !lane.flush(&mut out) {
