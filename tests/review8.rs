@@ -205,25 +205,9 @@ fn regression_stopped_keeper_with_a_full_ring_does_not_hold_the_queue() -> Outco
     const M: u32 = 2_000;
     let ran = counters((WARM + M) as usize)?;
     let during = shared_u64(2)?;
-    support::pin_to(1)?;
-    let pool =
-        PoolBuilder::new()
-            .workers(2)
-            .queue_capacity(128)
-            .build(move |j: [u8; 1024]| -> u32 {
-                let id = u32::from_le_bytes([j[0], j[1], j[2], j[3]]);
-                ran[id as usize].fetch_add(1, Ordering::SeqCst);
-                id
-            });
-    support::pin_to(0)?;
-    let pool = pool.ctx("pool")?;
-    let mk = |i: u32| {
-        let mut j = [0u8; 1024];
-        j[..4].copy_from_slice(&i.to_le_bytes());
-        j
-    };
+    let pool = support::kib_pool(true, ran)?;
     ensure!(
-        pool.map((0..WARM).map(mk)).all(|r| r.is_ok()),
+        pool.map((0..WARM).map(support::kib_job)).all(|r| r.is_ok()),
         "warm-up map failed"
     );
     let ids = pool.worker_ids();
@@ -237,7 +221,7 @@ fn regression_stopped_keeper_with_a_full_ring_does_not_hold_the_queue() -> Outco
     )?;
     let t = Instant::now();
     let mut i = WARM;
-    for r in pool.map((WARM..WARM + M).map(mk)) {
+    for r in pool.map((WARM..WARM + M).map(support::kib_job)) {
         ensure!(r == Ok(i), "result {i}: {r:?}");
         i += 1;
     }
@@ -365,13 +349,10 @@ fn stopped_worker_given_a_batch_small_jobs_spread_after_wake() -> Outcome {
     const M: u64 = 20_000;
     let ran = counters((WARM + M) as usize)?;
     let during = shared_u64(1)?;
-    support::pin_to(1)?;
-    let pool = PoolBuilder::new().workers(2).build(move |x: u64| -> u64 {
+    let pool = support::pool_on_cpu1(true, PoolBuilder::new().workers(2), move |x: u64| {
         ran[x as usize].fetch_add(1, Ordering::SeqCst);
         x
-    });
-    support::pin_to(0)?;
-    let pool = pool.ctx("pool")?;
+    })?;
     ensure!(pool.map(0..WARM).all(|r| r.is_ok()), "warm-up map failed");
     let w0 = pool.worker_ids()[0];
     let mut helper = stop_for(
@@ -407,16 +388,11 @@ fn stopped_worker_given_a_batch_small_jobs_spread_after_wake() -> Outcome {
 fn pinned_tiny_jobs_with_max_jobs_per_worker() -> Outcome {
     const N: u64 = 30_000;
     let ran = counters(N as usize)?;
-    support::pin_to(1)?;
-    let pool = PoolBuilder::new()
-        .workers(2)
-        .max_jobs_per_worker(700)
-        .build(move |x: u64| -> u64 {
-            ran[x as usize].fetch_add(1, Ordering::SeqCst);
-            f(x)
-        });
-    support::pin_to(0)?;
-    let pool = pool.ctx("pool")?;
+    let builder = PoolBuilder::new().workers(2).max_jobs_per_worker(700);
+    let pool = support::pool_on_cpu1(true, builder, move |x: u64| {
+        ran[x as usize].fetch_add(1, Ordering::SeqCst);
+        f(x)
+    })?;
     let t = Instant::now();
     let mut i = 0;
     for r in pool.map(0..N) {

@@ -330,7 +330,12 @@ impl<J, R> Inner<J, R> {
             // could start (see `keeper`), without the fair-share limit.
             let mut share = self.queue.len().div_ceil(eligible);
             let mut kept = None;
-            if load == 0 {
+            if load > 0 {
+                // No worker is idle: nothing is held for a keeper (a hold left from before,
+                // say the idle worker died and was not replaced, would have `pump` wake at a
+                // past deadline on every pass).
+                self.end_hold();
+            } else {
                 match self.keeper(k) {
                     Keep::Spread => {}
                     Keep::Send(b, lb, patience) => {
@@ -388,7 +393,12 @@ impl<J, R> Inner<J, R> {
                         bytes: frame,
                         at: 0,
                     });
-                    if kept.is_some() {
+                    // A hold ends when its keeper has moved: reported a batch's worth of jobs
+                    // since it began (not at every send: a compromised keeper answering one
+                    // job at a time would restart the `WAKE` bound with each).
+                    if kept.is_some()
+                        && self.reported().saturating_sub(self.hold_mark) >= BATCH as u64
+                    {
                         self.end_hold();
                     }
                     for _ in 0..from_again {
@@ -431,6 +441,8 @@ impl<J, R> Inner<J, R> {
                 }
             }
         }
+        // The queue is empty: nothing is held (a hold left over would cut the next one short).
+        self.end_hold();
     }
 
     /// Where a batch goes when the least loaded worker, `idle`, has nothing in flight.
@@ -514,11 +526,23 @@ impl<J, R> Inner<J, R> {
     /// nanoseconds from now, and never later than `WAKE` after the hold began.
     fn hold(&mut self, patience: u64) {
         let now = Instant::now();
+        if self.hold_since.is_none() {
+            self.hold_mark = self.reported();
+        }
         let since = *self.hold_since.get_or_insert(now);
         let until = now
             .checked_add(Duration::from_nanos(patience))
             .map_or(since + WAKE, |t| t.min(since + WAKE));
         self.hold_until = Some(until);
+    }
+
+    /// Jobs the live workers have reported (results taken, failures settled) in their lives.
+    fn reported(&self) -> u64 {
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.dispatched.saturating_sub(w.load as u64))
+            .sum()
     }
 
     /// The queue is no longer held.

@@ -271,8 +271,9 @@ struct Inner<J, R> {
     /// Until when dispatch may hold queued tiny jobs for a busy worker (see
     /// `dispatch::keeper`); `None` while it holds none.
     hold_until: Option<Instant>,
-    /// When the current hold began (a hold lasts `WAKE` at most).
+    /// When the current hold began (a hold lasts `WAKE` at most), and `reported()` then.
     hold_since: Option<Instant>,
+    hold_mark: u64,
     closed: bool,
     /// The process that built the pool: a copy inherited through `fork` does nothing (its
     /// workers are not its children, and their slots are the owner's).
@@ -448,6 +449,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             respawn_error: None,
             hold_until: None,
             hold_since: None,
+            hold_mark: 0,
             closed: false,
             owner: crate::sync::ident::current_ident(),
         };

@@ -705,3 +705,45 @@ pub fn no_children() -> bool {
     let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
     r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
 }
+
+/// Builds `builder`'s pool with this process pinned to CPU 1 (so the workers, forked now,
+/// inherit that affinity) when `pinned`, then pins this process to CPU 0: the layout of
+/// `cargo bench`'s pool rows.
+pub fn pool_on_cpu1<J, R>(
+    pinned: bool,
+    builder: forkipc::PoolBuilder,
+    work: impl Fn(J) -> R + 'static,
+) -> Result<forkipc::Pool<J, R>, String>
+where
+    J: forkipc::Plain,
+    R: forkipc::Plain,
+{
+    if pinned {
+        pin_to(1)?;
+    }
+    let pool = builder.build(work);
+    pin_to(0)?;
+    pool.ctx("pool")
+}
+
+/// A 1 KiB job whose first 4 bytes are `i` (31 fit a pool's job frame, so two frames fill a
+/// worker's 64 KiB job ring).
+pub fn kib_job(i: u32) -> [u8; 1024] {
+    let mut j = [0u8; 1024];
+    j[..4].copy_from_slice(&i.to_le_bytes());
+    j
+}
+
+/// A pool of 2 workers (queue of 128) running 1 KiB jobs (`kib_job`), counting each job's
+/// runs in `ran` and returning its number; see `pool_on_cpu1`.
+pub fn kib_pool(
+    pinned: bool,
+    ran: &'static [std::sync::atomic::AtomicU32],
+) -> Result<forkipc::Pool<[u8; 1024], u32>, String> {
+    let builder = forkipc::PoolBuilder::new().workers(2).queue_capacity(128);
+    pool_on_cpu1(pinned, builder, move |j: [u8; 1024]| -> u32 {
+        let id = u32::from_le_bytes([j[0], j[1], j[2], j[3]]);
+        ran[id as usize].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        id
+    })
+}
