@@ -50,7 +50,7 @@ const RING_64K: usize = 69632;
 const SCRATCH: usize = support::POOL_SCRATCH;
 
 fn scratch_ptr(region: usize, n: usize, k: usize) -> *mut u8 {
-    (region + 64 + 64 * n + SCRATCH * k) as *mut u8
+    (region + 64 + support::POOL_SLOT * n + SCRATCH * k) as *mut u8
 }
 
 /// A result record `[id][kind][len][payload]`.

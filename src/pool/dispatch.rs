@@ -491,17 +491,21 @@ impl<J, R> Inner<J, R> {
                 .cost_at
                 .load(Ordering::Relaxed)
                 .max(w.busy_since);
-            // Whether it has begun its oldest unreported job (jobs run in id order; `IDLE`:
-            // none since it was forked; `KILLED` counts as begun: it is no keeper).
-            let cur = self.slots[b].current.load(Ordering::Relaxed);
-            let begun = cur != IDLE && w.front().is_none_or(|f| cur >= f);
             // Saturating: `cost_at` is whatever the worker wrote.
-            let patient_until = if begun {
-                since.saturating_add(keep_ns)
+            let fresh_until = since.saturating_add(keep_ns);
+            let patient_until = if now_ns <= fresh_until {
+                fresh_until
             } else {
-                w.busy_since
-                    .saturating_add(wake_ns)
-                    .max(since.saturating_add(keep_ns))
+                // Whether it has begun its oldest unreported job (jobs run in id order;
+                // `IDLE`: none since it was forked; `KILLED` counts as begun: it is no
+                // keeper). Read only here: `current` is on the line the worker writes at
+                // every job.
+                let cur = self.slots[b].current.load(Ordering::Relaxed);
+                if cur != IDLE && w.front().is_none_or(|f| cur >= f) {
+                    fresh_until
+                } else {
+                    w.busy_since.saturating_add(wake_ns).max(fresh_until)
+                }
             };
             if now_ns > patient_until {
                 continue;

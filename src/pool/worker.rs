@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! offset 0                 Header     { waiting: u32 }                 (64 B, owner writes)
-//! offset 64 + 64 k         WorkerSlot { current: u64, started: u64,    (64 B each, worker k
+//! offset 64 + 128 k        WorkerSlot { current: u64, started: u64,    (128 B each, worker k
 //!                                       pending: u64, flushes: u64,      writes; the owner
-//!                                       cost: u64, cost_at: u64,         CASes `current`)
+//!                                       (pad to 64),                     CASes `current`)
+//!                                       cost: u64, cost_at: u64,
 //!                                       cpu: u64 }
-//! offset 64 + 64 n + S k   scratch k: [u8; S], S = SCRATCH             (worker k writes)
+//! offset 64 + 128 n + S k  scratch k: [u8; S], S = SCRATCH             (worker k writes)
 //! ```
 //!
 //! A worker runs the jobs it is sent one at a time, in dispatch order. Before it starts one it
@@ -35,9 +36,14 @@ pub(super) struct Header {
 // SAFETY: one atomic, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for Header {}
 
-/// What worker `k` publishes about itself (offset `64 + 64 k`). Hints only: a compromised
+/// What worker `k` publishes about itself (offset `64 + 128 k`). Hints only: a compromised
 /// worker can write anything here, and the owner never trusts more than "which in-flight job
 /// had started" and "these bytes of the scratch hold results", which it validates.
+///
+/// Two cache lines: the worker writes the first (`current`, `pending`) at every job, the
+/// second (dispatch's hints) once per batch. Dispatch reads the hints of a busy worker for
+/// every batch it keeps on it; on one line with `current` each such read cost the worker a
+/// cache miss at its next job.
 #[repr(C, align(64))]
 pub(super) struct WorkerSlot {
     /// The id of the job it started last; `IDLE` before its first; `KILLED` once the owner has
@@ -50,6 +56,8 @@ pub(super) struct WorkerSlot {
     /// Result frames sent: bumped before the scratch is written over (a sequence lock for
     /// the owner's reads of a live worker's scratch).
     pub(super) flushes: AtomicU64,
+    /// Puts the hints below on a cache line of their own. Never read.
+    _line: [AtomicU64; 4],
     /// Nanoseconds per job of its batches of more than one job, a moving average over about
     /// the last 8 (0: none yet). Dispatch reads it to keep tiny jobs on a busy worker (see
     /// `dispatch::keeper`); a lie there only moves jobs between workers, and a held batch
@@ -63,7 +71,7 @@ pub(super) struct WorkerSlot {
     pub(super) cpu: AtomicU64,
 }
 
-// SAFETY: seven atomics, valid for every bit pattern, no pointers.
+// SAFETY: atomics only, valid for every bit pattern, no pointers.
 unsafe impl crate::Shareable for WorkerSlot {}
 
 impl WorkerSlot {
@@ -74,6 +82,7 @@ impl WorkerSlot {
             started: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            _line: [const { AtomicU64::new(0) }; 4],
             cost: AtomicU64::new(0),
             cost_at: AtomicU64::new(0),
             cpu: AtomicU64::new(0),
@@ -82,7 +91,7 @@ impl WorkerSlot {
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 64);
-const _: () = assert!(std::mem::size_of::<WorkerSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<WorkerSlot>() == 128);
 
 /// A worker's scratch: `SCRATCH` bytes of shared memory it alone writes (while it lives).
 #[derive(Clone, Copy)]

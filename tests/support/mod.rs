@@ -667,10 +667,13 @@ pub fn shared_maps() -> Vec<(usize, usize)> {
 /// A pool's scratch size (pool/mod.rs: half the 64 KiB ring, less 16).
 pub const POOL_SCRATCH: usize = 64 * 1024 / 2 - 16;
 
-/// The size of an `n`-worker pool's region (pool/worker.rs: header 64 B, `n` slots of 64 B,
-/// then `n` scratches of `POOL_SCRATCH` bytes, in whole pages).
+/// A pool's worker slot size (pool/worker.rs: two cache lines).
+pub const POOL_SLOT: usize = 128;
+
+/// The size of an `n`-worker pool's region (pool/worker.rs: header 64 B, `n` slots of
+/// `POOL_SLOT` bytes, then `n` scratches of `POOL_SCRATCH` bytes, in whole pages).
 pub fn pool_region_len(n: usize) -> usize {
-    (64 + 64 * n + POOL_SCRATCH * n).div_ceil(4096) * 4096
+    (64 + POOL_SLOT * n + POOL_SCRATCH * n).div_ceil(4096) * 4096
 }
 
 /// In a worker of an `n`-worker pool: the pool's region and this worker's slot index, found
@@ -683,7 +686,8 @@ pub fn find_pool_region(n: usize, id: u64) -> Option<(usize, usize)> {
         }
         for k in 0..n {
             // SAFETY: inside a live shared mapping of this process.
-            let cur = unsafe { (*((a + 64 + 64 * k) as *const AtomicU64)).load(Ordering::SeqCst) };
+            let cur =
+                unsafe { (*((a + 64 + POOL_SLOT * k) as *const AtomicU64)).load(Ordering::SeqCst) };
             if cur == id {
                 return Some((a, k));
             }
@@ -693,10 +697,15 @@ pub fn find_pool_region(n: usize, id: u64) -> Option<(usize, usize)> {
 }
 
 /// Word `word` of slot `k` of the pool region at `region`: current 0, started 1, pending 2,
-/// flushes 3, cost 4, cost_at 5, cpu 6.
+/// flushes 3 (first line), cost 4, cost_at 5, cpu 6 (second line).
 pub fn slot_word(region: usize, k: usize, word: usize) -> &'static std::sync::atomic::AtomicU64 {
+    let at = if word < 4 {
+        8 * word
+    } else {
+        64 + 8 * (word - 4)
+    };
     // SAFETY: slot `k`'s word inside the pool region (a live shared mapping).
-    unsafe { &*((region + 64 + 64 * k + 8 * word) as *const std::sync::atomic::AtomicU64) }
+    unsafe { &*((region + 64 + POOL_SLOT * k + at) as *const std::sync::atomic::AtomicU64) }
 }
 
 /// No child of this process is left (all reaped).
