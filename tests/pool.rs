@@ -479,23 +479,22 @@ fn regression_timeout_kill_counts_as_progress() -> Outcome {
 /// a switch between the workers, where `keeper` means to keep tiny jobs on the busy one. A
 /// worker given its batch just now, or still being woken for it, is not stuck.
 fn regression_pinned_workers_keep_a_new_maps_tiny_jobs_together() -> Outcome {
-    let Some(moved_at) = pinned_maps(None)? else {
-        return Ok(());
-    };
     // The defect moved every map within its first batches. A move later on is allowed (the
     // host can keep the busy worker off its CPU for longer than `KEEP`: then it is stuck), and
     // so are two early ones (a batch slowed down by the host inflates the measured cost per job
     // past what `keeper` keeps; seen once in 56 maps).
-    let early = moved_at
-        .iter()
-        .filter(|m| m.is_some_and(|at| at < FIRST_BATCHES))
-        .count();
-    ensure!(
-        early <= 2,
-        "{early} of {TRIALS} maps moved to the other worker within their first batches \
-         ({moved_at:?})"
-    );
-    Ok(())
+    pinned_trials(None, |moved_at| {
+        let early = moved_at
+            .iter()
+            .filter(|m| m.is_some_and(|at| at < FIRST_BATCHES))
+            .count();
+        ensure!(
+            early <= 2,
+            "{early} of {TRIALS} maps moved to the other worker within their first batches \
+             ({moved_at:?})"
+        );
+        Ok(())
+    })
 }
 
 /// As above, with one job in the middle of each map busy for 50 us (an interrupt, a page
@@ -505,18 +504,41 @@ fn regression_pinned_workers_keep_a_new_maps_tiny_jobs_together() -> Outcome {
 /// averaged over about 8 batches.
 fn regression_one_slow_batch_does_not_move_a_map() -> Outcome {
     const SLOW: u32 = 5_000;
-    let Some(moved_at) = pinned_maps(Some(SLOW))? else {
-        return Ok(());
-    };
     // Before: 14 of 14 maps moved, at job 3 328 to 5 376 (the batch after the slow one, or one
     // dispatched while it ran). A move for another reason (the host) is allowed twice.
-    let moved = moved_at.iter().filter(|m| m.is_some()).count();
-    ensure!(
-        moved <= 2,
-        "{moved} of {TRIALS} maps moved to the other worker (job {SLOW} was slow): \
-         {moved_at:?}"
-    );
-    Ok(())
+    pinned_trials(Some(SLOW), |moved_at| {
+        let moved = moved_at.iter().filter(|m| m.is_some()).count();
+        ensure!(
+            moved <= 2,
+            "{moved} of {TRIALS} maps moved to the other worker (job {SLOW} was slow): \
+             {moved_at:?}"
+        );
+        Ok(())
+    })
+}
+
+/// Runs `pinned_maps(slow)` and `check`s what it saw, up to three times: something else
+/// running on CPU 1 keeps the busy worker off it for longer than `KEEP`, and then moving the
+/// map is right. The defects these tests catch moved every map, every time.
+fn pinned_trials(slow: Option<u32>, check: impl Fn(&[Option<usize>]) -> Outcome) -> Outcome {
+    // Asked before `pinned_maps` pins this process to one CPU (the answer follows affinity).
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        println!("    skipped: needs 2 CPUs");
+        return Ok(());
+    }
+    let mut last = Ok(());
+    for attempt in 1..=3 {
+        let moved_at = pinned_maps(slow)?;
+        last = check(&moved_at);
+        if last.is_ok() {
+            return last;
+        }
+        println!(
+            "    attempt {attempt}: {}",
+            last.as_ref().err().map_or("", |e| e)
+        );
+    }
+    last
 }
 
 /// Maps per `pinned_maps` trial, and the jobs in each.
@@ -527,12 +549,8 @@ const FIRST_BATCHES: usize = 1024;
 
 /// Two workers pinned to CPU 1, the owner on CPU 0; a warm-up map, then `TRIALS` maps of `N`
 /// tiny jobs, each after a 2 ms pause, job `slow` (if any) busy for 50 us. Per map: the
-/// first job that ran on another worker than job 0, if any. `None` on a machine with one CPU.
-fn pinned_maps(slow: Option<u32>) -> Result<Option<Vec<Option<usize>>>, String> {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        println!("    skipped: needs 2 CPUs");
-        return Ok(None);
-    }
+/// first job that ran on another worker than job 0, if any. Needs 2 CPUs.
+fn pinned_maps(slow: Option<u32>) -> Result<Vec<Option<usize>>, String> {
     let who = counters(N as usize)?;
     support::pin_to(1)?;
     // Each worker's pid, read once (`getpid` per job would make the jobs too slow to keep).
@@ -571,7 +589,7 @@ fn pinned_maps(slow: Option<u32>) -> Result<Option<Vec<Option<usize>>>, String> 
     println!("    first job on another worker, per map: {moved_at:?}");
     pool.shutdown().ctx("shutdown")?;
     ensure!(no_children(), "a worker was left unreaped");
-    Ok(Some(moved_at))
+    Ok(moved_at)
 }
 
 fn pinned_workers_keep_tiny_jobs_together_but_not_behind_a_stuck_one() -> Outcome {
