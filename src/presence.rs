@@ -497,24 +497,39 @@ mod native {
         Err(Error::TooManyProcesses)
     }
 
-    /// Test hook: a slot claimed with a fake TID (alive to its peers), its reference.
+    /// Test hook: a slot claimed with a fake TID (alive to its peers), its reference, and the
+    /// claim lock (see `test_claim_dead_slot`).
     #[cfg(test)]
-    pub(crate) fn test_claim_live_slot(tid: u32) -> (PresenceRef, &'static Slot) {
-        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn test_claim_live_slot(
+        tid: u32,
+    ) -> (
+        PresenceRef,
+        &'static Slot,
+        std::sync::MutexGuard<'static, ()>,
+    ) {
+        let g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
         let r = claim(tid).expect("a free presence slot");
         crate::sync::robust::end_op();
         let (s, _) = split(r).expect("the slot just claimed");
-        (r, s)
+        (r, s, g)
     }
-    /// Test hooks: a slot claimed with a fake TID and then marked dead, its reference and index.
+    /// Test hooks: a slot claimed with a fake TID and then marked dead, its reference and index,
+    /// and the claim lock: while the caller holds it, no other thread of the test process (the
+    /// test harness runs tests in parallel, and a thread's first channel claims a slot) can
+    /// claim, and so recycle, the dead slot under the test.
     #[cfg(test)]
-    pub(crate) fn test_claim_dead_slot() -> (PresenceRef, &'static Slot, usize) {
-        let _g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn test_claim_dead_slot() -> (
+        PresenceRef,
+        &'static Slot,
+        usize,
+        std::sync::MutexGuard<'static, ()>,
+    ) {
+        let g = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
         let r = claim(4241).expect("a free presence slot");
         crate::sync::robust::end_op();
         let (s, _) = split(r).expect("the slot just claimed");
         s.word.store(FUTEX_OWNER_DIED, Ordering::SeqCst);
-        (r, s, (r.0 >> 32) as usize - 1)
+        (r, s, (r.0 >> 32) as usize - 1, g)
     }
     #[cfg(test)]
     pub(crate) fn test_word(s: &Slot) -> u32 {
@@ -1005,7 +1020,9 @@ mod tests {
     /// armed with is no longer the word's (so its sleep returns at once), or the peer was woken.
     #[test]
     fn regression_arm_during_a_claim_does_not_sleep_on_a_strangers_word() {
-        let (old, s, i) = test_claim_dead_slot();
+        // `_claims` keeps other threads' claims from recycling the dead slot meanwhile (a full
+        // local run once saw `arm` fail below: a generation bumped by a concurrent claim).
+        let (old, s, i, _claims) = test_claim_dead_slot();
         // The claimer's first half: the word goes from dead to a live TID.
         let was = test_word(s);
         test_set_word(s, 4242);
@@ -1027,7 +1044,9 @@ mod tests {
     #[test]
     fn relay_woke_wakes_the_sleepers_of_an_unreported_death() {
         use crate::sys::{Deadline, FUTEX_OWNER_DIED, FUTEX_WAITERS, Wake};
-        let (r, s) = test_claim_live_slot(4243);
+        // Holding the claim lock: the slot reads dead below, and a concurrent test's claim
+        // must not recycle it before `relay_woke` looks.
+        let (r, s, _claims) = test_claim_live_slot(4243);
         assert!(
             matches!(arm_select(r), SelectArm::NotYet),
             "sel not taken yet"
@@ -1076,7 +1095,7 @@ mod tests {
     /// handling of a pending relay needs).
     #[test]
     fn relay_word_scribbled_is_put_back() {
-        let (_, s) = test_claim_live_slot(4244);
+        let (_, s, _claims) = test_claim_live_slot(4244);
         let (w, v) = relay().expect("the table exists");
         assert_eq!(v, 0);
         w.store(0x1234, crate::sync::Ordering::SeqCst);
