@@ -377,7 +377,8 @@ fn regression_compromised_trickle_does_not_hold_the_queue_past_wake() -> Outcome
         sh[3].load(Ordering::SeqCst) == 1,
         "setup: pool region not found"
     );
-    let mut worst = Duration::ZERO;
+    // Per map: when the honest worker ran its first job.
+    let mut firsts = Vec::new();
     for trial in 0..TRIALS {
         std::thread::sleep(Duration::from_millis(5));
         let jobs = E + 1 + trial * N..E + 1 + (trial + 1) * N;
@@ -409,7 +410,7 @@ fn regression_compromised_trickle_does_not_hold_the_queue_past_wake() -> Outcome
              {honest_first:?}, after {evil_before} of the compromised one's ({} in all)",
             evil.len()
         );
-        worst = worst.max(honest_first);
+        firsts.push(honest_first);
     }
     ensure!(
         support::not_run_once(ran).is_empty(),
@@ -417,10 +418,17 @@ fn regression_compromised_trickle_does_not_hold_the_queue_past_wake() -> Outcome
         support::not_run_once(ran)
     );
     pool.shutdown().ctx("shutdown")?;
+    // Before the fix every map held the honest worker off for 78-366 ms. After it, about
+    // 2 ms (WAKE), plus the time the scheduler takes to run the woken worker while the
+    // compromised one spins: once 35 ms in a CI run. So: most maps within 20 ms.
+    let prompt = firsts
+        .iter()
+        .filter(|d| **d < Duration::from_millis(20))
+        .count();
     ensure!(
-        worst < Duration::from_millis(20),
-        "the idle honest worker got its first job {worst:?} into a map: the queue stayed held \
-         for a compromised worker trickling one result per ~0.7 ms (WAKE is 2 ms)"
+        prompt * 3 >= TRIALS as usize * 2,
+        "the idle honest worker got its first job only {firsts:?} into the maps: the queue \
+         stayed held for a compromised worker trickling one result per ~0.7 ms (WAKE is 2 ms)"
     );
     Ok(())
 }

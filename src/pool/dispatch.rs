@@ -27,8 +27,9 @@ pub(super) enum Keep {
     /// To this busy worker, which has this many jobs in flight and stays a keeper for this
     /// many nanoseconds more (if its ring is full, the batch is held that long at most).
     Send(usize, usize, u64),
-    /// Nowhere yet: it waits for a busy worker's next results, this many nanoseconds at most.
-    Hold(u64),
+    /// Nowhere yet: it waits for this busy worker's next results, this many nanoseconds at
+    /// most.
+    Hold(usize, u64),
 }
 
 /// Jobs queued in the owner, encoded, not yet sent.
@@ -342,8 +343,8 @@ impl<J, R> Inner<J, R> {
                         (k, load, share) = (b, lb, usize::MAX);
                         kept = Some(patience);
                     }
-                    Keep::Hold(patience) => {
-                        self.hold(patience);
+                    Keep::Hold(b, patience) => {
+                        self.hold(b, patience);
                         return;
                     }
                 }
@@ -395,9 +396,11 @@ impl<J, R> Inner<J, R> {
                     });
                     // A hold ends when its keeper has moved: reported a batch's worth of jobs
                     // since it began (not at every send: a compromised keeper answering one
-                    // job at a time would restart the `WAKE` bound with each).
+                    // job at a time would restart the `WAKE` bound with each; and not counting
+                    // other workers' reports, which say nothing about the keeper).
                     if kept.is_some()
-                        && self.reported().saturating_sub(self.hold_mark) >= BATCH as u64
+                        && k == self.hold_keeper
+                        && self.reported_by(k).saturating_sub(self.hold_mark) >= BATCH as u64
                     {
                         self.end_hold();
                     }
@@ -424,7 +427,7 @@ impl<J, R> Inner<J, R> {
                         // Full: `pump` waits for its results; for a keeper's, no longer than
                         // it stays one (a stopped keeper must not hold the queue for good).
                         if let Some(patience) = kept {
-                            self.hold(patience);
+                            self.hold(k, patience);
                         }
                         return;
                     }
@@ -475,7 +478,8 @@ impl<J, R> Inner<J, R> {
         let queued = self.queue.len() as u64;
         let keep_ns = KEEP.as_nanos() as u64;
         let wake_ns = WAKE.as_nanos() as u64;
-        let mut hold_ns = None;
+        // The keeper with the most patience left, if every keeper's window is full.
+        let mut hold: Option<(usize, u64)> = None;
         let mut now_ns = None;
         for (b, w) in self.workers.iter().enumerate() {
             let Some(w) = w else { continue };
@@ -514,11 +518,13 @@ impl<J, R> Inner<J, R> {
             if w.load < WINDOW && max.is_none_or(|m| w.dispatched < m) {
                 return Keep::Send(b, w.load, patience);
             }
-            hold_ns = hold_ns.max(Some(patience));
+            if hold.is_none_or(|(_, ns)| patience > ns) {
+                hold = Some((b, patience));
+            }
         }
-        match hold_ns {
+        match hold {
             // Its window is full: wait for its next results, while it stays a keeper.
-            Some(ns) => Keep::Hold(ns),
+            Some((b, ns)) => Keep::Hold(b, ns),
             None => {
                 self.end_hold();
                 Keep::Spread
@@ -526,12 +532,13 @@ impl<J, R> Inner<J, R> {
         }
     }
 
-    /// Holds the queue for a keeper: `pump` wakes by `hold_until` at the latest, `patience`
+    /// Holds the queue for keeper `b`: `pump` wakes by `hold_until` at the latest, `patience`
     /// nanoseconds from now, and never later than `WAKE` after the hold began.
-    fn hold(&mut self, patience: u64) {
+    fn hold(&mut self, b: usize, patience: u64) {
         let now = Instant::now();
         if self.hold_since.is_none() {
-            self.hold_mark = self.reported();
+            self.hold_keeper = b;
+            self.hold_mark = self.reported_by(b);
         }
         let since = *self.hold_since.get_or_insert(now);
         let until = now
@@ -540,13 +547,12 @@ impl<J, R> Inner<J, R> {
         self.hold_until = Some(until);
     }
 
-    /// Jobs the live workers have reported (results taken, failures settled) in their lives.
-    fn reported(&self) -> u64 {
+    /// Jobs worker `k` has reported (results taken, failures settled) in its life.
+    fn reported_by(&self, k: usize) -> u64 {
         self.workers
-            .iter()
-            .flatten()
-            .map(|w| w.dispatched.saturating_sub(w.load as u64))
-            .sum()
+            .get(k)
+            .and_then(Option::as_ref)
+            .map_or(0, |w| w.dispatched.saturating_sub(w.load as u64))
     }
 
     /// The queue is no longer held.

@@ -271,8 +271,10 @@ struct Inner<J, R> {
     /// Until when dispatch may hold queued tiny jobs for a busy worker (see
     /// `dispatch::keeper`); `None` while it holds none.
     hold_until: Option<Instant>,
-    /// When the current hold began (a hold lasts `WAKE` at most), and `reported()` then.
+    /// When the current hold began (a hold lasts `WAKE` at most), for which keeper, and what
+    /// that keeper had reported then (`reported_by`).
     hold_since: Option<Instant>,
+    hold_keeper: usize,
     hold_mark: u64,
     closed: bool,
     /// The process that built the pool: a copy inherited through `fork` does nothing (its
@@ -449,6 +451,7 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             respawn_error: None,
             hold_until: None,
             hold_since: None,
+            hold_keeper: 0,
             hold_mark: 0,
             closed: false,
             owner: crate::sync::ident::current_ident(),
