@@ -443,8 +443,7 @@ mod native {
     }
 
     fn split(r: PresenceRef) -> Option<(&'static Slot, u32)> {
-        let idx = (r.0 >> 32).checked_sub(1)? as usize;
-        Some((slot(idx)?, r.0 as u32))
+        Some((slot(slot_index(r)?)?, r.0 as u32))
     }
 
     /// Claims a free or dead slot, leaving `value` (the calling thread's TID; a fake one in
@@ -819,7 +818,7 @@ mod native {
         }
     }
 
-    /// The relay word to sleep on and the value to expect (see [`announce_waiter`]). Always 0
+    /// The relay word to sleep on and the value to expect (see [`announce_relay`]). Always 0
     /// unless a process scribbled over it: then it is put back, so that the kernel's handling
     /// of a pending relay (owner bits 0 only) keeps working; the value read is what a sleep
     /// expects, so a scribbler cannot make a sleeper spin.

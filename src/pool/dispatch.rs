@@ -459,8 +459,9 @@ impl<J, R> Inner<J, R> {
     /// or was given one, within `KEEP`, or it has not started the jobs it was given (it is
     /// being woken: in a VM that can take longer than `KEEP`) for at most `WAKE`. If its
     /// window (or its ring) is full, the batch waits in the queue for its next results as long
-    /// as that holds, and at most `WAKE` (`hold`; `pump` never sleeps past `hold_until`). Otherwise (workers not pinned
-    /// together, jobs of unknown or larger cost) it spreads as usual.
+    /// as that holds, and at most `WAKE` (`hold`; `pump` never sleeps past `hold_until`).
+    /// Otherwise (workers not pinned together, jobs of unknown or larger cost) it spreads as
+    /// usual.
     fn keeper(&mut self, idle: usize) -> Keep {
         // Relaxed (here and below): hints (see `WorkerSlot`).
         let cpu = self.slots[idle].cpu.load(Ordering::Relaxed);

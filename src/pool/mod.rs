@@ -416,8 +416,8 @@ impl<J: 'static, R: 'static> Pool<J, R> {
             region.alloc(WorkerSlot::idle())?;
         }
         let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
-        // SAFETY: the header and then `n` initialised `WorkerSlot`s (64 bytes each, 64-aligned,
-        // so contiguous) were placed from the start of the region. They are used only while
+        // SAFETY: the header and then `n` initialised `WorkerSlot`s (each a whole number of
+        // 64-byte lines, 64-aligned, so contiguous) were placed from the start of the region. They are used only while
         // `Inner`, which owns the region (`_region`), lives, and by workers, which have their
         // own copy of the mapping.
         let (header, slots) = unsafe { (&*header, std::slice::from_raw_parts(first, n)) };

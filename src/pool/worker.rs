@@ -213,11 +213,12 @@ impl Lane<'_> {
         if !mirror {
             return true;
         }
-        match out.get(start..start + RES_HDR + fixed.unwrap_or(usize::MAX / 2)) {
+        let rec = &out[start..];
+        match fixed {
             // A result of the size every result has (plain data): a copy of a length known at
             // compile time, a few moves instead of a call.
-            Some(rec) if out.len() == start + rec.len() => self.scratch.write(start, rec),
-            _ => self.scratch.write(start, &out[start..]),
+            Some(n) if rec.len() == RES_HDR + n => self.scratch.write(start, &rec[..RES_HDR + n]),
+            _ => self.scratch.write(start, rec),
         }
         // Release: pairs with the owner's Acquire load of `pending` in `retire`, which then
         // sees the record written above.
