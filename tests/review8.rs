@@ -160,11 +160,6 @@ fn big_plain_jobs_round_trip() -> Outcome {
     Ok(())
 }
 
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(pid as i32, sig) };
-}
-
 /// SIGSTOPs worker `pid` and forks a helper that, `d` later, stores in `during[0]` how many
 /// of the jobs counted in `ran` have run meanwhile, then SIGCONTs the worker.
 fn stop_for(
@@ -173,18 +168,12 @@ fn stop_for(
     ran: &'static [std::sync::atomic::AtomicU32],
     during: &'static [std::sync::atomic::AtomicU64],
 ) -> Result<support::Reap, String> {
-    kill(pid, libc::SIGSTOP);
-    ensure!(
-        support::wait_until(Duration::from_secs(2), || support::proc_state(pid)
-            == Some('T')),
-        "worker {pid} did not stop"
-    );
-    std::thread::sleep(Duration::from_millis(20));
+    support::stop_process(pid)?;
     support::spawn_fn("continuer", move || {
         std::thread::sleep(d);
         let n = ran.iter().filter(|c| c.load(Ordering::SeqCst) > 0).count();
         during[0].store(n as u64, Ordering::SeqCst);
-        kill(pid, libc::SIGCONT);
+        support::signal(pid, libc::SIGCONT);
         Ok(())
     })
 }
@@ -227,7 +216,7 @@ fn regression_stopped_keeper_with_a_full_ring_does_not_hold_the_queue() -> Outco
     }
     let took = t.elapsed();
     helper.expect_success("continuer", Duration::from_secs(10))?;
-    kill(w0, libc::SIGCONT);
+    support::signal(w0, libc::SIGCONT);
     ensure!(i == WARM + M, "{} results", i - WARM);
     let n = during[0].load(Ordering::SeqCst);
     println!("    map took {took:?}; jobs run while worker 0 was stopped (1.5 s): {n} of {M}");
@@ -367,7 +356,7 @@ fn stopped_worker_given_a_batch_small_jobs_spread_after_wake() -> Outcome {
         i += 1;
     }
     helper.expect_success("continuer", Duration::from_secs(10))?;
-    kill(w0, libc::SIGCONT);
+    support::signal(w0, libc::SIGCONT);
     ensure!(i == WARM + M, "{} results", i - WARM);
     for x in WARM..WARM + M {
         let c = ran[x as usize].load(Ordering::SeqCst);

@@ -30,28 +30,12 @@ fn f(x: u64) -> u64 {
     x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 7
 }
 
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(pid as i32, sig) };
-}
-
 fn two_cpus() -> bool {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         println!("    skipped: needs 2 CPUs");
         return false;
     }
     true
-}
-
-fn stop(pid: u32) -> Outcome {
-    kill(pid, libc::SIGSTOP);
-    ensure!(
-        support::wait_until(Duration::from_secs(2), || support::proc_state(pid)
-            == Some('T')),
-        "worker {pid} did not stop"
-    );
-    std::thread::sleep(Duration::from_millis(20));
-    Ok(())
 }
 
 /// What `stopped_keeper_hold` saw: results ok, WorkerDied, the owner's CPU time and the wall
@@ -92,14 +76,16 @@ fn stopped_keeper_hold(
     let victim = if victim_is_keeper { keeper } else { other };
     let mut helper = support::spawn_fn("killer", move || {
         support::pin_to(1)?;
-        while sh[0].load(Ordering::SeqCst) == 0 {
-            std::hint::spin_loop();
-        }
+        ensure!(
+            support::wait_until(Duration::from_secs(10), || sh[0].load(Ordering::SeqCst)
+                != 0),
+            "the map never started"
+        );
         let t0 = sh[0].load(Ordering::SeqCst);
         while support::mono_ns() < t0 + 1_000_000 {
             std::hint::spin_loop();
         }
-        kill(victim, libc::SIGKILL);
+        support::signal(victim, libc::SIGKILL);
         let until = t0 + stopped.as_nanos() as u64;
         while support::mono_ns() < until {
             std::thread::sleep(Duration::from_millis(1));
@@ -109,10 +95,10 @@ fn stopped_keeper_hold(
             .filter(|c| c.load(Ordering::SeqCst) > 0)
             .count();
         sh[1].store(n as u64, Ordering::SeqCst);
-        kill(keeper, libc::SIGCONT);
+        support::signal(keeper, libc::SIGCONT);
         Ok(())
     })?;
-    stop(keeper)?;
+    support::stop_process(keeper)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let th = threaded.then(|| {
         std::thread::spawn(move || {
@@ -137,7 +123,7 @@ fn stopped_keeper_hold(
         let _ = th.join();
     }
     helper.expect_success("killer", Duration::from_secs(10))?;
-    kill(keeper, libc::SIGCONT);
+    support::signal(keeper, libc::SIGCONT);
     ensure!(i == WARM + M, "{} results", i - WARM);
     for x in WARM..WARM + M {
         let c = ran[x as usize].load(Ordering::SeqCst);
@@ -187,10 +173,10 @@ fn drop_pool_while_held_for_a_stopped_keeper() -> Outcome {
     let w0 = pool.worker_ids()[0];
     let mut helper = support::spawn_fn("continuer", move || {
         std::thread::sleep(Duration::from_millis(600));
-        kill(w0, libc::SIGCONT);
+        support::signal(w0, libc::SIGCONT);
         Ok(())
     })?;
-    stop(w0)?;
+    support::stop_process(w0)?;
     let mut hs = Vec::new();
     for x in WARM..WARM + N {
         hs.push(pool.submit(x).ctx("submit")?);
@@ -242,10 +228,10 @@ fn stopped_keeper_at_its_quota_holds_at_most_wake() -> Outcome {
             .filter(|c| c.load(Ordering::SeqCst) > 0)
             .count();
         during[0].store(n as u64, Ordering::SeqCst);
-        kill(w0, libc::SIGCONT);
+        support::signal(w0, libc::SIGCONT);
         Ok(())
     })?;
-    stop(w0)?;
+    support::stop_process(w0)?;
     for (i, r) in (WARM..).zip(pool.map(WARM..WARM + M)) {
         ensure!(r == Ok(i), "result {i}: {r:?}");
     }

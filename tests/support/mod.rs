@@ -756,3 +756,20 @@ pub fn kib_pool(
         id
     })
 }
+
+/// Sends `sig` to process `pid` (a child of this test, or one of a pool's workers).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// SIGSTOPs `pid` and waits (2 s at most) until it shows as stopped, then 20 ms more.
+pub fn stop_process(pid: u32) -> Outcome {
+    signal(pid, libc::SIGSTOP);
+    ensure!(
+        wait_until(Duration::from_secs(2), || proc_state(pid) == Some('T')),
+        "process {pid} did not stop"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(())
+}
