@@ -47,8 +47,14 @@
 //! see `sync::barrier`), then sleeps on its `wait` word together with the peer owner's presence
 //! word (`futex_waitv`), so the peer's death wakes it too (`ring::wait`). The publishing side
 //! makes a wake-up system call only when `wait` is 1.
+//!
+//! A consumer that caught up with a streaming producer lets it run ahead a few hundred
+//! nanoseconds before reading on, so that the two do not write and read the same cache lines
+//! (`ring::slip`; a delay only, learned from outcomes).
 
 mod data;
+#[cfg(not(loom))]
+mod slip;
 mod wait;
 
 use std::cell::Cell;
@@ -331,6 +337,8 @@ pub(crate) fn ring(cap: usize) -> Result<(Producer, Consumer), Error> {
         Consumer {
             end: End::new(&mem),
             head: Cell::new(0),
+            #[cfg(not(loom))]
+            slip: slip::Slip::new(),
         },
     ))
 }
@@ -805,6 +813,9 @@ pub struct Consumer {
     end: End,
     /// Our position. Private; published to `RingHeader::head` after each message.
     head: Cell<u64>,
+    /// Whether to slip behind a streaming producer (see `ring::slip`).
+    #[cfg(not(loom))]
+    slip: slip::Slip,
 }
 
 /// A committed message, readable in place until dropped (which releases its space).
@@ -984,12 +995,36 @@ impl Consumer {
         false
     }
 
+    /// Having caught up with the producer and seen the next record arrive, maybe let it run
+    /// ahead for a moment (`ring::slip`). Reads headers as hints only: the caller validates
+    /// the record as always, and a scribbled header can at most make us slip or not.
+    #[cfg(not(loom))]
+    fn maybe_slip(&self) {
+        if !self.slip.due() {
+            return;
+        }
+        let data = &self.data;
+        let cap = data.cap();
+        let idx = (self.head.get() as usize) & (cap - 1);
+        let h = data.header(idx).load(Ordering::Relaxed);
+        let len = (h & 0xffff_ffff) as usize;
+        if h >> 32 != KIND_MSG || len > max_message_len(cap) || idx + record_size(len) >= cap {
+            return; // padding, a wrap: not worth it
+        }
+        slip::pause(slip::SLIP);
+        // The header after a committed record reads 0 until the next record is committed
+        // (`tail`'s header is always clear), so non-zero means the producer kept streaming.
+        let next = data.header(idx + record_size(len)).load(Ordering::Relaxed);
+        self.slip.outcome(next != 0);
+    }
+
     #[cold]
     fn wait_for_message(&self, deadline: Option<&Deadline>) -> Result<(), RingError> {
         let hdr = self.hdr();
         let policy = wait::effective_policy(&hdr.tx, self.policy.get());
         #[cfg(not(loom))]
         if policy != WaitPolicy::Block && self.poll_header() {
+            self.maybe_slip();
             return Ok(()); // the caller's `try_read` validates it
         }
         wait::wait_until(&hdr.rx, &hdr.tx, policy, deadline, || {
@@ -1149,6 +1184,45 @@ mod tests {
             Err(Error::SizeOverflow)
         ));
         assert!(ring(48).is_err() && ring(100).is_err());
+    }
+
+    /// `maybe_slip` learns "streaming" only when the record after the awaited one is committed,
+    /// and a header scribbled with any value makes it read nothing outside the data area (the
+    /// index checks in `Data::header` are debug assertions: a stray index panics here).
+    #[test]
+    fn a_slip_reads_the_next_header_and_only_inside_the_ring() {
+        let (p, c) = ring(256).unwrap();
+        let send = |n: usize| {
+            for _ in 0..n {
+                let mut r = p.try_reserve(16).unwrap();
+                r.write(&[7; 16]);
+                r.commit();
+            }
+        };
+        // One record, nothing after it: a failed slip, so the next catch-up skips.
+        send(1);
+        c.maybe_slip();
+        assert!(!c.slip.due(), "a slip with nothing behind should back off");
+        drop(c.try_read().unwrap());
+        // Two records: the slip sees the second and keeps slipping.
+        send(2);
+        c.maybe_slip();
+        assert!(c.slip.due(), "a slip with a record behind should go on");
+        // A scribbling producer: every header value, at every position, is only a hint.
+        for h in [
+            u64::MAX,
+            KIND_MSG << 32 | 0xffff_ffff,
+            KIND_MSG << 32 | (max_message_len(256) as u64),
+            KIND_PAD << 32 | 8,
+            KIND_MSG << 32 | 200,
+        ] {
+            for pos in (0..256).step_by(8) {
+                c.head.set(pos);
+                c.data.header(pos as usize).store(h, Ordering::Relaxed);
+                c.slip.outcome(true);
+                c.maybe_slip();
+            }
+        }
     }
 
     #[test]
