@@ -1003,19 +1003,42 @@ impl Consumer {
         if !self.slip.due() {
             return;
         }
-        let data = &self.data;
-        let cap = data.cap();
-        let idx = (self.head.get() as usize) & (cap - 1);
-        let h = data.header(idx).load(Ordering::Relaxed);
-        let len = (h & 0xffff_ffff) as usize;
-        if h >> 32 != KIND_MSG || len > max_message_len(cap) || idx + record_size(len) >= cap {
-            return; // padding, a wrap: not worth it
+        let idx = (self.head.get() as usize) & (self.data.cap() - 1);
+        if self.committed_run(idx, 1) == 0 {
+            return; // padding first (a wrap): not worth it
         }
         slip::pause(slip::SLIP);
-        // The header after a committed record reads 0 until the next record is committed
-        // (`tail`'s header is always clear), so non-zero means the producer kept streaming.
-        let next = data.header(idx + record_size(len)).load(Ordering::Relaxed);
-        self.slip.outcome(next != 0);
+        // A stream: the producer committed more than a short reply's worth behind it.
+        let behind = self.committed_run(idx, 1 + slip::STREAM) - 1;
+        self.slip.outcome(behind >= slip::STREAM);
+    }
+
+    /// How many committed messages follow one another from data index `idx` (8-aligned),
+    /// counting at most `most` and following one padding record to index 0. The header after
+    /// the last committed record reads 0 (`tail`'s header is always clear), so an honest
+    /// producer's run ends there; whatever a scribbling one wrote, every header read lies
+    /// inside the data area and the walk is bounded.
+    #[cfg(not(loom))]
+    fn committed_run(&self, mut idx: usize, most: u32) -> u32 {
+        let data = &self.data;
+        let cap = data.cap();
+        let mut n = 0;
+        for _ in 0..=most {
+            if n == most {
+                break;
+            }
+            let h = data.header(idx).load(Ordering::Relaxed);
+            let len = (h & 0xffff_ffff) as usize;
+            match h >> 32 {
+                KIND_MSG if len <= max_message_len(cap) && idx + record_size(len) <= cap => {
+                    n += 1;
+                    idx = (idx + record_size(len)) & (cap - 1);
+                }
+                KIND_PAD if idx != 0 => idx = 0,
+                _ => break,
+            }
+        }
+        n
     }
 
     #[cold]
@@ -1186,40 +1209,57 @@ mod tests {
         assert!(ring(48).is_err() && ring(100).is_err());
     }
 
-    /// `maybe_slip` learns "streaming" only when the record after the awaited one is committed,
-    /// and a header scribbled with any value makes it read nothing outside the data area (the
-    /// index checks in `Data::header` are debug assertions: a stray index panics here).
+    /// `maybe_slip` learns "streaming" only when at least `slip::STREAM` records follow the
+    /// awaited one (counted through a wrap's padding), and a header scribbled with any value
+    /// makes it read nothing outside the data area (the index checks in `Data::header` are
+    /// debug assertions: a stray index panics here). Payloads are zero, so a walk that read a
+    /// payload word as a header would count wrong; many laps, so an unmasked index would stray.
     #[test]
-    fn a_slip_reads_the_next_header_and_only_inside_the_ring() {
+    fn a_slip_counts_the_records_behind_and_reads_only_inside_the_ring() {
         let (p, c) = ring(256).unwrap();
-        let send = |n: usize| {
+        let send = |n: u32| {
             for _ in 0..n {
                 let mut r = p.try_reserve(16).unwrap();
-                r.write(&[7; 16]);
+                r.write(&[0; 16]);
                 r.commit();
             }
         };
-        // One record, nothing after it: a failed slip, so the next catch-up skips.
-        send(1);
-        c.maybe_slip();
-        assert!(!c.slip.due(), "a slip with nothing behind should back off");
-        drop(c.try_read().unwrap());
-        // Two records: the slip sees the second and keeps slipping.
-        send(2);
-        c.maybe_slip();
-        assert!(c.slip.due(), "a slip with a record behind should go on");
+        let make_due = || {
+            c.slip.outcome(true);
+            while !c.slip.due() {}
+        };
+        for round in 0..200u32 {
+            let behind = round % (slip::STREAM + 2);
+            send(1 + behind);
+            make_due();
+            c.maybe_slip();
+            assert_eq!(
+                c.slip.due(),
+                behind >= slip::STREAM,
+                "round {round}: {behind} records behind the awaited one (head {})",
+                c.head.get()
+            );
+            while let Ok(g) = c.try_read() {
+                drop(g);
+            }
+        }
+        assert!(c.head.get() > 20 * 256, "the test should run many laps");
         // A scribbling producer: every header value, at every position, is only a hint.
         for h in [
             u64::MAX,
             KIND_MSG << 32 | 0xffff_ffff,
             KIND_MSG << 32 | (max_message_len(256) as u64),
+            KIND_MSG << 32 | 8,
             KIND_PAD << 32 | 8,
+            KIND_PAD << 32,
             KIND_MSG << 32 | 200,
         ] {
-            for pos in (0..256).step_by(8) {
-                c.head.set(pos);
-                c.data.header(pos as usize).store(h, Ordering::Relaxed);
-                c.slip.outcome(true);
+            for pos in (0..256u64).step_by(8) {
+                for at in (0..256).step_by(8) {
+                    c.data.header(at).store(h, Ordering::Relaxed);
+                }
+                c.head.set(pos + 256 * 1000);
+                make_due();
                 c.maybe_slip();
             }
         }

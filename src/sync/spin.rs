@@ -21,8 +21,10 @@ use std::time::Duration;
 /// Under `Spin` and `Adaptive`, a receiver that catches up with a sender streaming messages
 /// also lets it run ahead for about 0.3 µs before reading on, so that the two CPUs stop
 /// passing the same cache lines back and forth (a stream of 64-byte messages ran 5–25 %
-/// faster in our benchmark). It learns from each such pause: a conversation of round trips soon stops pausing
-/// (one pause per 1 024 waits at most); `Block` never pauses.
+/// faster in our benchmark). It learns from each such pause: a conversation of round trips
+/// whose replies are up to three messages soon stops pausing (one pause per 1 024 waits at
+/// most); replies that are bursts of more messages may pay one pause per burst. `Block`
+/// never pauses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitPolicy {
     /// Spin until the peer acts; never sleep (burns a CPU while waiting; lowest latency).
