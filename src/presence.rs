@@ -528,7 +528,8 @@ mod native {
         crate::sync::robust::end_op();
         let (s, _) = split(r).expect("the slot just claimed");
         s.word.store(FUTEX_OWNER_DIED, Ordering::SeqCst);
-        (r, s, (r.0 >> 32) as usize - 1, g)
+        let i = slot_index(r).expect("the slot just claimed");
+        (r, s, i, g)
     }
     #[cfg(test)]
     pub(crate) fn test_word(s: &Slot) -> u32 {

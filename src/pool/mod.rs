@@ -417,9 +417,9 @@ impl<J: 'static, R: 'static> Pool<J, R> {
         }
         let scratch = region.alloc_raw(scratch_len, 64)?.as_ptr();
         // SAFETY: the header and then `n` initialised `WorkerSlot`s (each a whole number of
-        // 64-byte lines, 64-aligned, so contiguous) were placed from the start of the region. They are used only while
-        // `Inner`, which owns the region (`_region`), lives, and by workers, which have their
-        // own copy of the mapping.
+        // 64-byte lines, 64-aligned, so contiguous) were placed from the start of the region.
+        // They are used only while `Inner`, which owns the region (`_region`), lives, and by
+        // workers, which have their own copy of the mapping.
         let (header, slots) = unsafe { (&*header, std::slice::from_raw_parts(first, n)) };
         let park_limit = 2 * (cfg.queue_capacity + n * WINDOW);
         let mut inner = Inner {

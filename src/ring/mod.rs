@@ -1023,6 +1023,7 @@ impl Consumer {
         let data = &self.data;
         let cap = data.cap();
         let mut n = 0;
+        // `most` messages, and one padding record on the way.
         for _ in 0..=most {
             if n == most {
                 break;

@@ -64,8 +64,8 @@ impl Slip {
         }
     }
 
-    /// Learns from a slip: `streaming` if the record after the awaited one was committed by its
-    /// end.
+    /// Learns from a slip: `streaming` if at least `STREAM` records followed the awaited one by
+    /// its end.
     pub(super) fn outcome(&self, streaming: bool) {
         if streaming {
             self.backoff.set(1);
